@@ -1,0 +1,76 @@
+"""migrate-lock: Alembic migrations applied exactly once, from any number of replicas.
+
+The public API is importable from here; heavy modules load only when used::
+
+    import migrate_lock
+    result = migrate_lock.upgrade()              # under the lock, like the CLI
+    state = migrate_lock.schema_state()          # for a /readyz handler
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "upgrade": "migrate_lock.migrate",
+    "upgrade_sql": "migrate_lock.migrate",
+    "UpgradeResult": "migrate_lock.migrate",
+    "status": "migrate_lock.inspection",
+    "schema_state": "migrate_lock.inspection",
+    "current": "migrate_lock.inspection",
+    "heads": "migrate_lock.inspection",
+    "history": "migrate_lock.inspection",
+    "Status": "migrate_lock.inspection",
+    "SchemaState": "migrate_lock.state",
+    "init_project": "migrate_lock.scaffold",
+    "run_demo": "migrate_lock.demo",
+    "load_settings": "migrate_lock.settings",
+    "Settings": "migrate_lock.settings",
+    "lock_key": "migrate_lock.lock",
+    "EmbeddedPostgres": "migrate_lock.embedded",
+    "MigrateLockError": "migrate_lock.errors",
+    "ExitCode": "migrate_lock.errors",
+}
+
+__all__ = [
+    "EmbeddedPostgres",
+    "ExitCode",
+    "MigrateLockError",
+    "SchemaState",
+    "Settings",
+    "Status",
+    "UpgradeResult",
+    "__version__",
+    "current",
+    "heads",
+    "history",
+    "init_project",
+    "load_settings",
+    "lock_key",
+    "run_demo",
+    "schema_state",
+    "status",
+    "upgrade",
+    "upgrade_sql",
+]
+
+if TYPE_CHECKING:
+    from migrate_lock.demo import run_demo
+    from migrate_lock.embedded import EmbeddedPostgres
+    from migrate_lock.errors import ExitCode, MigrateLockError
+    from migrate_lock.inspection import Status, current, heads, history, schema_state, status
+    from migrate_lock.lock import lock_key
+    from migrate_lock.migrate import UpgradeResult, upgrade, upgrade_sql
+    from migrate_lock.scaffold import init_project
+    from migrate_lock.settings import Settings, load_settings
+    from migrate_lock.state import SchemaState
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'migrate_lock' has no attribute {name!r}")
+    return getattr(import_module(module), name)

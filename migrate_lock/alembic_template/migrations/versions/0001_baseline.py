@@ -1,0 +1,26 @@
+"""baseline
+
+The first revision of this project. Create your starting schema here, or leave it
+empty and add revisions with `alembic revision -m "..."`.
+
+Revision ID: 0001
+Revises:
+Create Date: 2026-01-01 00:00:00
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+revision: str = "0001"
+down_revision: str | Sequence[str] | None = None
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

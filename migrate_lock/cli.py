@@ -1,0 +1,178 @@
+"""The ``migrate-lock`` command: flags in, a library call, an exit code out. No logic here."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from migrate_lock import __version__
+from migrate_lock.errors import ExitCode, MigrateLockError
+from migrate_lock.interrupts import Terminated, signals_raise
+from migrate_lock.logs import log
+from migrate_lock.settings import Settings, load_settings
+
+T = TypeVar("T")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="migrate-lock")
+@click.option(
+    "-c",
+    "--config",
+    "alembic_config",
+    type=click.Path(path_type=Path),
+    help="Alembic config file [env ALEMBIC_CONFIG; default ./alembic.ini].",
+)
+@click.option("--database-url", help="Database URL [env DATABASE_URL].")
+@click.option("--log-format", type=click.Choice(["auto", "json", "text"]), help="[env LOG_FORMAT]")
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    help="[env LOG_LEVEL]",
+)
+@click.pass_context
+def main(ctx: click.Context, /, **flags: Any) -> None:
+    """Run Alembic migrations exactly once from any number of replicas."""
+    ctx.obj = flags
+
+
+def _settings(ctx: click.Context, **more: Any) -> Settings:
+    settings = load_settings(**ctx.obj, **more)
+    log.configure(log_format=settings.log_format, level=settings.log_level)
+    return settings
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Call the library; turn its failures into one line and a documented exit code."""
+    log.configure()
+    try:
+        with signals_raise():
+            return action()
+    except MigrateLockError as error:
+        _fail(str(error), error.exit_code)
+    except Terminated:
+        _fail("interrupted by SIGTERM; anything open was rolled back", ExitCode.TERMINATED)
+    except KeyboardInterrupt:
+        _fail("interrupted by SIGINT; anything open was rolled back", ExitCode.INTERRUPTED)
+    except Exception as error:  # noqa: BLE001 - the last line of defence: still one line
+        log.debug("command.traceback", error=repr(error))
+        _fail(
+            f"unexpected {type(error).__name__}: {error}; this is a bug in migrate-lock, "
+            "please report it (LOG_LEVEL=DEBUG shows more)",
+            ExitCode.MIGRATION_FAILED,
+        )
+
+
+def _fail(message: str, code: ExitCode) -> NoReturn:
+    if log.format == "json":
+        log.error("command.failed", error=message, exit_code=int(code))
+    else:
+        sys.stderr.write(log.scrub(f"migrate-lock: error: {message} (exit {int(code)})") + "\n")
+    sys.exit(int(code))
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, default=str, indent=2))
+
+
+@main.command()
+@click.argument("revision", default="heads")
+@click.option("--sql", is_flag=True, help="Print the SQL instead of running it (no lock, no DB).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.option("--lock-timeout", type=float, help="[env MIGRATION_LOCK_TIMEOUT_SECONDS]")
+@click.pass_context
+def upgrade(
+    ctx: click.Context, revision: str, sql: bool, as_json: bool, lock_timeout: float | None
+) -> None:
+    """Upgrade to REVISION (default: heads) under the migration lock."""
+    from migrate_lock.migrate import upgrade as run_upgrade
+    from migrate_lock.migrate import upgrade_sql
+
+    def action() -> None:
+        settings = _settings(ctx, migration_lock_timeout_seconds=lock_timeout)
+        if sql:
+            upgrade_sql(revision, settings=settings)
+            return
+        result = run_upgrade(revision, settings=settings)
+        if as_json:
+            _print_json(result.as_dict())
+
+    _run(action)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Compare the database with the code: exit 0 at head/ahead, 4 pending, 5 unknown."""
+    from migrate_lock.inspection import status as read_status
+
+    result = _run(lambda: read_status(settings=_settings(ctx)))
+    if as_json:
+        _print_json(result.as_dict())
+    else:
+        state = result.state
+        click.echo(f"status:  {state.status}")
+        click.echo(f"current: {', '.join(state.current) or '(none)'}")
+        click.echo(f"heads:   {', '.join(state.heads)}")
+        if state.pending:
+            click.echo(f"pending: {len(state.pending)} ({', '.join(state.pending)})")
+        holder = result.lock_holder
+        click.echo(f"lock:    {holder.describe() if holder else 'free'} (key {result.lock_key})")
+    sys.exit(int(result.exit_code))
+
+
+@main.command()
+@click.pass_context
+def current(ctx: click.Context) -> None:
+    """Print the revision(s) the database is at."""
+    from migrate_lock.inspection import current as read_current
+
+    revisions = _run(lambda: read_current(settings=_settings(ctx)))
+    click.echo("\n".join(revisions) if revisions else "(none)")
+
+
+@main.command()
+@click.pass_context
+def heads(ctx: click.Context) -> None:
+    """Print the head revision(s) of the migration scripts."""
+    from migrate_lock.inspection import heads as read_heads
+
+    click.echo("\n".join(_run(lambda: read_heads(settings=_settings(ctx)))))
+
+
+@main.command()
+@click.pass_context
+def history(ctx: click.Context) -> None:
+    """List the revisions of the migration scripts, newest first."""
+    from migrate_lock.inspection import history as read_history
+
+    for info in _run(lambda: read_history(settings=_settings(ctx))):
+        down = ", ".join(info.down_revisions) or "<base>"
+        head = " (head)" if info.is_head else ""
+        click.echo(f"{down} -> {info.revision}{head}, {info.doc}")
+
+
+@main.command()
+@click.argument("path", type=click.Path(path_type=Path), default=".")
+def init(path: Path) -> None:
+    """Scaffold alembic.ini and migrations/ (env.py ready for migrate-lock) in PATH."""
+    from migrate_lock.scaffold import init_project
+
+    for written in _run(lambda: init_project(path)):
+        click.echo(f"wrote {written}")
+
+
+@main.command()
+@click.option("--replicas", type=click.IntRange(1, 64), default=8, show_default=True)
+def demo(replicas: int) -> None:
+    """Start N replicas at once on an embedded PostgreSQL and show that one migrates."""
+    from migrate_lock.demo import run_demo
+
+    report = _run(lambda: run_demo(replicas=replicas))
+    sys.exit(0 if report.exactly_once else int(ExitCode.MIGRATION_FAILED))

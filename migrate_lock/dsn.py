@@ -1,0 +1,111 @@
+"""Database URLs: validate them, hand them to psycopg, and print them without secrets."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+
+from migrate_lock.errors import ConfigError
+
+#: Schemes we accept. Any ``postgresql+driver`` is accepted too, since applications
+#: often share one DATABASE_URL between SQLAlchemy (asyncpg, psycopg2) and us.
+_PLAIN_SCHEMES = ("postgresql", "postgres")
+_MASK = "***"
+_URL_IN_TEXT = re.compile(r"\b(postgres(?:ql)?(?:\+\w+)?://)([^:/@\s]*):([^@\s]*)@")
+
+
+@dataclass(frozen=True)
+class DatabaseUrl:
+    """A validated PostgreSQL URL.
+
+    ``libpq`` is what psycopg connects with; ``sqlalchemy`` names the psycopg 3
+    driver explicitly; ``masked`` is the only form that may be printed.
+    """
+
+    libpq: str
+    sqlalchemy: str
+    masked: str
+    password: str | None
+    database: str
+    host: str
+
+    def __repr__(self) -> str:
+        return f"DatabaseUrl({self.masked!r})"
+
+
+def parse_database_url(raw: str, *, variable: str = "DATABASE_URL") -> DatabaseUrl:
+    """Validate ``raw`` and return its three forms; raise ConfigError naming ``variable``."""
+    text = raw.strip()
+    if "://" not in text:
+        raise ConfigError(
+            f"{variable} is not a URL",
+            hint="use postgresql://USER:PASSWORD@HOST:5432/DBNAME",
+        )
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError:
+        raise ConfigError(
+            f"{variable} is malformed ({mask_url_text(text)})",
+            hint="use postgresql://USER:PASSWORD@HOST:5432/DBNAME; percent-encode special "
+            "characters in the password",
+        ) from None
+    scheme = parts.scheme.lower()
+    base_scheme, _, _driver = scheme.partition("+")
+    if base_scheme not in _PLAIN_SCHEMES:
+        raise ConfigError(
+            f"{variable} must be a PostgreSQL URL, got scheme '{parts.scheme}'",
+            hint="use postgresql://USER:PASSWORD@HOST:5432/DBNAME",
+        )
+    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    password = unquote(parts.password) if parts.password is not None else query.get("password")
+    database = unquote(parts.path.lstrip("/")) or query.get("dbname", "")
+    host = parts.hostname or query.get("host", "")
+    _check_with_libpq(text.replace(parts.scheme + "://", "postgresql://", 1), variable)
+
+    libpq = urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
+    sqlalchemy = urlunsplit(
+        ("postgresql+psycopg", parts.netloc, parts.path, parts.query, parts.fragment)
+    )
+    if port is not None and port == 0:
+        raise ConfigError(f"{variable} has port 0", hint="use the server's port, usually 5432")
+    return DatabaseUrl(
+        libpq=libpq,
+        sqlalchemy=sqlalchemy,
+        masked=mask_url_text(text),
+        password=password,
+        database=database,
+        host=host,
+    )
+
+
+def mask_url_text(text: str) -> str:
+    """Replace every password inside URLs found in ``text`` with ``***``."""
+    masked = _URL_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}:{_MASK}@", text)
+    return re.sub(r"(password=)[^&\s]+", rf"\g<1>{_MASK}", masked)
+
+
+def with_database(url: DatabaseUrl, database: str) -> DatabaseUrl:
+    """The same server and credentials, another database (used for scratch databases)."""
+    parts = urlsplit(url.libpq)
+    new = urlunsplit(
+        (parts.scheme, parts.netloc, "/" + quote(database), parts.query, parts.fragment)
+    )
+    return parse_database_url(new)
+
+
+def _check_with_libpq(text: str, variable: str) -> None:
+    # libpq's own parser rejects what it would later fail on (bad options, bad escapes),
+    # so the operator hears about it now, as a configuration error.
+    from psycopg import ProgrammingError
+    from psycopg.conninfo import conninfo_to_dict
+
+    try:
+        conninfo_to_dict(text)
+    except ProgrammingError as error:
+        detail = mask_url_text(str(error).splitlines()[0])
+        raise ConfigError(
+            f"{variable} is malformed: {detail}",
+            hint="use postgresql://USER:PASSWORD@HOST:5432/DBNAME",
+        ) from None

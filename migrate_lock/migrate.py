@@ -1,0 +1,207 @@
+"""``upgrade``: the locked protocol from docs/how-the-lock-works.md, end to end.
+
+1. lock-free pre-check: at (or ahead of) the target, return without the lock;
+2. wait for the lock by polling, re-checking lock-free, reporting the holder;
+3. holding it: verify ownership, re-read the revision, name ourselves, set timeouts;
+4. run Alembic on this same connection, commit, verify from the database;
+5. unlock (checked) and close.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, TextIO
+
+from migrate_lock.errors import MigrationFailed, UnknownDatabaseRevision, UsageError
+from migrate_lock.lock import holder_application_name, holds, release, wait_for_lock
+from migrate_lock.logs import log
+from migrate_lock.project import DatabaseSession, Project
+from migrate_lock.revisions import record_history
+from migrate_lock.settings import Settings
+from migrate_lock.state import SchemaState
+
+Role = Literal["fast_path", "waited", "migrated"]
+
+
+@dataclass(frozen=True)
+class UpgradeResult:
+    """What one ``upgrade`` did.
+
+    ``role`` is ``fast_path`` (already there, the lock never touched), ``waited``
+    (another replica did the work while we waited) or ``migrated`` (we applied
+    ``applied``).
+    """
+
+    role: Role
+    from_revisions: tuple[str, ...]
+    to_revisions: tuple[str, ...]
+    applied: tuple[str, ...]
+    lock_key: int
+    wait_ms: int
+    total_ms: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def upgrade(target: str = "heads", *, settings: Settings | None = None) -> UpgradeResult:
+    """Bring the database to ``target`` under the migration lock, exactly once.
+
+    Safe to call from any number of processes at once. Raises a MigrateLockError
+    subclass (each with its exit code) on failure; nothing is half-applied.
+    """
+    started = time.monotonic()
+    project = Project(settings)
+    scripts = project.scripts
+    wanted = scripts.resolve(target)
+    with project.session() as session:
+        state = session.state(wanted, scripts)
+        _refuse_unknown(state)
+        if state.ready:
+            return _finish(session, "fast_path", state, state, (), 0.0, started)
+        outcome = wait_for_lock(
+            session.connection,
+            session.lock_key,
+            timeout_seconds=project.settings.migration_lock_timeout_seconds,
+            work_is_done=lambda: session.state(wanted, scripts).ready,
+        )
+        if not outcome.acquired:
+            after = session.state(wanted, scripts)
+            return _finish(session, "waited", state, after, (), outcome.waited_seconds, started)
+        try:
+            log.info(
+                "lock.acquired",
+                lock_key=session.lock_key,
+                wait_ms=round(outcome.waited_seconds * 1000),
+                attempts=outcome.attempts,
+            )
+            return _migrate_holding_lock(session, target, wanted, outcome.waited_seconds, started)
+        finally:
+            if not session.connection.closed and not session.connection.broken:
+                release(session.connection, session.lock_key)
+                log.info("lock.released", lock_key=session.lock_key)
+
+
+def upgrade_sql(
+    target: str = "heads", *, settings: Settings | None = None, output: TextIO | None = None
+) -> None:
+    """Write the SQL that ``upgrade`` would run to ``output`` (offline: no lock, no database)."""
+    from alembic import command
+    from alembic.util import CommandError
+
+    project = Project(settings, output=output)
+    project.scripts.resolve(target)
+    if not project.config.get_main_option("sqlalchemy.url"):
+        project.config.set_main_option("sqlalchemy.url", "postgresql+psycopg://")
+    try:
+        command.upgrade(project.config, target, sql=True)
+    except CommandError as error:
+        raise UsageError(f"cannot render SQL for '{target}': {error}") from None
+
+
+def _migrate_holding_lock(
+    session: DatabaseSession,
+    target: str,
+    wanted: tuple[str, ...],
+    waited: float,
+    started: float,
+) -> UpgradeResult:
+    from migrate_lock.runner import run_upgrade
+
+    project = session.project
+    connection = session.connection
+    if not holds(connection, session.lock_key):
+        raise MigrationFailed(
+            "pg_try_advisory_lock said yes but pg_locks shows no lock for this session",
+            hint="a connection pooler may sit between us and the server: "
+            "set MIGRATION_DATABASE_URL to a direct connection",
+        )
+    before = session.state(wanted, project.scripts)
+    _refuse_unknown(before)
+    if before.ready:
+        return _finish(session, "waited", before, before, (), waited, started)
+    _prepare_session(session)
+    config = project.config
+    config.attributes["version_table"] = session.version_table.name
+    config.attributes["version_table_schema"] = session.version_table.schema
+    log.info(
+        "migrate.start",
+        from_rev=list(before.current),
+        to_rev=list(wanted),
+        pending=len(before.pending),
+    )
+    applied = run_upgrade(config, connection, target)
+    after = session.state(wanted, project.scripts)
+    if not after.ready:
+        raise MigrationFailed(
+            f"Alembic finished but {session.version_table.qualified} is at "
+            f"{list(after.current) or 'no revision'}, not {list(wanted)}",
+            hint="env.py must pass version_table/version_table_schema from "
+            "config.attributes to context.configure (see docs/existing-projects.md)",
+        )
+    record_history(connection, session.version_table, project.scripts.ancestry(after.current))
+    return _finish(session, "migrated", before, after, tuple(applied), waited, started)
+
+
+def _prepare_session(session: DatabaseSession) -> None:
+    # Name ourselves so waiters and operators see who migrates since when, and bound
+    # what a stuck migration can do: the server itself reaps a holder that vanished.
+    settings = session.project.settings
+    connection = session.connection
+    options = {
+        "application_name": holder_application_name(),
+        "lock_timeout": settings.ddl_lock_timeout,
+        "statement_timeout": settings.ddl_statement_timeout,
+        "idle_in_transaction_session_timeout": settings.ddl_idle_in_transaction_timeout,
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+    }
+    if connection.info.server_version >= 140000:
+        # Notice a client that died mid-statement without waiting for the statement.
+        options["client_connection_check_interval"] = "2s"
+    for name, value in options.items():
+        connection.execute("SELECT set_config(%s, %s, false)", (name, value))
+
+
+def _refuse_unknown(state: SchemaState) -> None:
+    if state.status == "unknown":
+        raise UnknownDatabaseRevision(
+            f"the database is at revision {', '.join(state.unknown)}, which this code does not "
+            "know and which was never at this code's heads",
+            hint="deploy the code that has that revision, or check DATABASE_URL points at the "
+            "right database",
+        )
+
+
+def _finish(
+    session: DatabaseSession,
+    role: Role,
+    before: SchemaState,
+    after: SchemaState,
+    applied: tuple[str, ...],
+    waited: float,
+    started: float,
+) -> UpgradeResult:
+    result = UpgradeResult(
+        role=role,
+        from_revisions=before.current,
+        to_revisions=after.current,
+        applied=applied,
+        lock_key=session.lock_key,
+        wait_ms=round(waited * 1000),
+        total_ms=round((time.monotonic() - started) * 1000),
+    )
+    event = "migrate.done" if role == "migrated" else "migrate.up_to_date"
+    log.info(
+        event,
+        role=role,
+        from_rev=list(result.from_revisions),
+        to_rev=list(result.to_revisions),
+        applied=len(applied),
+        status=after.status,
+        wait_ms=result.wait_ms,
+        duration_ms=result.total_ms,
+    )
+    return result

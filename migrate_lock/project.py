@@ -1,0 +1,121 @@
+"""A project as migrate-lock sees it: settings, Alembic config, scripts, and the database.
+
+Every verb starts here, so every verb validates the same way and in the same order:
+settings first, then the project's files, then the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TextIO
+
+from migrate_lock.connection import connect
+from migrate_lock.dsn import DatabaseUrl
+from migrate_lock.errors import ConfigError
+from migrate_lock.lock import lock_key
+from migrate_lock.revisions import (
+    Scripts,
+    VersionTable,
+    current_schema,
+    database_revisions,
+    load_scripts,
+    seen_revisions,
+)
+from migrate_lock.settings import Settings, load_settings
+from migrate_lock.state import SchemaState, compare
+
+if TYPE_CHECKING:
+    import psycopg
+    from alembic.config import Config
+
+
+class Project:
+    """The code side: Alembic config and scripts, loaded lazily and once."""
+
+    def __init__(self, settings: Settings | None = None, *, output: TextIO | None = None) -> None:
+        self.settings = settings or load_settings()
+        self._output = output
+
+    @cached_property
+    def config(self) -> Config:
+        from migrate_lock.runner import alembic_config
+
+        url = self._url_if_set()
+        return alembic_config(
+            self.settings.alembic_config,
+            sqlalchemy_url=url.sqlalchemy if url else None,
+            output=self._output,
+        )
+
+    @cached_property
+    def scripts(self) -> Scripts:
+        from alembic.util import CommandError
+
+        try:
+            return load_scripts(self.config)
+        except CommandError as error:
+            raise ConfigError(
+                f"cannot load the migration scripts of {self.settings.alembic_config}: {error}",
+                hint="check script_location in alembic.ini",
+            ) from None
+
+    @cached_property
+    def url(self) -> DatabaseUrl:
+        return self.settings.migration_url()
+
+    @contextmanager
+    def session(self, *, application_name: str = "migrate-lock") -> Iterator[DatabaseSession]:
+        """One autocommit connection to the migration database, closed on the way out."""
+        connection = connect(
+            self.url,
+            timeout_seconds=self.settings.db_connect_timeout_seconds,
+            application_name=application_name,
+        )
+        try:
+            yield DatabaseSession(self, connection)
+        finally:
+            connection.close()
+
+    def _url_if_set(self) -> DatabaseUrl | None:
+        if self.settings.migration_database_url or self.settings.database_url:
+            return self.url
+        return None
+
+
+@dataclass
+class DatabaseSession:
+    """The database side of a project, on one connection."""
+
+    project: Project
+    connection: psycopg.Connection[Any]
+
+    @cached_property
+    def version_table(self) -> VersionTable:
+        settings = self.project.settings
+        schema = settings.version_table_schema or current_schema(self.connection)
+        return VersionTable(schema=schema, name=settings.version_table)
+
+    @cached_property
+    def database_name(self) -> str:
+        row = self.connection.execute("SELECT current_database()").fetchone()
+        return str(row[0]) if row else self.project.url.database
+
+    @cached_property
+    def lock_key(self) -> int:
+        override = self.project.settings.migration_lock_key
+        if override is not None:
+            return override
+        table = self.version_table
+        return lock_key(self.database_name, table.schema, table.name)
+
+    def current(self) -> tuple[str, ...] | None:
+        return database_revisions(self.connection, self.version_table)
+
+    def state(self, target: tuple[str, ...], scripts: Scripts) -> SchemaState:
+        def seen(revisions: Iterable[str]) -> set[str]:
+            return seen_revisions(self.connection, self.version_table, revisions)
+
+        return compare(scripts, self.current(), target, seen)

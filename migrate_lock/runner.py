@@ -1,0 +1,227 @@
+"""Alembic, run on the connection that holds the lock, and on no other.
+
+The connection goes to ``env.py`` as ``config.attributes["connection"]`` with no
+transaction open, so Alembic owns (and commits) its transaction; handing over a
+connection that had already autobegun would make Alembic treat it as an outer
+transaction and the DDL would be silently rolled back when we close it. Should
+``env.py`` open a connection of its own, we refuse before any revision runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TextIO
+
+from migrate_lock.errors import ConfigError, MigrationFailed, TemporaryError
+from migrate_lock.logs import log
+from migrate_lock.revisions import VersionTable
+
+if TYPE_CHECKING:
+    import psycopg
+    from alembic.config import Config
+    from sqlalchemy.engine import Connection
+
+_LOCK_NOT_AVAILABLE = "55P03"
+_QUERY_CANCELED = "57014"
+
+
+def alembic_config(
+    path: Path,
+    *,
+    sqlalchemy_url: str | None = None,
+    version_table: VersionTable | None = None,
+    output: TextIO | None = None,
+) -> Config:
+    """Load ``alembic.ini`` for running under migrate-lock (our logging, not fileConfig)."""
+    from alembic.config import Config
+
+    if not path.is_file():
+        raise ConfigError(
+            f"Alembic config not found: {path}",
+            hint="run from your project's directory, pass -c PATH or set ALEMBIC_CONFIG, "
+            "or create one with `migrate-lock init`",
+        )
+    config = Config(str(path), stdout=output or sys.stdout)
+    if output is not None:
+        config.output_buffer = output
+    if not config.get_main_option("script_location"):
+        raise ConfigError(
+            f"{path} has no script_location in its [alembic] section",
+            hint="add `script_location = %(here)s/migrations` (or where your env.py is)",
+        )
+    # env.py would otherwise call logging.config.fileConfig() and take over our stderr.
+    config.attributes["configure_logger"] = False
+    if sqlalchemy_url:
+        # ConfigParser interpolates '%': a percent-encoded password must be escaped.
+        config.set_main_option("sqlalchemy.url", sqlalchemy_url.replace("%", "%%"))
+    if version_table is not None:
+        config.attributes["version_table"] = version_table.name
+        config.attributes["version_table_schema"] = version_table.schema
+    return config
+
+
+def run_upgrade(config: Config, connection: psycopg.Connection[Any], target: str) -> list[str]:
+    """Run ``alembic upgrade target`` on ``connection`` (a psycopg connection we lock on).
+
+    Returns the revisions applied, in order. Raises MigrationFailed (exit 1) naming
+    the revision and the SQL error; everything uncommitted is rolled back.
+    """
+    applied: list[str] = []
+    started = time.monotonic()
+
+    def on_version_apply(*, step: Any, **_: Any) -> None:
+        nonlocal started
+        revision = str(step.up_revision_id) if step.is_upgrade else str(step.down_revision_ids)
+        applied.append(revision)
+        log.info(
+            "migrate.revision",
+            revision=revision,
+            doc=step.up_revision.doc if step.is_upgrade and step.up_revision else None,
+            duration_ms=round((time.monotonic() - started) * 1000),
+        )
+        started = time.monotonic()
+
+    connection.autocommit = False
+    try:
+        _run_on(config, connection, target, on_version_apply, applied)
+    finally:
+        if not connection.closed:
+            connection.autocommit = True
+    return applied
+
+
+def _run_on(
+    config: Config,
+    connection: psycopg.Connection[Any],
+    target: str,
+    on_version_apply: Any,
+    applied: list[str],
+) -> None:
+    from alembic import command
+
+    with _sqlalchemy_connection(connection) as shared:
+        config.attributes["connection"] = shared
+        config.attributes["on_version_apply"] = on_version_apply
+        try:
+            with _only_this_connection():
+                command.upgrade(config, target)
+            if shared.in_transaction():
+                shared.commit()
+        except _OwnConnectionOpened:
+            shared.rollback()
+            raise ConfigError(
+                "env.py opened its own database connection instead of using the one "
+                "migrate-lock holds the lock on; nothing was run",
+                hint="use config.attributes['connection'] in env.py when it is set "
+                "(see docs/existing-projects.md)",
+            ) from None
+        except Exception as error:  # noqa: BLE001 - a revision may raise anything; all roll back
+            _rollback_quietly(shared)
+            raise migration_error(error, applied) from None
+        finally:
+            config.attributes.pop("connection", None)
+
+
+def migration_error(error: BaseException, applied: list[str]) -> Exception:
+    """Turn what a revision raised into one line: the revision, the SQL error, what next."""
+    revision, doc = _failing_revision(error.__traceback__)
+    where = f"revision {revision}" + (f" ({doc})" if doc else "") if revision else "env.py"
+    sql = _sql_error(error)
+    sqlstate = getattr(sql, "sqlstate", None) if sql is not None else None
+    detail = _describe(error, sql)
+    kept = f"; {len(applied)} earlier revision(s) committed" if applied else ""
+    if sqlstate == _LOCK_NOT_AVAILABLE:
+        return TemporaryError(
+            f"{where} could not get a table lock within DDL_LOCK_TIMEOUT: {detail}; "
+            f"rolled back{kept}",
+            hint="retry when the tables are less busy, or raise DDL_LOCK_TIMEOUT",
+        )
+    hint = "fix the revision and run again"
+    if sqlstate == _QUERY_CANCELED:
+        hint = "raise DDL_STATEMENT_TIMEOUT if this statement needs longer"
+    return MigrationFailed(f"{where} failed: {detail}; rolled back{kept}", hint=hint)
+
+
+class _OwnConnectionOpened(Exception):
+    """env.py connected through an engine of its own."""
+
+
+@contextmanager
+def _only_this_connection() -> Iterator[None]:
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    def refuse(connection: Any) -> None:
+        raise _OwnConnectionOpened
+
+    event.listen(Engine, "engine_connect", refuse)
+    try:
+        yield
+    finally:
+        event.remove(Engine, "engine_connect", refuse)
+
+
+@contextmanager
+def _sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]:
+    # One SQLAlchemy connection over our psycopg connection: StaticPool never opens
+    # another, and disposing of the engine is never needed (we close ``raw`` ourselves).
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import StaticPool
+
+    engine = create_engine("postgresql+psycopg://", creator=lambda: raw, poolclass=StaticPool)
+    connection = engine.connect()
+    try:
+        yield connection
+    finally:
+        _rollback_quietly(connection)
+
+
+def _rollback_quietly(connection: Connection) -> None:
+    try:
+        if connection.in_transaction():
+            connection.rollback()
+    except Exception as error:  # noqa: BLE001 - the connection may be gone; the server rolls back
+        log.debug("migrate.rollback_failed", error=type(error).__name__)
+
+
+def _failing_revision(trace: TracebackType | None) -> tuple[str | None, str | None]:
+    # The innermost frame that belongs to a revision module names the revision.
+    found: tuple[str | None, str | None] = (None, None)
+    while trace is not None:
+        module_globals = trace.tb_frame.f_globals
+        revision = module_globals.get("revision")
+        if isinstance(revision, str) and "down_revision" in module_globals:
+            doc = (module_globals.get("__doc__") or "").strip().splitlines()
+            found = (revision, doc[0] if doc else None)
+        trace = trace.tb_next
+    return found
+
+
+def _sql_error(error: BaseException) -> BaseException | None:
+    seen: BaseException | None = error
+    while seen is not None:
+        original = getattr(seen, "orig", None)
+        if original is not None and getattr(original, "sqlstate", None):
+            return original  # type: ignore[no-any-return]
+        if getattr(seen, "sqlstate", None):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _describe(error: BaseException, sql: BaseException | None) -> str:
+    if sql is None:
+        return f"{type(error).__name__}: {error}"
+    diag = getattr(sql, "diag", None)
+    primary = getattr(diag, "message_primary", None) or str(sql).splitlines()[0]
+    statement = getattr(error, "statement", None)
+    text = f"[{getattr(sql, 'sqlstate', '?')}] {primary}"
+    if statement:
+        flat = " ".join(str(statement).split())
+        text += f" in: {flat[:200]}"
+    return text
