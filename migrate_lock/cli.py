@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -49,7 +50,13 @@ def _settings(ctx: click.Context, **more: Any) -> Settings:
 
 def _run(action: Callable[[], T]) -> T:
     """Call the library; turn its failures into one line and a documented exit code."""
-    log.configure()
+    # Until settings are validated, honour the log settings as given, so that even a
+    # settings error is reported in the format the operator asked for.
+    flags = click.get_current_context().find_root().obj or {}
+    log.configure(
+        log_format=flags.get("log_format") or os.environ.get("LOG_FORMAT", "auto").lower(),
+        level=flags.get("log_level") or os.environ.get("LOG_LEVEL", "INFO"),
+    )
     try:
         with signals_raise():
             return action()

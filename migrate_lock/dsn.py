@@ -12,6 +12,7 @@ from migrate_lock.errors import ConfigError
 #: often share one DATABASE_URL between SQLAlchemy (asyncpg, psycopg2) and us.
 _PLAIN_SCHEMES = ("postgresql", "postgres")
 _MASK = "***"
+_SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 _URL_IN_TEXT = re.compile(r"\b(postgres(?:ql)?(?:\+\w+)?://)([^:/@\s]*):([^@\s]*)@")
 
 
@@ -63,6 +64,11 @@ def parse_database_url(raw: str, *, variable: str = "DATABASE_URL") -> DatabaseU
     database = unquote(parts.path.lstrip("/")) or query.get("dbname", "")
     host = parts.hostname or query.get("host", "")
     _check_with_libpq(text.replace(parts.scheme + "://", "postgresql://", 1), variable)
+    sslmode = query.get("sslmode")
+    if sslmode is not None and sslmode not in _SSL_MODES:
+        raise ConfigError(
+            f"{variable} is malformed: sslmode={sslmode!r} is not one of {', '.join(_SSL_MODES)}"
+        )
 
     libpq = urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
     sqlalchemy = urlunsplit(

@@ -30,7 +30,7 @@ class EventLog:
 
     def configure(self, *, log_format: str = "auto", level: str = "INFO") -> None:
         stream = self.stream or sys.stderr
-        if log_format == "auto":
+        if log_format not in ("json", "text"):
             log_format = "text" if _isatty(stream) else "json"
         self.format = log_format
         self.level = LEVELS.get(level.upper(), LEVELS["INFO"])

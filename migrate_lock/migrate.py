@@ -13,7 +13,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, TextIO
 
-from migrate_lock.errors import MigrationFailed, UnknownDatabaseRevision, UsageError
+from migrate_lock.errors import (
+    MigrateLockError,
+    MigrationFailed,
+    UnknownDatabaseRevision,
+    UsageError,
+)
 from migrate_lock.lock import holder_application_name, holds, release, wait_for_lock
 from migrate_lock.logs import log
 from migrate_lock.project import DatabaseSession, Project
@@ -131,7 +136,10 @@ def _migrate_holding_lock(
         to_rev=list(wanted),
         pending=len(before.pending),
     )
-    applied = run_upgrade(config, connection, target)
+    try:
+        applied = run_upgrade(config, connection, target)
+    except MigrateLockError as error:
+        raise _with_database_revision(error, session) from None
     after = session.state(wanted, project.scripts)
     if not after.ready:
         raise MigrationFailed(
@@ -142,6 +150,17 @@ def _migrate_holding_lock(
         )
     record_history(connection, session.version_table, project.scripts.ancestry(after.current))
     return _finish(session, "migrated", before, after, tuple(applied), waited, started)
+
+
+def _with_database_revision(error: MigrateLockError, session: DatabaseSession) -> MigrateLockError:
+    # With transaction_per_migration, earlier revisions stay committed: say where we are.
+    try:
+        current = session.current()
+    except Exception:  # noqa: BLE001 - the connection died with the migration: say so
+        return error
+    where = ", ".join(current or ()) or "no revision"
+    copy = type(error)(f"{error.message}; the database is at {where}", hint=error.hint)
+    return copy
 
 
 def _prepare_session(session: DatabaseSession) -> None:

@@ -104,13 +104,13 @@ class Scripts:
 
     def resolve(self, target: str) -> tuple[str, ...]:
         """The revisions ``target`` (``heads``, ``head``, a revision, a label) stands for."""
-        from alembic.script.revision import MultipleHeads, ResolutionError
+        from alembic.script.revision import MultipleHeads, ResolutionError, Revision
         from alembic.util import CommandError
 
         if target == "heads":
             return self.heads()
         try:
-            scripts = self.script.get_revisions(target)
+            scripts = self.script.revision_map.get_revisions(target)
         except MultipleHeads:
             heads = ", ".join(self.heads())
             raise UsageError(
@@ -122,7 +122,7 @@ class Scripts:
                 f"unknown target revision '{target}' ({error})",
                 hint="see `migrate-lock history` for the revisions this code has",
             ) from None
-        revisions = tuple(sorted(s.revision for s in scripts if s is not None))
+        revisions = tuple(sorted(s.revision for s in scripts if isinstance(s, Revision)))
         if not revisions:
             raise UsageError(
                 f"target '{target}' names no revision", hint="upgrade to `heads` or a revision id"

