@@ -43,7 +43,11 @@ def main(ctx: click.Context, /, **flags: Any) -> None:
 
 
 def _settings(ctx: click.Context, **more: Any) -> Settings:
-    settings = load_settings(**ctx.obj, **more)
+    flags = dict(ctx.obj)
+    if flags.get("database_url"):
+        # The flag names the one database to use: it beats MIGRATION_DATABASE_URL too.
+        more["migration_database_url"] = flags["database_url"]
+    settings = load_settings(**flags, **more)
     log.configure(log_format=settings.log_format, level=settings.log_level)
     return settings
 
@@ -79,7 +83,8 @@ def _fail(message: str, code: ExitCode) -> NoReturn:
     if log.format == "json":
         log.error("command.failed", error=message, exit_code=int(code))
     else:
-        sys.stderr.write(log.scrub(f"migrate-lock: error: {message} (exit {int(code)})") + "\n")
+        line = " ".join(f"migrate-lock: error: {message} (exit {int(code)})".split())
+        sys.stderr.write(log.scrub(line) + "\n")
     sys.exit(int(code))
 
 

@@ -102,10 +102,16 @@ def connect(
             sleep_ms=round((state.next_action.sleep if state.next_action else 0) * 1000),
         )
 
+    backoff = wait_random_exponential(multiplier=0.2, max=5)
+
+    def wait_within_budget(state: RetryCallState) -> float:
+        # Never sleep past the deadline: the budget is what the operator configured.
+        return max(0.0, min(backoff(state), deadline - time.monotonic()))
+
     retrying = Retrying(
         retry=retry_if_exception_type(_Transient),
         stop=stop_after_delay(timeout_seconds),
-        wait=wait_random_exponential(multiplier=0.2, max=5),
+        wait=wait_within_budget,
         before_sleep=before_sleep,
         reraise=True,
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from migrate_lock.errors import ConfigError
 
@@ -13,7 +13,10 @@ from migrate_lock.errors import ConfigError
 _PLAIN_SCHEMES = ("postgresql", "postgres")
 _MASK = "***"
 _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
-_URL_IN_TEXT = re.compile(r"\b(postgres(?:ql)?(?:\+\w+)?://)([^:/@\s]*):([^@\s]*)@")
+# Any scheme: a mysql:// URL given by mistake must not leak its password either.
+_URL_IN_TEXT = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^:/@\s]*):([^@\s]*)@", re.IGNORECASE)
+#: Placeholder text in our own hints, not a secret.
+_PLACEHOLDER = "PASSWORD"
 
 
 @dataclass(frozen=True)
@@ -63,17 +66,18 @@ def parse_database_url(raw: str, *, variable: str = "DATABASE_URL") -> DatabaseU
     password = unquote(parts.password) if parts.password is not None else query.get("password")
     database = unquote(parts.path.lstrip("/")) or query.get("dbname", "")
     host = parts.hostname or query.get("host", "")
-    _check_with_libpq(text.replace(parts.scheme + "://", "postgresql://", 1), variable)
+    rest = text.split("://", 1)[1]
+    _check_with_libpq("postgresql://" + rest, variable)
     sslmode = query.get("sslmode")
     if sslmode is not None and sslmode not in _SSL_MODES:
         raise ConfigError(
             f"{variable} is malformed: sslmode={sslmode!r} is not one of {', '.join(_SSL_MODES)}"
         )
 
-    libpq = urlunsplit(("postgresql", parts.netloc, parts.path, parts.query, parts.fragment))
-    sqlalchemy = urlunsplit(
-        ("postgresql+psycopg", parts.netloc, parts.path, parts.query, parts.fragment)
-    )
+    # Rebuilt by hand: urlunsplit would turn a host-less "postgresql:///db?host=/run/pg"
+    # into "postgresql:/db…".
+    libpq = "postgresql://" + rest
+    sqlalchemy = "postgresql+psycopg://" + rest
     if port is not None and port == 0:
         raise ConfigError(f"{variable} has port 0", hint="use the server's port, usually 5432")
     return DatabaseUrl(
@@ -88,17 +92,21 @@ def parse_database_url(raw: str, *, variable: str = "DATABASE_URL") -> DatabaseU
 
 def mask_url_text(text: str) -> str:
     """Replace every password inside URLs found in ``text`` with ``***``."""
-    masked = _URL_IN_TEXT.sub(lambda m: f"{m.group(1)}{m.group(2)}:{_MASK}@", text)
-    return re.sub(r"(password=)[^&\s]+", rf"\g<1>{_MASK}", masked)
+
+    def hide(match: re.Match[str]) -> str:
+        if match.group(3) == _PLACEHOLDER:
+            return match.group(0)
+        return f"{match.group(1)}{match.group(2)}:{_MASK}@"
+
+    masked = _URL_IN_TEXT.sub(hide, text)
+    return re.sub(r"(password=)[^&\s]+", rf"\g<1>{_MASK}", masked, flags=re.IGNORECASE)
 
 
 def with_database(url: DatabaseUrl, database: str) -> DatabaseUrl:
     """The same server and credentials, another database (used for scratch databases)."""
     parts = urlsplit(url.libpq)
-    new = urlunsplit(
-        (parts.scheme, parts.netloc, "/" + quote(database), parts.query, parts.fragment)
-    )
-    return parse_database_url(new)
+    query = f"?{parts.query}" if parts.query else ""
+    return parse_database_url(f"postgresql://{parts.netloc}/{quote(database)}{query}")
 
 
 def _check_with_libpq(text: str, variable: str) -> None:

@@ -82,11 +82,3 @@ class Refused(MigrateLockError):
     """A guardrail refused a destructive operation; nothing was changed."""
 
     exit_code = ExitCode.REFUSED
-
-
-class Interrupted(MigrateLockError):
-    """A signal stopped the command; anything open was rolled back."""
-
-    def __init__(self, message: str, *, signal_exit_code: ExitCode) -> None:
-        super().__init__(message)
-        self.exit_code = signal_exit_code

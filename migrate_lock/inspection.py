@@ -61,7 +61,7 @@ def schema_state(
     behind or at an unknown revision. ``database_url`` overrides DATABASE_URL.
     """
     if settings is None:
-        settings = load_settings(database_url=database_url)
+        settings = load_settings(database_url=database_url, migration_database_url=database_url)
     project = Project(settings)
     scripts = project.scripts
     with project.session(application_name="migrate-lock readiness") as session:

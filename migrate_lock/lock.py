@@ -190,7 +190,7 @@ def wait_for_lock(
                 hint="retry later, raise MIGRATION_LOCK_TIMEOUT_SECONDS, or if that session "
                 f"is stuck: SELECT pg_terminate_backend({holder.pid if holder else 'PID'})",
             )
-        # Full jitter keeps many replicas from polling in lockstep.
+        # Jitter (half to all of the pause) keeps many replicas from polling in lockstep.
         sleep = min(pause, deadline - now)
         time.sleep(max(0.0, random.uniform(sleep / 2, sleep)))  # noqa: S311
         pause = min(pause * 1.6, MAX_POLL_SECONDS)

@@ -96,11 +96,16 @@ def upgrade_sql(
     from alembic.util import CommandError
 
     project = Project(settings, output=output)
-    project.scripts.resolve(target)
-    if not project.config.get_main_option("sqlalchemy.url"):
-        project.config.set_main_option("sqlalchemy.url", "postgresql+psycopg://")
+    if ":" not in target:  # a start:end range is Alembic's to check
+        project.scripts.resolve(target)
+    config = project.config
+    if not config.get_main_option("sqlalchemy.url"):
+        config.set_main_option("sqlalchemy.url", "postgresql+psycopg://")
+    config.attributes["version_table"] = project.settings.version_table
+    if project.settings.version_table_schema:
+        config.attributes["version_table_schema"] = project.settings.version_table_schema
     try:
-        command.upgrade(project.config, target, sql=True)
+        command.upgrade(config, target, sql=True)
     except CommandError as error:
         raise UsageError(f"cannot render SQL for '{target}': {error}") from None
 

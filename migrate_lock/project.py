@@ -16,6 +16,7 @@ from migrate_lock.connection import connect
 from migrate_lock.dsn import DatabaseUrl
 from migrate_lock.errors import ConfigError
 from migrate_lock.lock import lock_key
+from migrate_lock.logs import log
 from migrate_lock.revisions import (
     Scripts,
     VersionTable,
@@ -38,6 +39,7 @@ class Project:
     def __init__(self, settings: Settings | None = None, *, output: TextIO | None = None) -> None:
         self.settings = settings or load_settings()
         self._output = output
+        log.configure(log_format=self.settings.log_format, level=self.settings.log_level)
 
     @cached_property
     def config(self) -> Config:

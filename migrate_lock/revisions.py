@@ -63,7 +63,9 @@ def seen_revisions(
     if not row or row[0] is None or not wanted:
         return set()
     rows = connection.execute(
-        f"SELECT revision FROM {table.history_qualified} WHERE revision = ANY(%s)", (wanted,)
+        f"SELECT revision FROM {table.history_qualified}"
+        " WHERE version_table = %s AND revision = ANY(%s)",
+        (table.name, wanted),
     ).fetchall()
     return {str(r[0]) for r in rows}
 
@@ -72,15 +74,18 @@ def record_history(
     connection: psycopg.Connection[Any], table: VersionTable, revisions: Iterable[str]
 ) -> None:
     """Remember that the database has been at (or past) each of ``revisions``."""
+    # Keyed by version table too: two applications may share a schema.
     connection.execute(
         f"CREATE TABLE IF NOT EXISTS {table.history_qualified} ("
-        " revision text PRIMARY KEY,"
-        " first_applied_at timestamptz NOT NULL DEFAULT now())"
+        " version_table text NOT NULL,"
+        " revision text NOT NULL,"
+        " first_applied_at timestamptz NOT NULL DEFAULT now(),"
+        " PRIMARY KEY (version_table, revision))"
     )
     connection.execute(
-        f"INSERT INTO {table.history_qualified} (revision)"
-        " SELECT unnest(%s::text[]) ON CONFLICT (revision) DO NOTHING",
-        (sorted(set(revisions)),),
+        f"INSERT INTO {table.history_qualified} (version_table, revision)"
+        " SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
+        (table.name, sorted(set(revisions))),
     )
 
 

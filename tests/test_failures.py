@@ -109,6 +109,7 @@ def test_missing_alembic_ini_is_a_configuration_error(tmp_path: Path, database_u
         ("postgresql://app:{pw}@db/app?sslmode=sometimes", "DATABASE_URL is malformed"),
         ("postgresql://app:{pw}@db/app?notanoption=1", "DATABASE_URL is malformed"),
         ("postgresql://app:{pw}@db:99999/app", "DATABASE_URL is malformed"),
+        ("POSTGRESQL://app:{pw}@db/app?notanoption=1", "DATABASE_URL is malformed"),
     ],
 )
 def test_bad_database_url_is_a_configuration_error_that_never_prints_the_password(

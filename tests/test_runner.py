@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from conftest import Server
+
 from support import assert_one_line_failure, cli_env, query, run_cli
 
 OWN_CONNECTION_ENV = """
@@ -100,3 +103,19 @@ def test_database_url_flag_beats_the_environment(project: Path, database_url: st
         database_url="postgresql://nobody:x@127.0.0.1:1/nothing",
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_host_less_url_connects_through_a_unix_socket(
+    project: Path, database_url: str, pg_server: Server
+) -> None:
+    """Why: sidecar and Cloud SQL proxy set-ups give `postgresql:///db?host=/socket/dir`."""
+    if pg_server.embedded is None:
+        pytest.skip("needs the embedded server's socket directory")
+    database = database_url.rsplit("/", 1)[1]
+    server = pg_server.embedded
+    socket_url = f"postgresql:///{database}?host={server.data_dir}&port={server.port}&user=postgres"
+
+    result = run_cli(["upgrade"], cwd=project, database_url=socket_url)
+
+    assert result.returncode == 0, result.stderr
+    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
