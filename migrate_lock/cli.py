@@ -171,6 +171,33 @@ def history(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
+@click.option("--force", is_flag=True, help="Apply every seed file, changed or not.")
+@click.option(
+    "--prune", is_flag=True, help="Delete rows whose key is not in the CSV (destructive)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def seed(ctx: click.Context, dry_run: bool, force: bool, prune: bool, as_json: bool) -> None:
+    """Apply changed seed files (reference data) under the migration lock."""
+    from migrate_lock.seed import seed as run_seed
+
+    run = _run(lambda: run_seed(settings=_settings(ctx), force=force, prune=prune, dry_run=dry_run))
+    if as_json:
+        _print_json(run.as_dict())
+        return
+    verb = "would apply" if run.dry_run else "applied"
+    for result in run.results:
+        if result.action == "skipped":
+            click.echo(f"{result.name}: unchanged, skipped")
+            continue
+        click.echo(
+            f"{result.name}: {verb}: {result.inserted} inserted, {result.updated} updated, "
+            f"{result.unchanged} unchanged, {result.deleted} deleted"
+        )
+
+
+@main.command()
 @click.argument("path", type=click.Path(path_type=Path), default=".")
 def init(path: Path) -> None:
     """Scaffold alembic.ini and migrations/ (env.py ready for migrate-lock) in PATH."""

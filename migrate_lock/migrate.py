@@ -23,6 +23,7 @@ from migrate_lock.lock import holder_application_name, holds, release, wait_for_
 from migrate_lock.logs import log
 from migrate_lock.project import DatabaseSession, Project
 from migrate_lock.revisions import record_history
+from migrate_lock.seed import SeedFile, apply_seeds, changed_seeds, discover, seeds_dir
 from migrate_lock.settings import Settings
 from migrate_lock.state import SchemaState
 
@@ -33,15 +34,16 @@ Role = Literal["fast_path", "waited", "migrated"]
 class UpgradeResult:
     """What one ``upgrade`` did.
 
-    ``role`` is ``fast_path`` (already there, the lock never touched), ``waited``
-    (another replica did the work while we waited) or ``migrated`` (we applied
-    ``applied``).
+    ``role`` is ``fast_path`` (already there, seeds unchanged, the lock never touched), ``waited``
+    (another replica did the work while we waited) or ``migrated`` (we applied the
+    revisions in ``applied`` and the seed files in ``seeded``).
     """
 
     role: Role
     from_revisions: tuple[str, ...]
     to_revisions: tuple[str, ...]
     applied: tuple[str, ...]
+    seeded: tuple[str, ...]
     lock_key: int
     wait_ms: int
     total_ms: int
@@ -60,16 +62,24 @@ def upgrade(target: str = "heads", *, settings: Settings | None = None) -> Upgra
     project = Project(settings)
     scripts = project.scripts
     wanted = scripts.resolve(target)
+    seeds = _seed_files(project.settings, wanted == scripts.heads())
     with project.session() as session:
+
+        def nothing_to_do(state: SchemaState) -> bool:
+            # Seeds count too: at head with a changed seed file is still work to do.
+            return state.ready and not changed_seeds(
+                session.connection, session.version_table, seeds
+            )
+
         state = session.state(wanted, scripts)
         _refuse_unknown(state)
-        if state.ready:
+        if nothing_to_do(state):
             return _finish(session, "fast_path", state, state, (), 0.0, started)
         outcome = wait_for_lock(
             session.connection,
             session.lock_key,
             timeout_seconds=project.settings.migration_lock_timeout_seconds,
-            work_is_done=lambda: session.state(wanted, scripts).ready,
+            work_is_done=lambda: nothing_to_do(session.state(wanted, scripts)),
         )
         if not outcome.acquired:
             after = session.state(wanted, scripts)
@@ -81,7 +91,9 @@ def upgrade(target: str = "heads", *, settings: Settings | None = None) -> Upgra
                 wait_ms=round(outcome.waited_seconds * 1000),
                 attempts=outcome.attempts,
             )
-            return _migrate_holding_lock(session, target, wanted, outcome.waited_seconds, started)
+            return _migrate_holding_lock(
+                session, target, wanted, seeds, outcome.waited_seconds, started
+            )
         finally:
             if not session.connection.closed and not session.connection.broken:
                 release(session.connection, session.lock_key)
@@ -114,10 +126,10 @@ def _migrate_holding_lock(
     session: DatabaseSession,
     target: str,
     wanted: tuple[str, ...],
+    seeds: list[SeedFile],
     waited: float,
     started: float,
 ) -> UpgradeResult:
-    from migrate_lock.runner import run_upgrade
 
     project = session.project
     connection = session.connection
@@ -129,9 +141,29 @@ def _migrate_holding_lock(
         )
     before = session.state(wanted, project.scripts)
     _refuse_unknown(before)
-    if before.ready:
+    due = changed_seeds(connection, session.version_table, seeds)
+    if before.ready and not due:
         return _finish(session, "waited", before, before, (), waited, started)
     _prepare_session(session)
+    after: SchemaState = before
+    applied: tuple[str, ...] = ()
+    if not before.ready:
+        after, applied = _run_migrations(session, target, wanted, before)
+    seeded = tuple(
+        result.name
+        for result in apply_seeds(connection, session.version_table, due, force=True)
+        if result.action == "applied"
+    )
+    return _finish(session, "migrated", before, after, applied, waited, started, seeded)
+
+
+def _run_migrations(
+    session: DatabaseSession, target: str, wanted: tuple[str, ...], before: SchemaState
+) -> tuple[SchemaState, tuple[str, ...]]:
+    from migrate_lock.runner import run_upgrade
+
+    project = session.project
+    connection = session.connection
     config = project.config
     config.attributes["version_table"] = session.version_table.name
     config.attributes["version_table_schema"] = session.version_table.schema
@@ -154,7 +186,7 @@ def _migrate_holding_lock(
             "config.attributes to context.configure (see docs/existing-projects.md)",
         )
     record_history(connection, session.version_table, project.scripts.ancestry(after.current))
-    return _finish(session, "migrated", before, after, tuple(applied), waited, started)
+    return after, tuple(applied)
 
 
 def _with_database_revision(error: MigrateLockError, session: DatabaseSession) -> MigrateLockError:
@@ -189,6 +221,13 @@ def _prepare_session(session: DatabaseSession) -> None:
         connection.execute("SELECT set_config(%s, %s, false)", (name, value))
 
 
+def _seed_files(settings: Settings, to_heads: bool) -> list[SeedFile]:
+    # Seeds describe the newest schema: only an upgrade to the heads applies them.
+    if not (settings.seed_on_upgrade and to_heads):
+        return []
+    return discover(seeds_dir(settings))
+
+
 def _refuse_unknown(state: SchemaState) -> None:
     if state.status == "unknown":
         raise UnknownDatabaseRevision(
@@ -207,12 +246,14 @@ def _finish(
     applied: tuple[str, ...],
     waited: float,
     started: float,
+    seeded: tuple[str, ...] = (),
 ) -> UpgradeResult:
     result = UpgradeResult(
         role=role,
         from_revisions=before.current,
         to_revisions=after.current,
         applied=applied,
+        seeded=seeded,
         lock_key=session.lock_key,
         wait_ms=round(waited * 1000),
         total_ms=round((time.monotonic() - started) * 1000),
@@ -224,6 +265,7 @@ def _finish(
         from_rev=list(result.from_revisions),
         to_rev=list(result.to_revisions),
         applied=len(applied),
+        seeded=len(seeded),
         status=after.status,
         wait_ms=result.wait_ms,
         duration_ms=result.total_ms,

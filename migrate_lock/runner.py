@@ -18,7 +18,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TextIO
 
-from migrate_lock.errors import ConfigError, MigrationFailed, TemporaryError
+from migrate_lock.errors import ConfigError, MigrateLockError, MigrationFailed, TemporaryError
 from migrate_lock.logs import log
 from migrate_lock.revisions import VersionTable
 
@@ -134,7 +134,8 @@ def migration_error(error: BaseException) -> Exception:
     where = f"revision {revision}" + (f" ({doc})" if doc else "") if revision else "env.py"
     sql = _sql_error(error)
     sqlstate = getattr(sql, "sqlstate", None) if sql is not None else None
-    detail = _describe(error, sql)
+    # Our own helpers (run_sql_file) already said where: keep their words.
+    detail = error.message if isinstance(error, MigrateLockError) else _describe(error, sql)
     if sqlstate == _LOCK_NOT_AVAILABLE:
         return TemporaryError(
             f"{where} could not get a table lock within DDL_LOCK_TIMEOUT: {detail}; rolled back",

@@ -63,6 +63,8 @@ class Settings(BaseSettings):
     alembic_config: Path = Field(default=Path("alembic.ini"), validation_alias="ALEMBIC_CONFIG")
     version_table: str = Field(default="alembic_version", validation_alias="VERSION_TABLE")
     version_table_schema: str | None = Field(default=None, validation_alias="VERSION_TABLE_SCHEMA")
+    seeds_dir: Path | None = Field(default=None, validation_alias="SEEDS_DIR")
+    seed_on_upgrade: bool = Field(default=True, validation_alias="SEED_ON_UPGRADE")
 
     @field_validator("log_format", "log_level", "environment", mode="before")
     @classmethod

@@ -1,7 +1,8 @@
 """baseline
 
 The first revision of this project. Create your starting schema here, or leave it
-empty and add revisions with `alembic revision -m "..."`.
+empty and add revisions with `alembic revision -m "..."`. Reference data that belongs
+with the baseline goes in seed_data.sql beside this file.
 
 Revision ID: 0001
 Revises:
@@ -11,6 +12,9 @@ Create Date: 2026-01-01 00:00:00
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
+
+from migrate_lock.seed import run_sql_file
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None
@@ -19,7 +23,7 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    run_sql_file(Path(__file__).with_name("seed_data.sql"))
 
 
 def downgrade() -> None:
