@@ -171,6 +171,16 @@ def history(ctx: click.Context) -> None:
 
 
 @main.command()
+@click.pass_context
+def freeze(ctx: click.Context) -> None:
+    """Write the heads manifest (for the Dockerfile): replicas at head then skip Alembic."""
+    from migrate_lock.manifest import freeze as write_manifest
+
+    manifest = _run(lambda: write_manifest(settings=_settings(ctx)))
+    click.echo(f"wrote {manifest.path} (heads: {', '.join(manifest.heads)})")
+
+
+@main.command()
 @click.option("--dry-run", is_flag=True, help="Report what would change; change nothing.")
 @click.option("--force", is_flag=True, help="Apply every seed file, changed or not.")
 @click.option(

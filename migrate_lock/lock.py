@@ -157,9 +157,31 @@ def wait_for_lock(
     """Poll for the lock until acquired, until ``work_is_done()``, or until the timeout.
 
     ``work_is_done`` runs lock-free between attempts: when another replica has
-    finished, we continue without ever taking the lock. Raises LockTimeout (75)
-    naming the holder.
+    finished, we continue without ever taking the lock. Between attempts we LISTEN
+    for the holder's NOTIFY (``announce_done``), so the hand-off takes milliseconds;
+    behind a transaction pooler, where LISTEN does not work, the polling remains.
+    Raises LockTimeout (75) naming the holder.
     """
+    channel = _channel(key)
+    connection.execute(f"LISTEN {channel}")
+    try:
+        return _poll(connection, key, timeout_seconds, work_is_done)
+    finally:
+        if not connection.closed and not connection.broken:
+            connection.execute(f"UNLISTEN {channel}")
+
+
+def announce_done(connection: psycopg.Connection[Any], key: int) -> None:
+    """Wake the replicas waiting for this lock: the holder is done (sent before unlocking)."""
+    connection.execute(f"NOTIFY {_channel(key)}")
+
+
+def _poll(
+    connection: psycopg.Connection[Any],
+    key: int,
+    timeout_seconds: float,
+    work_is_done: Callable[[], bool],
+) -> WaitOutcome:
     started = time.monotonic()
     deadline = started + timeout_seconds
     pause = FIRST_POLL_SECONDS
@@ -192,8 +214,18 @@ def wait_for_lock(
             )
         # Jitter (half to all of the pause) keeps many replicas from polling in lockstep.
         sleep = min(pause, deadline - now)
-        time.sleep(max(0.0, random.uniform(sleep / 2, sleep)))  # noqa: S311
+        _wait_for_notify(connection, max(0.0, random.uniform(sleep / 2, sleep)))  # noqa: S311
         pause = min(pause * 1.6, MAX_POLL_SECONDS)
+
+
+def _wait_for_notify(connection: psycopg.Connection[Any], seconds: float) -> None:
+    # Returns at the first notification or after ``seconds``, whichever comes first.
+    for _ in connection.notifies(timeout=seconds, stop_after=1):
+        break
+
+
+def _channel(key: int) -> str:
+    return f"migrate_lock_{key & 0xFFFFFFFFFFFFFFFF:016x}"
 
 
 def _split(key: int) -> tuple[int, int]:

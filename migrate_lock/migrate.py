@@ -19,7 +19,13 @@ from migrate_lock.errors import (
     UnknownDatabaseRevision,
     UsageError,
 )
-from migrate_lock.lock import holder_application_name, holds, release, wait_for_lock
+from migrate_lock.lock import (
+    announce_done,
+    holder_application_name,
+    holds,
+    release,
+    wait_for_lock,
+)
 from migrate_lock.logs import log
 from migrate_lock.project import DatabaseSession, Project
 from migrate_lock.revisions import record_history
@@ -96,6 +102,7 @@ def upgrade(target: str = "heads", *, settings: Settings | None = None) -> Upgra
             )
         finally:
             if not session.connection.closed and not session.connection.broken:
+                announce_done(session.connection, session.lock_key)
                 release(session.connection, session.lock_key)
                 log.info("lock.released", lock_key=session.lock_key)
 

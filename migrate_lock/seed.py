@@ -157,7 +157,7 @@ def seed(
 
     A dry run takes no lock and changes nothing.
     """
-    from migrate_lock.lock import release, wait_for_lock
+    from migrate_lock.lock import announce_done, release, wait_for_lock
     from migrate_lock.project import Project
 
     project = Project(settings)
@@ -184,6 +184,7 @@ def seed(
         try:
             results = apply_seeds(session.connection, table, files, force=force, prune=prune)
         finally:
+            announce_done(session.connection, session.lock_key)
             release(session.connection, session.lock_key)
         return SeedRun(results, dry_run=False)
 

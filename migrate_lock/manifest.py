@@ -1,0 +1,153 @@
+"""The heads manifest: the scripts' heads, known without loading Alembic.
+
+``migrate-lock freeze`` (run it in the Dockerfile, after copying the migrations)
+writes ``migrate-lock.heads.json`` into the script directory: the head revisions,
+every revision id, and a fingerprint of every revision file. A replica that starts
+reads the manifest and re-computes the fingerprint (a read of the revision files,
+no imports); only when they match are the heads trusted. A missing or stale
+manifest is never wrong, only slower: the caller falls back to Alembic.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrate_lock.errors import ConfigError
+from migrate_lock.logs import log
+from migrate_lock.settings import Settings
+
+MANIFEST_NAME = "migrate-lock.heads.json"
+_FORMAT = 1
+_SEPARATORS = {"os": os.pathsep, "space": " ", "newline": "\n", ":": ":", ";": ";", ",": ","}
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What ``freeze`` wrote."""
+
+    heads: tuple[str, ...]
+    revisions: frozenset[str]
+    fingerprint: str
+    path: Path
+
+
+@dataclass(frozen=True)
+class ScriptFiles:
+    """Where a project's revision files are, read from alembic.ini without Alembic."""
+
+    script_dir: Path
+    version_dirs: tuple[Path, ...]
+    recursive: bool
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.script_dir / MANIFEST_NAME
+
+    def fingerprint(self) -> str:
+        """sha256 over every revision file's path and bytes, in a stable order."""
+        digest = hashlib.sha256()
+        for directory in self.version_dirs:
+            # Relative to the script directory, so the project may move (image layers).
+            digest.update(os.path.relpath(directory, self.script_dir).encode() + b"\0")
+            pattern = "**/*.py" if self.recursive else "*.py"
+            for path in sorted(directory.glob(pattern)):
+                if "__pycache__" in path.parts:
+                    continue
+                digest.update(str(path.relative_to(directory)).encode() + b"\0")
+                digest.update(path.read_bytes() + b"\0")
+        return "sha256:" + digest.hexdigest()
+
+
+def script_files(alembic_ini: Path) -> ScriptFiles | None:
+    """The revision directories named by ``alembic_ini``; None when only Alembic can
+    tell (a ``package:resource`` script location, interpolation we do not support)."""
+    parser = configparser.ConfigParser(defaults={"here": str(alembic_ini.parent.absolute())})
+    try:
+        if not parser.read(alembic_ini):
+            return None
+        section = parser["alembic"]
+        location = section.get("script_location")
+        versions = section.get("version_locations")
+        separator = section.get("path_separator") or section.get("version_path_separator")
+        recursive = section.getboolean("recursive_version_locations", fallback=False)
+    except (configparser.Error, KeyError, ValueError):
+        return None
+    if not location or (":" in location and not Path(location).is_absolute()):
+        return None  # "package:resource": only Alembic knows where that is
+    script_dir = Path(location)  # relative locations are relative to the working directory
+    if versions:
+        split = _SEPARATORS.get(separator or "")
+        parts = versions.split(split) if split else versions.replace(",", " ").split()
+        version_dirs = tuple(Path(part.strip()) for part in parts if part.strip())
+    else:
+        version_dirs = (script_dir / "versions",)
+    return ScriptFiles(script_dir, version_dirs, recursive)
+
+
+def read_manifest(files: ScriptFiles) -> Manifest | None:
+    """The manifest if it exists and still matches the revision files, else None."""
+    path = files.manifest_path
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        log.warning("heads.manifest_unreadable", path=str(path))
+        return None
+    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+        return None
+    if data.get("fingerprint") != files.fingerprint():
+        log.warning(
+            "heads.manifest_stale",
+            path=str(path),
+            detail="revision files changed since `migrate-lock freeze`; using Alembic",
+        )
+        return None
+    return Manifest(
+        heads=tuple(sorted(str(h) for h in data["heads"])),
+        revisions=frozenset(str(r) for r in data["revisions"]),
+        fingerprint=str(data["fingerprint"]),
+        path=path,
+    )
+
+
+def freeze(*, settings: Settings | None = None) -> Manifest:
+    """Write the heads manifest for the project of ``settings`` (alembic.ini, scripts)."""
+    from migrate_lock.project import Project
+
+    project = Project(settings)
+    files = script_files(project.settings.alembic_config)
+    if files is None:
+        raise ConfigError(
+            f"cannot locate the revision files from {project.settings.alembic_config}",
+            hint="freeze needs a filesystem script_location (not package:resource)",
+        )
+    scripts = project.scripts
+    revisions = sorted(s.revision for s in scripts.script.walk_revisions("base", "heads"))
+    manifest = Manifest(
+        heads=scripts.heads(),
+        revisions=frozenset(revisions),
+        fingerprint=files.fingerprint(),
+        path=files.manifest_path,
+    )
+    payload = {
+        "format": _FORMAT,
+        "heads": list(manifest.heads),
+        "revisions": revisions,
+        "fingerprint": manifest.fingerprint,
+    }
+    temporary = manifest.path.with_suffix(".tmp")
+    temporary.write_text(json.dumps(payload, indent=1) + "\n")
+    temporary.replace(manifest.path)
+    log.info(
+        "heads.frozen",
+        path=str(manifest.path),
+        heads=list(manifest.heads),
+        revisions=len(revisions),
+    )
+    return manifest
