@@ -1,0 +1,226 @@
+"""Benchmark: migrate-lock against bare Alembic, measured side by side in one run.
+
+    python bench/run.py [--repeat 5] [--quick]
+
+Starts its own embedded PostgreSQL, generates example projects, and measures:
+- one replica at head: CPU seconds (user+sys of the child) and wall time, median;
+- N = 1, 8, 32 replicas started at the same instant at head (warm), and cold (an empty
+  database, 20 revisions; migrate-lock only: bare Alembic replicas race and fail);
+- at head with M = 20, 200, 1000 revisions;
+- hand-off: from the migrating replica's `migrate.done` to each waiter's continue.
+Prints the ratios the performance issue sets as targets and writes bench/results/run.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import psycopg
+
+from migrate_lock.embedded import EmbeddedPostgres
+from migrate_lock.example import applied_counts, write_example_project
+
+MIGRATE_LOCK = [sys.executable, "-m", "migrate_lock", "upgrade"]
+ALEMBIC = [sys.executable, "-m", "alembic", "upgrade", "head"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="skip M=1000 and N=32")
+    args = parser.parse_args()
+    sizes = [20, 200] if args.quick else [20, 200, 1000]
+    replicas = [1, 8] if args.quick else [1, 8, 32]
+    results: dict[str, object] = {"machine": _machine()}
+    with (
+        tempfile.TemporaryDirectory(prefix="migrate-lock-bench-") as work,
+        EmbeddedPostgres(server_options={"max_connections": "300"}) as server,
+    ):
+        bench = _Bench(Path(work), server)
+        projects = {m: bench.project(m) for m in sizes}
+        warm = {m: bench.database_at_head(projects[m], f"warm_{m}") for m in sizes}
+
+        at_head = {}
+        for m in sizes:
+            at_head[m] = {
+                "migrate_lock": bench.single(MIGRATE_LOCK, projects[m], warm[m], args.repeat),
+                "alembic": bench.single(ALEMBIC, projects[m], warm[m], args.repeat),
+            }
+        results["at_head_single"] = at_head
+
+        crowd = {}
+        for n in replicas:
+            crowd[n] = {
+                "warm_migrate_lock": bench.crowd(MIGRATE_LOCK, projects[20], warm[20], n),
+                "warm_alembic": bench.crowd(ALEMBIC, projects[20], warm[20], n),
+                "cold_migrate_lock": bench.cold(projects[20], n),
+            }
+        results["replicas"] = crowd
+        results["handoff_ms"] = bench.handoff(8)
+
+    ratios = _ratios(results, sizes, replicas)
+    results["ratios"] = ratios
+    _print(results, sizes, replicas)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    (out / "run.json").write_text(json.dumps(results, indent=2, default=str))
+
+
+class _Bench:
+    def __init__(self, work: Path, server: EmbeddedPostgres) -> None:
+        self.work = work
+        self.server = server
+        self.databases = 0
+
+    def project(self, revisions: int, *, slow: float = 0.0) -> Path:
+        path = self.work / f"project_{revisions}_{int(slow * 1000)}"
+        if not path.exists():
+            write_example_project(
+                path,
+                revisions + 1,
+                slow_revision=revisions // 2 if slow else None,
+                slow_seconds=slow,
+            )
+        return path
+
+    def database(self, name: str) -> str:
+        with psycopg.connect(self.server.url(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            admin.execute(f'CREATE DATABASE "{name}"')
+        return self.server.url(name)
+
+    def database_at_head(self, project: Path, name: str) -> str:
+        url = self.database(name)
+        subprocess.run(MIGRATE_LOCK, cwd=project, env=_env(url), check=True, capture_output=True)
+        return url
+
+    def single(self, command: list[str], project: Path, url: str, repeat: int) -> dict[str, float]:
+        cpu, wall = [], []
+        for _ in range(repeat):
+            before = resource.getrusage(resource.RUSAGE_CHILDREN)
+            started = time.perf_counter()
+            subprocess.run(command, cwd=project, env=_env(url), check=True, capture_output=True)
+            wall.append(time.perf_counter() - started)
+            after = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
+        return {"cpu_s": statistics.median(cpu), "wall_s": statistics.median(wall)}
+
+    def crowd(self, command: list[str], project: Path, url: str, count: int) -> dict[str, object]:
+        started = time.perf_counter()
+        processes = [
+            subprocess.Popen(
+                command, cwd=project, env=_env(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            for _ in range(count)
+        ]
+        codes = [process.wait(timeout=600) for process in processes]
+        wall = time.perf_counter() - started
+        for process in processes:
+            process.communicate()
+        return {"wall_s": wall, "exit_codes": sorted(set(codes)), "all_ok": set(codes) == {0}}
+
+    def cold(self, project: Path, count: int) -> dict[str, object]:
+        self.databases += 1
+        url = self.database(f"cold_{count}_{self.databases}")
+        result = self.crowd(MIGRATE_LOCK, project, url, count)
+        with psycopg.connect(url) as connection:
+            counts = applied_counts(connection)
+        result["exactly_once"] = len(counts) == 20 and set(counts.values()) == {1}
+        return result
+
+    def handoff(self, count: int) -> dict[str, float]:
+        project = self.project(20, slow=1.0)
+        url = self.database("handoff")
+        env = {**_env(url), "LOG_FORMAT": "json"}
+        processes = [
+            subprocess.Popen(
+                MIGRATE_LOCK,
+                cwd=project,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(count)
+        ]
+        done_at, continued = None, []
+        for process in processes:
+            _, stderr = process.communicate(timeout=600)
+            for line in stderr.splitlines():
+                event = json.loads(line)
+                stamp = datetime.fromisoformat(event["ts"].replace("Z", "+00:00")).timestamp()
+                if event["event"] == "migrate.done":
+                    done_at = stamp
+                elif event["event"] == "migrate.up_to_date" and event.get("role") == "waited":
+                    continued.append(stamp)
+        if done_at is None or not continued:
+            return {}
+        delays = [(stamp - done_at) * 1000 for stamp in continued]
+        return {"median": statistics.median(delays), "max": max(delays), "waiters": len(delays)}
+
+
+def _env(url: str) -> dict[str, str]:
+    return {**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json", "ENVIRONMENT": "development"}
+
+
+def _machine() -> dict[str, object]:
+    return {
+        "cpus": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def _ratios(results: dict[str, object], sizes: list[int], replicas: list[int]) -> dict[str, float]:
+    at_head = results["at_head_single"]  # type: ignore[index]
+    crowd = results["replicas"]  # type: ignore[index]
+    top = replicas[-1]
+    ratios = {
+        "at_head_cpu_vs_alembic": at_head[20]["migrate_lock"]["cpu_s"]
+        / at_head[20]["alembic"]["cpu_s"],
+        f"warm_{top}_wall_vs_alembic": crowd[top]["warm_migrate_lock"]["wall_s"]
+        / crowd[top]["warm_alembic"]["wall_s"],
+        f"cold_{top}_wall_vs_alembic_warm": crowd[top]["cold_migrate_lock"]["wall_s"]
+        / crowd[top]["warm_alembic"]["wall_s"],
+        f"at_head_{sizes[-1]}_vs_20_revisions": at_head[sizes[-1]]["migrate_lock"]["cpu_s"]
+        / at_head[20]["migrate_lock"]["cpu_s"],
+    }
+    return ratios
+
+
+def _print(results: dict[str, object], sizes: list[int], replicas: list[int]) -> None:
+    at_head = results["at_head_single"]  # type: ignore[index]
+    print("one replica at head (median)          CPU s    wall s")
+    for m in sizes:
+        for tool in ("migrate_lock", "alembic"):
+            row = at_head[m][tool]
+            print(f"  M={m:<5} {tool:<14}               {row['cpu_s']:.3f}    {row['wall_s']:.3f}")
+    print("\nN replicas at once                    wall s   exit codes")
+    for n, row in results["replicas"].items():  # type: ignore[attr-defined]
+        for case in ("warm_migrate_lock", "warm_alembic", "cold_migrate_lock"):
+            data = row[case]
+            once = f"  exactly once: {data['exactly_once']}" if "exactly_once" in data else ""
+            print(
+                f"  N={n:<3} {case:<20}          {data['wall_s']:.3f}   {data['exit_codes']}{once}"
+            )
+    handoff = results["handoff_ms"]
+    print(f"\nhand-off (holder's commit -> waiter continues): {handoff}")
+    print("\nratios (targets: at-head CPU <= 0.30, warm <= 0.35, cold <= 0.50, M=1000 <= 1.10):")
+    for name, value in results["ratios"].items():  # type: ignore[attr-defined]
+        print(f"  {name:<40} {value:.2f}")
+
+
+if __name__ == "__main__":
+    main()
