@@ -117,6 +117,19 @@ def upgrade(
     _run(action)
 
 
+@main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx: click.Context, command: tuple[str, ...]) -> None:
+    """Migrate under the lock (unless MIGRATE_ON_START=false), then exec COMMAND.
+
+    Use it as the container's entrypoint: migrate-lock run -- gunicorn app:app
+    """
+    from migrate_lock.entrypoint import run as run_entrypoint
+
+    _run(lambda: run_entrypoint(command, settings=_settings(ctx)))
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
 @click.pass_context

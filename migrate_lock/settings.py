@@ -65,6 +65,18 @@ class Settings(BaseSettings):
     version_table_schema: str | None = Field(default=None, validation_alias="VERSION_TABLE_SCHEMA")
     seeds_dir: Path | None = Field(default=None, validation_alias="SEEDS_DIR")
     seed_on_upgrade: bool = Field(default=True, validation_alias="SEED_ON_UPGRADE")
+    migrate_on_start: bool = Field(default=True, validation_alias="MIGRATE_ON_START")
+    entrypoint_passthrough: str = Field(
+        default="migrate-lock alembic", validation_alias="ENTRYPOINT_PASSTHROUGH"
+    )
+
+    @field_validator("entrypoint_passthrough")
+    @classmethod
+    def _command_names(cls, value: str) -> str:
+        names = value.replace(",", " ").split()
+        if any("/" in name for name in names):
+            raise ValueError("must be command names, not paths, separated by spaces or commas")
+        return " ".join(names)
 
     @field_validator("log_format", "log_level", "environment", mode="before")
     @classmethod

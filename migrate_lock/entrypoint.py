@@ -1,0 +1,90 @@
+"""``run``: the container entrypoint. Migrate under the lock, then become the server.
+
+``migrate-lock run -- gunicorn app:app`` validates the settings, upgrades under the lock
+(unless ``MIGRATE_ON_START=false``), closes its connection, and then ``exec``s the
+command: the command replaces this process, keeps its PID (PID 1 in a container),
+receives the container's signals itself, and its exit code is the container's.
+
+A failed, timed-out or interrupted upgrade never reaches the ``exec``: the process
+exits with the documented code (1, 75, 143, …) so the restart policy applies.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from migrate_lock.errors import UsageError
+from migrate_lock.interrupts import signals_raise
+from migrate_lock.logs import log
+from migrate_lock.settings import Settings, load_settings
+
+# Python ignores these; an ignored signal stays ignored across exec, so a server we
+# started would never die of a closed pipe or an oversized file as it expects to.
+_RESTORE_DEFAULT = ("SIGPIPE", "SIGXFSZ")
+
+
+def run(command: Sequence[str], *, settings: Settings | None = None) -> NoReturn:
+    """Upgrade under the lock (unless MIGRATE_ON_START=false), then exec ``command``.
+
+    Never returns: either the process becomes ``command``, or a MigrateLockError
+    (each with its exit code) or an interrupt (SIGTERM: ``Terminated``, SIGINT:
+    ``KeyboardInterrupt``) is raised and ``command`` never starts. Commands named in
+    ENTRYPOINT_PASSTHROUGH (``migrate-lock``, ``alembic``) are exec'd without migrating.
+    """
+    argv = list(command)
+    if not argv:
+        raise UsageError(
+            "run needs a command to start after migrating",
+            hint="migrate-lock run -- gunicorn app:app",
+        )
+    with signals_raise():
+        settings = settings or load_settings()
+        log.configure(log_format=settings.log_format, level=settings.log_level)
+        # Before migrating: a typo in the command must not cost a migration first.
+        executable = _find(argv[0])
+        name = os.path.basename(argv[0])
+        if name in settings.entrypoint_passthrough.split():
+            log.info("run.passthrough", command=name)
+        elif not settings.migrate_on_start:
+            log.info("run.migrate_skipped", reason="MIGRATE_ON_START=false")
+        else:
+            from migrate_lock.migrate import upgrade
+
+            # upgrade() closes its connection before it returns or raises.
+            upgrade(settings=settings)
+        _exec(executable, argv)
+
+
+def _find(program: str) -> str:
+    found = shutil.which(program)
+    if found is None:
+        where = "is not executable" if os.sep in program else "is not on PATH"
+        raise UsageError(
+            f"cannot start {program!r}: it {where}",
+            hint="check the command after `migrate-lock run --` (and the image's PATH)",
+        )
+    return found
+
+
+def _exec(executable: str, argv: list[str]) -> NoReturn:
+    log.info("run.exec", command=os.path.basename(argv[0]), pid=os.getpid())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for name in _RESTORE_DEFAULT:
+        signum = getattr(signal, name, None)
+        if signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+    # SIGTERM and SIGINT keep our handlers up to the exec itself (which resets them to
+    # the default): a signal before this line raises, and the command never starts.
+    try:
+        os.execv(executable, argv)  # noqa: S606 - exec'ing the given command is the point
+    except OSError as error:
+        raise UsageError(
+            f"cannot start {argv[0]!r}: {error.strerror or error}",
+            hint="check the command after `migrate-lock run --` (a script needs a #! line)",
+        ) from None
