@@ -17,7 +17,7 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "upgrade": "migrate_lock.migrate",
     "upgrade_sql": "migrate_lock.migrate",
-    "UpgradeResult": "migrate_lock.migrate",
+    "UpgradeResult": "migrate_lock.outcome",
     "status": "migrate_lock.inspection",
     "schema_state": "migrate_lock.inspection",
     "current": "migrate_lock.inspection",
@@ -63,7 +63,8 @@ if TYPE_CHECKING:
     from migrate_lock.errors import ExitCode, MigrateLockError
     from migrate_lock.inspection import Status, current, heads, history, schema_state, status
     from migrate_lock.lock import lock_key
-    from migrate_lock.migrate import UpgradeResult, upgrade, upgrade_sql
+    from migrate_lock.migrate import upgrade, upgrade_sql
+    from migrate_lock.outcome import UpgradeResult
     from migrate_lock.scaffold import init_project
     from migrate_lock.settings import Settings, load_settings
     from migrate_lock.state import SchemaState

@@ -7,7 +7,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
@@ -15,7 +15,9 @@ from migrate_lock import __version__
 from migrate_lock.errors import ExitCode, MigrateLockError
 from migrate_lock.interrupts import Terminated, signals_raise
 from migrate_lock.logs import log
-from migrate_lock.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from migrate_lock.settings import Settings
 
 T = TypeVar("T")
 
@@ -43,6 +45,9 @@ def main(ctx: click.Context, /, **flags: Any) -> None:
 
 
 def _settings(ctx: click.Context, **more: Any) -> Settings:
+    # Imported here: pydantic costs more than the whole at-head fast path.
+    from migrate_lock.settings import load_settings
+
     flags = dict(ctx.obj)
     if flags.get("database_url"):
         # The flag names the one database to use: it beats MIGRATION_DATABASE_URL too.
@@ -102,10 +107,19 @@ def upgrade(
     ctx: click.Context, revision: str, sql: bool, as_json: bool, lock_timeout: float | None
 ) -> None:
     """Upgrade to REVISION (default: heads) under the migration lock."""
-    from migrate_lock.migrate import upgrade as run_upgrade
-    from migrate_lock.migrate import upgrade_sql
+    if revision == "heads" and not sql:
+        from migrate_lock.fastpath import fast_upgrade
+
+        fast = fast_upgrade({**ctx.obj, "migration_lock_timeout_seconds": lock_timeout})
+        if fast is not None:
+            if as_json:
+                _print_json(fast.as_dict())
+            return
 
     def action() -> None:
+        from migrate_lock.migrate import upgrade as run_upgrade
+        from migrate_lock.migrate import upgrade_sql
+
         settings = _settings(ctx, migration_lock_timeout_seconds=lock_timeout)
         if sql:
             upgrade_sql(revision, settings=settings)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
@@ -38,8 +39,16 @@ class DatabaseUrl:
         return f"DatabaseUrl({self.masked!r})"
 
 
-def parse_database_url(raw: str, *, variable: str = "DATABASE_URL") -> DatabaseUrl:
-    """Validate ``raw`` and return its three forms; raise ConfigError naming ``variable``."""
+def parse_database_url(
+    raw: str,
+    *,
+    variable: str = "DATABASE_URL",
+    libpq_check: Callable[[str, str], None] | None = None,
+) -> DatabaseUrl:
+    """Validate ``raw`` and return its three forms; raise ConfigError naming ``variable``.
+
+    ``libpq_check(conninfo, variable)`` validates with libpq; psycopg's parser by default.
+    """
     text = raw.strip()
     if "://" not in text:
         raise ConfigError(
@@ -67,7 +76,7 @@ def parse_database_url(raw: str, *, variable: str = "DATABASE_URL") -> DatabaseU
     database = unquote(parts.path.lstrip("/")) or query.get("dbname", "")
     host = parts.hostname or query.get("host", "")
     rest = text.split("://", 1)[1]
-    _check_with_libpq("postgresql://" + rest, variable)
+    (libpq_check or _check_with_libpq)("postgresql://" + rest, variable)
     sslmode = query.get("sslmode")
     if sslmode is not None and sslmode not in _SSL_MODES:
         raise ConfigError(

@@ -16,10 +16,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from migrate_lock.errors import ConfigError
 from migrate_lock.logs import log
-from migrate_lock.settings import Settings
+
+if TYPE_CHECKING:
+    from migrate_lock.settings import Settings
 
 MANIFEST_NAME = "migrate-lock.heads.json"
 _FORMAT = 1

@@ -10,8 +10,7 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-from typing import Any, Literal, TextIO
+from typing import TextIO
 
 from migrate_lock.errors import (
     MigrateLockError,
@@ -27,35 +26,12 @@ from migrate_lock.lock import (
     wait_for_lock,
 )
 from migrate_lock.logs import log
+from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.project import DatabaseSession, Project
 from migrate_lock.revisions import record_history
 from migrate_lock.seed import SeedFile, apply_seeds, changed_seeds, discover, seeds_dir
 from migrate_lock.settings import Settings
 from migrate_lock.state import SchemaState
-
-Role = Literal["fast_path", "waited", "migrated"]
-
-
-@dataclass(frozen=True)
-class UpgradeResult:
-    """What one ``upgrade`` did.
-
-    ``role`` is ``fast_path`` (already there, seeds unchanged, the lock never touched), ``waited``
-    (another replica did the work while we waited) or ``migrated`` (we applied the
-    revisions in ``applied`` and the seed files in ``seeded``).
-    """
-
-    role: Role
-    from_revisions: tuple[str, ...]
-    to_revisions: tuple[str, ...]
-    applied: tuple[str, ...]
-    seeded: tuple[str, ...]
-    lock_key: int
-    wait_ms: int
-    total_ms: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def upgrade(target: str = "heads", *, settings: Settings | None = None) -> UpgradeResult:
@@ -232,7 +208,7 @@ def _seed_files(settings: Settings, to_heads: bool) -> list[SeedFile]:
     # Seeds describe the newest schema: only an upgrade to the heads applies them.
     if not (settings.seed_on_upgrade and to_heads):
         return []
-    return discover(seeds_dir(settings))
+    return discover(seeds_dir(settings.seeds_dir, settings.alembic_config))
 
 
 def _refuse_unknown(state: SchemaState) -> None:

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING, Any, Literal
 from migrate_lock.csv_seed import Counts, SeedError, upsert_csv
 from migrate_lock.errors import Refused
 from migrate_lock.logs import log
-from migrate_lock.settings import Settings
 from migrate_lock.sql_file import run_sql_file
 
 if TYPE_CHECKING:
     import psycopg
 
     from migrate_lock.revisions import VersionTable
+    from migrate_lock.settings import Settings
 
 __all__ = ["SeedError", "SeedFile", "SeedResult", "SeedRun", "run_sql_file", "seed"]
 
@@ -76,11 +76,9 @@ class SeedRun:
         return {"dry_run": self.dry_run, "seeds": [asdict(result) for result in self.results]}
 
 
-def seeds_dir(settings: Settings) -> Path:
+def seeds_dir(configured: Path | None, alembic_config: Path) -> Path:
     """Where the seed files are: SEEDS_DIR, else ``seeds/`` beside alembic.ini."""
-    if settings.seeds_dir is not None:
-        return settings.seeds_dir
-    return settings.alembic_config.parent / "seeds"
+    return configured if configured is not None else alembic_config.parent / "seeds"
 
 
 def discover(directory: Path) -> list[SeedFile]:
@@ -163,7 +161,7 @@ def seed(
     project = Project(settings)
     if prune and not dry_run:
         _refuse_prune_outside_development(project.settings)
-    files = discover(seeds_dir(project.settings))
+    files = discover(seeds_dir(project.settings.seeds_dir, project.settings.alembic_config))
     with project.session(application_name="migrate-lock seed") as session:
         table = session.version_table
         if dry_run:

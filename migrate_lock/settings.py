@@ -6,7 +6,6 @@ allowed. Keyword arguments (the CLI's flags) beat the environment.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,12 +14,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from migrate_lock.dsn import DatabaseUrl, parse_database_url
 from migrate_lock.errors import ConfigError
+from migrate_lock.rules import DURATION, IDENTIFIER, INT64
 
 Environment = Literal["development", "test", "staging", "production"]
 
-_DURATION = re.compile(r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$")
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
-_INT64 = (-(2**63), 2**63 - 1)
+_DURATION = DURATION
+_IDENTIFIER = IDENTIFIER
+_INT64 = INT64
 
 
 class Settings(BaseSettings):

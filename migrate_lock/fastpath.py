@@ -1,0 +1,265 @@
+"""The at-head fast path: "already at head" without Alembic, SQLAlchemy, psycopg or pydantic.
+
+Almost every start of almost every replica finds nothing to do. This path answers
+that case with the standard library, libpq through ctypes (pq.py), and the heads
+manifest (manifest.py), in a fraction of the CPU time of loading Alembic.
+
+It only ever says "nothing to do". Whenever it cannot be sure (no manifest or a
+stale one, a setting it does not recognise as certainly valid, a connection or
+query problem, the database not exactly at the heads, a changed seed file), it
+returns None and the caller runs the full protocol, which validates everything
+again and produces the proper errors. So it can be slower, never wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from migrate_lock import rules
+from migrate_lock.dsn import DatabaseUrl, parse_database_url
+from migrate_lock.errors import MigrateLockError
+from migrate_lock.lock import lock_key
+from migrate_lock.logs import log
+from migrate_lock.manifest import read_manifest, script_files
+from migrate_lock.outcome import UpgradeResult
+from migrate_lock.pq import LeanConnection, LeanUnavailable, conninfo_is_valid
+from migrate_lock.revisions import VersionTable, current_schema, database_revisions
+from migrate_lock.seed import changed_seeds, discover, seeds_dir
+
+_FLOAT = re.compile(r"^\s*\d+(\.\d+)?\s*$")
+_INTEGER = re.compile(r"^\s*-?\d{1,19}\s*$")
+_TRUE = {"1", "true", "t", "yes", "y", "on"}
+_FALSE = {"0", "false", "f", "no", "n", "off"}
+_DOTENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*$")
+
+
+@dataclass
+class LeanSettings:
+    """The settings the fast path reads, each checked against rules.py."""
+
+    database_url: str | None = None
+    migration_database_url: str | None = None
+    environment: str | None = None
+    alembic_config: Path = Path("alembic.ini")
+    version_table: str = "alembic_version"
+    version_table_schema: str | None = None
+    seeds_dir: Path | None = None
+    seed_on_upgrade: bool = True
+    db_connect_timeout_seconds: float = 30.0
+    migration_lock_key: int | None = None
+    log_format: str = "auto"
+    log_level: str = "INFO"
+    #: Checked too, but not used by the fast path.
+    others: dict[str, Any] = field(default_factory=dict)
+
+
+def fast_upgrade(overrides: Mapping[str, Any] | None = None) -> UpgradeResult | None:
+    """``upgrade`` to the heads when the database is already there, or None.
+
+    ``overrides`` are the CLI's flags by settings field name (None = not given).
+    """
+    started = time.monotonic()
+    try:
+        settings = lean_settings(os.environ, _read_dotenv(Path(".env")), overrides or {})
+        log.configure(log_format=settings.log_format, level=settings.log_level)
+        return _at_head(settings, started)
+    except (LeanUnavailable, MigrateLockError, OSError, ValueError):
+        return None
+
+
+def lean_settings(
+    environ: Mapping[str, str], dotenv: Mapping[str, str], overrides: Mapping[str, Any]
+) -> LeanSettings:
+    """Read every migrate-lock setting; raise LeanUnavailable unless all are certainly valid."""
+    raw: dict[str, str] = {}
+    for source in (dotenv, environ):  # the environment beats .env, as in settings.py
+        for name in _FIELDS:
+            # A field's first variable beats its aliases (ENVIRONMENT before APP_ENV).
+            given = next((v for v in _variables(name) if v in source), None)
+            if given is not None:
+                raw[name] = source[given]
+    for name, value in overrides.items():
+        if value is not None:
+            raw[name] = str(value)
+    if overrides.get("database_url"):
+        raw["migration_database_url"] = str(overrides["database_url"])
+    settings = LeanSettings()
+    for name, value in raw.items():
+        checked = SETTINGS[_variables(name)[0]][1](value)
+        if hasattr(settings, name):
+            setattr(settings, name, checked)
+        else:
+            settings.others[name] = checked
+    return settings
+
+
+def _at_head(settings: LeanSettings, started: float) -> UpgradeResult | None:
+    files = script_files(settings.alembic_config)
+    manifest = read_manifest(files) if files is not None else None
+    if manifest is None:
+        return None
+    url = _migration_url(settings)
+    log.add_secret(url.password)
+    timeout = int(min(10.0, max(1.0, settings.db_connect_timeout_seconds)))
+    with LeanConnection.connect(url.libpq, timeout_seconds=timeout) as connection:
+        schema = settings.version_table_schema or current_schema(connection)  # type: ignore[arg-type]
+        table = VersionTable(schema, settings.version_table)
+        current = database_revisions(connection, table)  # type: ignore[arg-type]
+        if current is None or set(current) != set(manifest.heads):
+            return None
+        if settings.seed_on_upgrade:
+            seeds = discover(seeds_dir(settings.seeds_dir, settings.alembic_config))
+            if changed_seeds(connection, table, seeds):  # type: ignore[arg-type]
+                return None
+        row = connection.execute("SELECT current_database()").fetchone()
+        database = str(row[0]) if row and row[0] else url.database
+    key = settings.migration_lock_key
+    result = UpgradeResult(
+        role="fast_path",
+        from_revisions=current,
+        to_revisions=current,
+        applied=(),
+        seeded=(),
+        lock_key=key if key is not None else lock_key(database, schema, table.name),
+        wait_ms=0,
+        total_ms=round((time.monotonic() - started) * 1000),
+    )
+    log.info(
+        "migrate.up_to_date",
+        role="fast_path",
+        from_rev=list(current),
+        to_rev=list(current),
+        applied=0,
+        seeded=0,
+        status="at_head",
+        wait_ms=0,
+        duration_ms=result.total_ms,
+        heads_from="manifest",
+    )
+    return result
+
+
+def _migration_url(settings: LeanSettings) -> DatabaseUrl:
+    raw = settings.migration_database_url or settings.database_url
+    if not raw:
+        raise LeanUnavailable("no database URL")
+    return parse_database_url(raw, libpq_check=_libpq_accepts)
+
+
+def _libpq_accepts(conninfo: str, variable: str) -> None:
+    if not conninfo_is_valid(conninfo):
+        raise LeanUnavailable("libpq rejects the URL")
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    # The plain KEY=VALUE lines python-dotenv reads; anything fancier (interpolation,
+    # multi-line values) is left to the full path.
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    values: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        match = _DOTENV_LINE.match(line)
+        if not match or "${" in line:
+            raise LeanUnavailable(".env line the fast path does not parse")
+        value = match.group(2)
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        elif " #" in value:
+            value = value.split(" #", 1)[0].rstrip()
+        values[match.group(1)] = value
+    return values
+
+
+def _url(value: str) -> str | None:
+    return value.strip() or None
+
+
+def _choice(options: tuple[str, ...], *, upper: bool = False) -> Any:
+    def check(value: str) -> str | None:
+        cleaned = value.strip().upper() if upper else value.strip().lower()
+        if not cleaned and not upper:
+            return None
+        if cleaned not in options:
+            raise LeanUnavailable("not an allowed value")
+        return cleaned
+
+    return check
+
+
+def _float(value: str) -> float:
+    if not _FLOAT.match(value):
+        raise LeanUnavailable("not a plain non-negative number")
+    return float(value)
+
+
+def _int64(value: str) -> int:
+    if not _INTEGER.match(value) or not rules.INT64[0] <= int(value) <= rules.INT64[1]:
+        raise LeanUnavailable("not a 64-bit integer")
+    return int(value)
+
+
+def _bool(value: str) -> bool:
+    cleaned = value.strip().lower()
+    if cleaned in _TRUE:
+        return True
+    if cleaned in _FALSE:
+        return False
+    raise LeanUnavailable("not a boolean")
+
+
+def _duration(value: str) -> str:
+    if not rules.DURATION.match(value):
+        raise LeanUnavailable("not a duration")
+    return value
+
+
+def _identifier(value: str) -> str:
+    if not rules.IDENTIFIER.match(value):
+        raise LeanUnavailable("not an identifier")
+    return value
+
+
+def _path(value: str) -> Path:
+    return Path(value)
+
+
+#: Every variable settings.py reads (a test keeps the two in step), with its field and
+#: the check. The first variable of a field is its main name; aliases follow it.
+SETTINGS: dict[str, tuple[str, Any]] = {
+    "DATABASE_URL": ("database_url", _url),
+    "MIGRATION_DATABASE_URL": ("migration_database_url", _url),
+    "ENVIRONMENT": ("environment", _choice(rules.ENVIRONMENTS)),
+    "APP_ENV": ("environment", _choice(rules.ENVIRONMENTS)),
+    "MIGRATION_LOCK_TIMEOUT_SECONDS": ("migration_lock_timeout_seconds", _float),
+    "MIGRATION_LOCK_KEY": ("migration_lock_key", _int64),
+    "DDL_LOCK_TIMEOUT": ("ddl_lock_timeout", _duration),
+    "DDL_STATEMENT_TIMEOUT": ("ddl_statement_timeout", _duration),
+    "DDL_IDLE_IN_TRANSACTION_TIMEOUT": ("ddl_idle_in_transaction_timeout", _duration),
+    "DB_CONNECT_TIMEOUT_SECONDS": ("db_connect_timeout_seconds", _float),
+    "LOG_FORMAT": ("log_format", _choice(rules.LOG_FORMATS)),
+    "LOG_LEVEL": ("log_level", _choice(rules.LOG_LEVELS, upper=True)),
+    "ALEMBIC_CONFIG": ("alembic_config", _path),
+    "VERSION_TABLE": ("version_table", _identifier),
+    "VERSION_TABLE_SCHEMA": ("version_table_schema", _identifier),
+    "SEEDS_DIR": ("seeds_dir", _path),
+    "SEED_ON_UPGRADE": ("seed_on_upgrade", _bool),
+    "MIGRATE_ON_START": ("migrate_on_start", _bool),
+    "ENTRYPOINT_PASSTHROUGH": ("entrypoint_passthrough", str),
+}
+
+
+_FIELDS = tuple(dict.fromkeys(name for name, _ in SETTINGS.values()))
+
+
+def _variables(name: str) -> list[str]:
+    return [variable for variable, (field_name, _) in SETTINGS.items() if field_name == name]

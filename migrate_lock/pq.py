@@ -1,0 +1,170 @@
+"""A few libpq calls through ctypes, for the at-head fast path only.
+
+Importing psycopg costs about a quarter of a CPU-second; loading libpq itself (the
+one psycopg[binary] ships, or the system's) costs a few milliseconds. The fast path
+needs one connection and three small read-only queries, so it talks to libpq
+directly. Anything unexpected (no libpq found, a connection error, a query error)
+returns None or raises ``LeanUnavailable``, and the caller takes the full path,
+which has the retries, the error classification and the messages.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import importlib.util
+import re
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+_CONNECTION_OK = 0
+_TUPLES_OK = 2
+_COMMAND_OK = 1
+_PLACEHOLDER = re.compile(r"%s")
+
+
+class LeanUnavailable(Exception):
+    """The lean path cannot answer; take the full path."""
+
+
+class LeanConnection:
+    """The psycopg-like subset our read-only queries use: ``execute(...).fetchall()``."""
+
+    def __init__(self, lib: Any, handle: int) -> None:
+        self._lib = lib
+        self._handle = handle
+
+    @classmethod
+    def connect(cls, conninfo: str, *, timeout_seconds: int) -> LeanConnection:
+        lib = _libpq()
+        keys = [b"dbname", b"connect_timeout", b"application_name", b"keepalives"]
+        values = [conninfo.encode(), str(max(1, timeout_seconds)).encode(), b"migrate-lock", b"1"]
+        key_array = (ctypes.c_char_p * (len(keys) + 1))(*keys, None)
+        value_array = (ctypes.c_char_p * (len(values) + 1))(*values, None)
+        # expand_dbname=1: the URL in "dbname" is expanded, the other keys complete it.
+        handle = lib.PQconnectdbParams(key_array, value_array, 1)
+        if not handle or lib.PQstatus(handle) != _CONNECTION_OK:
+            if handle:
+                lib.PQfinish(handle)
+            raise LeanUnavailable("connection failed")
+        return cls(lib, handle)
+
+    def execute(self, query: str, params: Sequence[object] = ()) -> _Result:
+        lib = self._lib
+        counter = iter(range(1, len(params) + 1))
+        text = _PLACEHOLDER.sub(lambda _: f"${next(counter)}", query)
+        values = (ctypes.c_char_p * max(1, len(params)))(*[_text(p) for p in params])
+        result = lib.PQexecParams(
+            self._handle, text.encode(), len(params), None, values, None, None, 0
+        )
+        try:
+            status = lib.PQresultStatus(result)
+            if status not in (_TUPLES_OK, _COMMAND_OK):
+                raise LeanUnavailable("query failed")
+            rows = []
+            for row in range(lib.PQntuples(result)):
+                rows.append(
+                    tuple(
+                        None
+                        if lib.PQgetisnull(result, row, column)
+                        else lib.PQgetvalue(result, row, column).decode()
+                        for column in range(lib.PQnfields(result))
+                    )
+                )
+            return _Result(rows)
+        finally:
+            lib.PQclear(result)
+
+    def close(self) -> None:
+        if self._handle:
+            self._lib.PQfinish(self._handle)
+            self._handle = 0
+
+    def __enter__(self) -> LeanConnection:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Result:
+    def __init__(self, rows: list[tuple[str | None, ...]]) -> None:
+        self._rows = rows
+
+    def fetchone(self) -> tuple[str | None, ...] | None:
+        return self._rows[0] if self._rows else None
+
+    def fetchall(self) -> list[tuple[str | None, ...]]:
+        return self._rows
+
+
+def conninfo_is_valid(conninfo: str) -> bool:
+    """libpq's own parser accepts ``conninfo`` (what psycopg's conninfo_to_dict checks)."""
+    lib = _libpq()
+    error = ctypes.c_void_p()
+    options = lib.PQconninfoParse(conninfo.encode(), ctypes.byref(error))
+    if error.value:
+        lib.PQfreemem(error)
+    if not options:
+        return False
+    lib.PQconninfoFree(options)
+    return True
+
+
+def _text(value: object) -> bytes | None:
+    if value is None:
+        return None
+    if isinstance(value, list | tuple):
+        inner = ",".join(
+            '"' + str(item).replace("\\", "\\\\").replace('"', '\\"') + '"' for item in value
+        )
+        return ("{" + inner + "}").encode()
+    return str(value).encode()
+
+
+@cache
+def _libpq() -> Any:
+    path = _find_libpq()
+    if path is None:
+        raise LeanUnavailable("libpq not found")
+    lib = ctypes.CDLL(path)
+    lib.PQconnectdbParams.restype = ctypes.c_void_p
+    lib.PQconnectdbParams.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int]
+    lib.PQstatus.argtypes = [ctypes.c_void_p]
+    lib.PQfinish.argtypes = [ctypes.c_void_p]
+    lib.PQexecParams.restype = ctypes.c_void_p
+    lib.PQexecParams.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_char_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+    ]
+    lib.PQresultStatus.argtypes = [ctypes.c_void_p]
+    lib.PQntuples.argtypes = [ctypes.c_void_p]
+    lib.PQnfields.argtypes = [ctypes.c_void_p]
+    lib.PQgetisnull.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.PQgetvalue.restype = ctypes.c_char_p
+    lib.PQgetvalue.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.PQclear.argtypes = [ctypes.c_void_p]
+    lib.PQconninfoParse.restype = ctypes.c_void_p
+    lib.PQconninfoParse.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+    lib.PQconninfoFree.argtypes = [ctypes.c_void_p]
+    lib.PQfreemem.argtypes = [ctypes.c_void_p]
+    return lib
+
+
+def _find_libpq() -> str | None:
+    # The libpq that psycopg[binary] ships beside its package, else the system's.
+    spec = importlib.util.find_spec("psycopg_binary")
+    if spec is not None and spec.submodule_search_locations:
+        package = Path(next(iter(spec.submodule_search_locations)))
+        shipped = sorted(package.parent.glob("psycopg_binary.libs/libpq*.so*"))
+        if shipped:
+            return str(shipped[0])
+    return ctypes.util.find_library("pq")

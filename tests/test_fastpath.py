@@ -1,0 +1,134 @@
+"""The at-head fast path: cheap when it is sure, and it never says "at head" wrongly."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import AliasChoices
+
+from migrate_lock.example import write_example_project
+from migrate_lock.fastpath import SETTINGS, lean_settings
+from migrate_lock.pq import LeanUnavailable
+from migrate_lock.settings import Settings
+
+from support import assert_one_line_failure, query, run_cli
+
+
+def upgrade_events(project: Path, database_url: str, **env: str) -> tuple[int, list[dict]]:
+    result = run_cli(["upgrade"], cwd=project, database_url=database_url, LOG_FORMAT="json", **env)
+    return result.returncode, [json.loads(line) for line in result.stderr.splitlines()]
+
+
+def finished(events: list[dict]) -> dict:
+    return next(e for e in events if e["event"] in ("migrate.up_to_date", "migrate.done"))
+
+
+@pytest.fixture
+def frozen_at_head(project: Path, database_url: str) -> Path:
+    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
+    assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    return project
+
+
+def test_at_head_with_a_fresh_manifest_answers_from_the_manifest(
+    frozen_at_head: Path, database_url: str
+) -> None:
+    code, events = upgrade_events(frozen_at_head, database_url)
+    assert code == 0
+    assert finished(events)["role"] == "fast_path"
+    assert finished(events)["heads_from"] == "manifest"
+
+
+def test_without_a_manifest_alembic_answers(project: Path, database_url: str) -> None:
+    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
+    code, events = upgrade_events(project, database_url)
+    assert code == 0
+    assert finished(events)["role"] == "fast_path"
+    assert "heads_from" not in finished(events)
+
+
+def test_a_stale_manifest_never_hides_a_new_revision(
+    frozen_at_head: Path, database_url: str
+) -> None:
+    """Why: the one unacceptable answer is "at head" when a revision is pending."""
+    versions = frozen_at_head / "migrations" / "versions"
+    (versions / "0022_more.py").write_text(
+        (versions / "0021_index.py")
+        .read_text()
+        .replace('"0021"', '"0022"')
+        .replace('"0020"', '"0021"')
+        .replace("ix_t_19_name", "ix_t_19_name_again")
+    )
+    code, events = upgrade_events(frozen_at_head, database_url)
+    assert code == 0
+    assert any(e["event"] == "heads.manifest_stale" for e in events)
+    assert finished(events)["role"] == "migrated"
+    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0022",)]
+
+
+def test_database_behind_the_manifest_is_migrated(project: Path, database_url: str) -> None:
+    assert run_cli(["upgrade", "0010"], cwd=project, database_url=database_url).returncode == 0
+    run_cli(["freeze"], cwd=project, database_url=None)
+    code, events = upgrade_events(project, database_url)
+    assert code == 0 and finished(events)["role"] == "migrated"
+
+
+def test_database_ahead_of_an_older_frozen_release_is_ready(
+    tmp_path: Path, frozen_at_head: Path, database_url: str
+) -> None:
+    older = tmp_path / "older"
+    write_example_project(older, 15)
+    run_cli(["freeze"], cwd=older, database_url=None)
+    code, events = upgrade_events(older, database_url)
+    assert code == 0
+    assert finished(events)["status"] == "ahead"
+
+
+def test_a_changed_seed_at_head_is_not_skipped(frozen_at_head: Path, database_url: str) -> None:
+    seeds = frozen_at_head / "seeds"
+    seeds.mkdir()
+    (seeds / "leagues.sql").write_text("INSERT INTO leagues (name) VALUES ('Eredivisie');")
+    code, events = upgrade_events(frozen_at_head, database_url)
+    assert code == 0 and finished(events)["seeded"] == 1
+    assert query(database_url, "SELECT count(*) FROM leagues WHERE name = 'Eredivisie'") == [(1,)]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("DDL_LOCK_TIMEOUT", "forever"), ("MIGRATION_LOCK_TIMEOUT_SECONDS", "soon")],
+)
+def test_an_invalid_setting_still_fails_fast_at_head(
+    frozen_at_head: Path, database_url: str, variable: str, value: str
+) -> None:
+    """Why: the fast path must not turn a configuration error into a silent success."""
+    result = run_cli(
+        ["upgrade"], cwd=frozen_at_head, database_url=database_url, **{variable: value}
+    )
+    line = assert_one_line_failure(result, 78)
+    assert variable in line
+
+
+def test_fast_path_knows_every_setting_the_settings_model_reads() -> None:
+    """Why: a setting the fast path did not check could be invalid and go unnoticed."""
+    model: set[str] = set()
+    for info in Settings.model_fields.values():
+        alias = info.validation_alias
+        model.update(alias.choices if isinstance(alias, AliasChoices) else [alias])  # type: ignore[arg-type]
+    assert set(SETTINGS) == model
+
+
+def test_environment_beats_dotenv_and_the_first_alias_wins() -> None:
+    settings = lean_settings(
+        {"APP_ENV": "staging", "ENVIRONMENT": "Production"},
+        {"ENVIRONMENT": "development", "SEED_ON_UPGRADE": "no"},
+        {},
+    )
+    assert settings.environment == "production"
+    assert settings.seed_on_upgrade is False
+
+
+def test_a_value_the_fast_path_is_unsure_of_sends_it_to_the_full_path() -> None:
+    with pytest.raises(LeanUnavailable):
+        lean_settings({"DB_CONNECT_TIMEOUT_SECONDS": "1e3"}, {}, {})
