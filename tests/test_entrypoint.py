@@ -73,6 +73,36 @@ def test_run_migrates_then_execs_the_command_in_the_same_process(
     assert stderr.index("migrate.done") < stderr.index("run.exec")
 
 
+def test_as_pid_1_of_a_container_run_hands_pid_1_to_the_command(
+    project: Path, database_url: str
+) -> None:
+    """Why: only PID 1 gets `docker stop`'s SIGTERM; the server must be PID 1, not our child."""
+    result = subprocess.run(
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            sys.executable,
+            "-m",
+            "migrate_lock",
+            "run",
+            "--",
+            *_reporter(),
+        ],
+        cwd=project,
+        env=cli_env(database_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert result.returncode == 7, result.stderr
+    assert json.loads(result.stdout)["pid"] == 1
+    assert _version(database_url) == [("0021",)]
+
+
 def test_run_leaves_no_database_session_open_for_the_command(
     project: Path, database_url: str
 ) -> None:
