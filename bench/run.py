@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -55,6 +56,9 @@ def main() -> None:
         for m in sizes:
             at_head[m] = {
                 "migrate_lock": bench.single(MIGRATE_LOCK, projects[m], warm[m], args.repeat),
+                "migrate_lock_no_manifest": bench.single(
+                    MIGRATE_LOCK, bench.without_manifest(projects[m]), warm[m], args.repeat
+                ),
                 "alembic": bench.single(ALEMBIC, projects[m], warm[m], args.repeat),
             }
         results["at_head_single"] = at_head
@@ -92,7 +96,22 @@ class _Bench:
                 slow_revision=revisions // 2 if slow else None,
                 slow_seconds=slow,
             )
+            # As in the Dockerfile: the heads manifest is written at build time.
+            subprocess.run(
+                [sys.executable, "-m", "migrate_lock", "freeze"],
+                cwd=path,
+                env=_env(""),
+                check=True,
+                capture_output=True,
+            )
         return path
+
+    def without_manifest(self, project: Path) -> Path:
+        bare = project.with_name(project.name + "_no_manifest")
+        if not bare.exists():
+            shutil.copytree(project, bare)
+            (bare / "migrations" / "migrate-lock.heads.json").unlink()
+        return bare
 
     def database(self, name: str) -> str:
         with psycopg.connect(self.server.url(), autocommit=True) as admin:
@@ -204,7 +223,7 @@ def _print(results: dict[str, object], sizes: list[int], replicas: list[int]) ->
     at_head = results["at_head_single"]  # type: ignore[index]
     print("one replica at head (median)          CPU s    wall s")
     for m in sizes:
-        for tool in ("migrate_lock", "alembic"):
+        for tool in ("migrate_lock", "migrate_lock_no_manifest", "alembic"):
             row = at_head[m][tool]
             print(f"  M={m:<5} {tool:<14}               {row['cpu_s']:.3f}    {row['wall_s']:.3f}")
     print("\nN replicas at once                    wall s   exit codes")

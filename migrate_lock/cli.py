@@ -107,26 +107,36 @@ def upgrade(
     ctx: click.Context, revision: str, sql: bool, as_json: bool, lock_timeout: float | None
 ) -> None:
     """Upgrade to REVISION (default: heads) under the migration lock."""
-    if revision == "heads" and not sql:
-        from migrate_lock.fastpath import fast_upgrade
-
-        fast = fast_upgrade({**ctx.obj, "migration_lock_timeout_seconds": lock_timeout})
-        if fast is not None:
-            if as_json:
-                _print_json(fast.as_dict())
-            return
 
     def action() -> None:
-        from migrate_lock.migrate import upgrade as run_upgrade
-        from migrate_lock.migrate import upgrade_sql
+        handover = None
+        if revision == "heads" and not sql:
+            # Lean first: at head (or after waiting for another replica) nothing heavy loads.
+            from migrate_lock.fastpath import Handover, fast_upgrade
 
-        settings = _settings(ctx, migration_lock_timeout_seconds=lock_timeout)
-        if sql:
-            upgrade_sql(revision, settings=settings)
-            return
-        result = run_upgrade(revision, settings=settings)
-        if as_json:
-            _print_json(result.as_dict())
+            fast = fast_upgrade({**ctx.obj, "migration_lock_timeout_seconds": lock_timeout})
+            if isinstance(fast, Handover):
+                handover = fast
+            elif fast is not None:
+                if as_json:
+                    _print_json(fast.as_dict())
+                return
+        try:
+            from migrate_lock.migrate import upgrade as run_upgrade
+            from migrate_lock.migrate import upgrade_sql
+
+            settings = _settings(ctx, migration_lock_timeout_seconds=lock_timeout)
+            if sql:
+                upgrade_sql(revision, settings=settings)
+                return
+            result = run_upgrade(
+                revision, settings=settings, handover=handover.release if handover else None
+            )
+            if as_json:
+                _print_json(result.as_dict())
+        finally:
+            if handover is not None:
+                handover.release()
 
     _run(action)
 
@@ -140,8 +150,14 @@ def run(ctx: click.Context, command: tuple[str, ...]) -> None:
     Use it as the container's entrypoint: migrate-lock run -- gunicorn app:app
     """
     from migrate_lock.entrypoint import run as run_entrypoint
+    from migrate_lock.entrypoint import run_if_nothing_to_do
 
-    _run(lambda: run_entrypoint(command, settings=_settings(ctx)))
+    def action() -> None:
+        # Lean first: a start that finds nothing to migrate loads nothing heavy.
+        run_if_nothing_to_do(command, ctx.obj)
+        run_entrypoint(command, settings=_settings(ctx))
+
+    _run(action)
 
 
 @main.command()

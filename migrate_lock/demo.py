@@ -66,6 +66,18 @@ def run_demo(
         ids = write_example_project(
             project, revisions, slow_revision=revisions // 2, slow_seconds=slow_seconds
         )
+        # As a Dockerfile would: freeze the heads so replicas at head skip Alembic.
+        subprocess.run(
+            [sys.executable, "-m", "migrate_lock", "freeze"],
+            cwd=project,
+            env={
+                **os.environ,
+                "ALEMBIC_CONFIG": str(project / "alembic.ini"),
+                "LOG_LEVEL": "ERROR",
+            },
+            check=True,
+            capture_output=True,
+        )
         out.write(
             f"Starting an embedded PostgreSQL and {replicas} replicas "
             f"({len(ids)} revisions, one of them slow)…\n"

@@ -23,11 +23,11 @@ from typing import Any
 
 from migrate_lock import rules
 from migrate_lock.dsn import DatabaseUrl, parse_database_url
-from migrate_lock.errors import MigrateLockError
-from migrate_lock.lock import lock_key
+from migrate_lock.errors import LockTimeout, MigrateLockError
+from migrate_lock.lock import lock_key, release, wait_for_lock
 from migrate_lock.logs import log
 from migrate_lock.manifest import read_manifest, script_files
-from migrate_lock.outcome import UpgradeResult
+from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.pq import LeanConnection, LeanUnavailable, conninfo_is_valid
 from migrate_lock.revisions import VersionTable, current_schema, database_revisions
 from migrate_lock.seed import changed_seeds, discover, seeds_dir
@@ -52,6 +52,7 @@ class LeanSettings:
     seeds_dir: Path | None = None
     seed_on_upgrade: bool = True
     db_connect_timeout_seconds: float = 30.0
+    migration_lock_timeout_seconds: float = 600.0
     migration_lock_key: int | None = None
     log_format: str = "auto"
     log_level: str = "INFO"
@@ -59,18 +60,38 @@ class LeanSettings:
     others: dict[str, Any] = field(default_factory=dict)
 
 
-def fast_upgrade(overrides: Mapping[str, Any] | None = None) -> UpgradeResult | None:
-    """``upgrade`` to the heads when the database is already there, or None.
+def fast_upgrade(overrides: Mapping[str, Any] | None = None) -> UpgradeResult | Handover | None:
+    """``upgrade`` to the heads, as far as it can be done without Alembic.
 
-    ``overrides`` are the CLI's flags by settings field name (None = not given).
+    Returns an UpgradeResult when the database is (or, after waiting for another
+    replica, has become) at the heads; a Handover when this process got the lock and
+    must run the migrations itself (the full path, with the lock handed over); None
+    when only the full path can tell. ``overrides`` are the CLI's flags by settings
+    field name (None = not given). A lock timeout is raised (LockTimeout, exit 75).
     """
     started = time.monotonic()
     try:
         settings = lean_settings(os.environ, _read_dotenv(Path(".env")), overrides or {})
         log.configure(log_format=settings.log_format, level=settings.log_level)
-        return _at_head(settings, started)
+        return _lean_upgrade(settings, started)
+    except LockTimeout:
+        raise
     except (LeanUnavailable, MigrateLockError, OSError, ValueError):
         return None
+
+
+class Handover:
+    """The lock, held on the lean connection until the full path is ready to take it."""
+
+    def __init__(self, connection: LeanConnection, key: int) -> None:
+        self.connection = connection
+        self.key = key
+
+    def release(self) -> None:
+        """Let go of the lock (the full path takes it next) and close the connection."""
+        if not self.connection.closed:
+            release(self.connection, self.key)  # type: ignore[arg-type]
+            self.connection.close()
 
 
 def lean_settings(
@@ -99,7 +120,7 @@ def lean_settings(
     return settings
 
 
-def _at_head(settings: LeanSettings, started: float) -> UpgradeResult | None:
+def _lean_upgrade(settings: LeanSettings, started: float) -> UpgradeResult | Handover | None:
     files = script_files(settings.alembic_config)
     manifest = read_manifest(files) if files is not None else None
     if manifest is None:
@@ -107,38 +128,86 @@ def _at_head(settings: LeanSettings, started: float) -> UpgradeResult | None:
     url = _migration_url(settings)
     log.add_secret(url.password)
     timeout = int(min(10.0, max(1.0, settings.db_connect_timeout_seconds)))
-    with LeanConnection.connect(url.libpq, timeout_seconds=timeout) as connection:
-        schema = settings.version_table_schema or current_schema(connection)  # type: ignore[arg-type]
-        table = VersionTable(schema, settings.version_table)
-        current = database_revisions(connection, table)  # type: ignore[arg-type]
-        if current is None or set(current) != set(manifest.heads):
-            return None
-        if settings.seed_on_upgrade:
-            seeds = discover(seeds_dir(settings.seeds_dir, settings.alembic_config))
-            if changed_seeds(connection, table, seeds):  # type: ignore[arg-type]
-                return None
-        row = connection.execute("SELECT current_database()").fetchone()
-        database = str(row[0]) if row and row[0] else url.database
+    connection = LeanConnection.connect(url.libpq, timeout_seconds=timeout)
+    try:
+        outcome = _check_or_wait(
+            connection, settings, manifest.heads, manifest.revisions, started, url.database
+        )
+    except BaseException:
+        connection.close()
+        raise
+    if not isinstance(outcome, Handover):
+        connection.close()
+    return outcome
+
+
+def _check_or_wait(
+    connection: LeanConnection,
+    settings: LeanSettings,
+    heads: tuple[str, ...],
+    known: frozenset[str],
+    started: float,
+    database_in_url: str,
+) -> UpgradeResult | Handover | None:
+    db: Any = connection  # the psycopg subset our read-only queries use
+    schema = settings.version_table_schema or current_schema(db)
+    table = VersionTable(schema, settings.version_table)
+    seeds = (
+        discover(seeds_dir(settings.seeds_dir, settings.alembic_config))
+        if settings.seed_on_upgrade
+        else []
+    )
+    row = db.execute("SELECT current_database()").fetchone()
+    database = str(row[0]) if row and row[0] else database_in_url
     key = settings.migration_lock_key
+    key = key if key is not None else lock_key(database, schema, table.name)
+
+    def at_heads() -> tuple[str, ...] | None:
+        current = database_revisions(db, table)
+        if current is None or set(current) != set(heads) or changed_seeds(db, table, seeds):
+            return None
+        return current
+
+    current = at_heads()
+    if current is not None:
+        return _done("fast_path", current, key, 0.0, started)
+    if any(revision not in known for revision in database_revisions(db, table) or ()):
+        return None  # ahead or unknown: the full path knows the history and the graph
+    outcome = wait_for_lock(
+        db,
+        key,
+        timeout_seconds=settings.migration_lock_timeout_seconds,
+        work_is_done=lambda: at_heads() is not None,
+    )
+    if outcome.acquired:
+        log.info("lock.acquired", lock_key=key, wait_ms=round(outcome.waited_seconds * 1000))
+        return Handover(connection, key)
+    current = at_heads() or heads
+    return _done("waited", current, key, outcome.waited_seconds, started)
+
+
+def _done(
+    role: Role, current: tuple[str, ...], key: int, waited: float, started: float
+) -> UpgradeResult:
     result = UpgradeResult(
-        role="fast_path",
+        role=role,
         from_revisions=current,
         to_revisions=current,
         applied=(),
         seeded=(),
-        lock_key=key if key is not None else lock_key(database, schema, table.name),
-        wait_ms=0,
+        lock_key=key,
+        wait_ms=round(waited * 1000),
         total_ms=round((time.monotonic() - started) * 1000),
     )
     log.info(
         "migrate.up_to_date",
-        role="fast_path",
+        role=role,
         from_rev=list(current),
         to_rev=list(current),
         applied=0,
         seeded=0,
         status="at_head",
-        wait_ms=0,
+        wait_ms=result.wait_ms,
         duration_ms=result.total_ms,
         heads_from="manifest",
     )

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TextIO
 
 from migrate_lock.errors import (
@@ -34,11 +35,18 @@ from migrate_lock.settings import Settings
 from migrate_lock.state import SchemaState
 
 
-def upgrade(target: str = "heads", *, settings: Settings | None = None) -> UpgradeResult:
+def upgrade(
+    target: str = "heads",
+    *,
+    settings: Settings | None = None,
+    handover: Callable[[], None] | None = None,
+) -> UpgradeResult:
     """Bring the database to ``target`` under the migration lock, exactly once.
 
     Safe to call from any number of processes at once. Raises a MigrateLockError
     subclass (each with its exit code) on failure; nothing is half-applied.
+    ``handover`` is called once this call's own connection is open: the fast path
+    uses it to release the lock it took on its lean connection, so we take it next.
     """
     started = time.monotonic()
     project = Project(settings)
@@ -46,6 +54,8 @@ def upgrade(target: str = "heads", *, settings: Settings | None = None) -> Upgra
     wanted = scripts.resolve(target)
     seeds = _seed_files(project.settings, wanted == scripts.heads())
     with project.session() as session:
+        if handover is not None:
+            handover()
 
         def nothing_to_do(state: SchemaState) -> bool:
             # Seeds count too: at head with a changed seed file is still work to do.

@@ -14,7 +14,9 @@ import ctypes
 import ctypes.util
 import importlib.util
 import re
-from collections.abc import Sequence
+import select
+import time
+from collections.abc import Iterator, Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ _CONNECTION_OK = 0
 _TUPLES_OK = 2
 _COMMAND_OK = 1
 _PLACEHOLDER = re.compile(r"%s")
+_BOOL, _INT8, _INT2, _INT4 = 16, 20, 21, 23
 
 
 class LeanUnavailable(Exception):
@@ -63,19 +66,47 @@ class LeanConnection:
             status = lib.PQresultStatus(result)
             if status not in (_TUPLES_OK, _COMMAND_OK):
                 raise LeanUnavailable("query failed")
+            types = [lib.PQftype(result, column) for column in range(lib.PQnfields(result))]
             rows = []
             for row in range(lib.PQntuples(result)):
                 rows.append(
                     tuple(
                         None
                         if lib.PQgetisnull(result, row, column)
-                        else lib.PQgetvalue(result, row, column).decode()
-                        for column in range(lib.PQnfields(result))
+                        else _value(lib.PQgetvalue(result, row, column).decode(), kind)
+                        for column, kind in enumerate(types)
                     )
                 )
             return _Result(rows)
         finally:
             lib.PQclear(result)
+
+    def notifies(self, *, timeout: float, stop_after: int | None = None) -> Iterator[bytes]:
+        """Yield the channel of each NOTIFY received within ``timeout`` seconds."""
+        lib = self._lib
+        deadline = time.monotonic() + timeout
+        received = 0
+        while True:
+            if not lib.PQconsumeInput(self._handle):
+                raise LeanUnavailable("connection lost")
+            while notify := lib.PQnotifies(self._handle):
+                lib.PQfreemem(notify)
+                received += 1
+                yield b""
+                if stop_after is not None and received >= stop_after:
+                    return
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            select.select([lib.PQsocket(self._handle)], [], [], remaining)
+
+    @property
+    def closed(self) -> bool:
+        return not self._handle
+
+    @property
+    def broken(self) -> bool:
+        return bool(self._handle) and self._lib.PQstatus(self._handle) != _CONNECTION_OK
 
     def close(self) -> None:
         if self._handle:
@@ -90,13 +121,13 @@ class LeanConnection:
 
 
 class _Result:
-    def __init__(self, rows: list[tuple[str | None, ...]]) -> None:
+    def __init__(self, rows: list[tuple[object, ...]]) -> None:
         self._rows = rows
 
-    def fetchone(self) -> tuple[str | None, ...] | None:
+    def fetchone(self) -> tuple[object, ...] | None:
         return self._rows[0] if self._rows else None
 
-    def fetchall(self) -> list[tuple[str | None, ...]]:
+    def fetchall(self) -> list[tuple[object, ...]]:
         return self._rows
 
 
@@ -111,6 +142,14 @@ def conninfo_is_valid(conninfo: str) -> bool:
         return False
     lib.PQconninfoFree(options)
     return True
+
+
+def _value(text: str, kind: int) -> object:
+    if kind == _BOOL:
+        return text == "t"
+    if kind in (_INT8, _INT2, _INT4):
+        return int(text)
+    return text
 
 
 def _text(value: object) -> bytes | None:
@@ -156,6 +195,12 @@ def _libpq() -> Any:
     lib.PQconninfoParse.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
     lib.PQconninfoFree.argtypes = [ctypes.c_void_p]
     lib.PQfreemem.argtypes = [ctypes.c_void_p]
+    lib.PQftype.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.PQftype.restype = ctypes.c_uint
+    lib.PQconsumeInput.argtypes = [ctypes.c_void_p]
+    lib.PQnotifies.argtypes = [ctypes.c_void_p]
+    lib.PQnotifies.restype = ctypes.c_void_p
+    lib.PQsocket.argtypes = [ctypes.c_void_p]
     return lib
 
 

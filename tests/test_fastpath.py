@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import psycopg
 import pytest
 from pydantic import AliasChoices
 
 from migrate_lock.example import write_example_project
 from migrate_lock.fastpath import SETTINGS, lean_settings
+from migrate_lock.lock import lock_key
 from migrate_lock.pq import LeanUnavailable
 from migrate_lock.settings import Settings
 
-from support import assert_one_line_failure, query, run_cli
+from support import assert_one_line_failure, query, run_cli, spawn
 
 
 def upgrade_events(project: Path, database_url: str, **env: str) -> tuple[int, list[dict]]:
@@ -132,3 +134,43 @@ def test_environment_beats_dotenv_and_the_first_alias_wins() -> None:
 def test_a_value_the_fast_path_is_unsure_of_sends_it_to_the_full_path() -> None:
     with pytest.raises(LeanUnavailable):
         lean_settings({"DB_CONNECT_TIMEOUT_SECONDS": "1e3"}, {}, {})
+
+
+@pytest.mark.slow
+def test_sixteen_frozen_replicas_on_an_empty_database_wait_lean_and_apply_once(
+    project: Path, database_url: str
+) -> None:
+    """Why: waiters that do not load Alembic leave the CPU to the one that migrates."""
+    run_cli(["freeze"], cwd=project, database_url=None)
+    processes = [
+        spawn(["upgrade"], cwd=project, database_url=database_url, LOG_FORMAT="json")
+        for _ in range(16)
+    ]
+    outputs = [process.communicate(timeout=240)[1] for process in processes]
+
+    assert [process.returncode for process in processes] == [0] * 16, outputs
+    events = [finished([json.loads(line) for line in out.splitlines()]) for out in outputs]
+    assert sorted(e["role"] for e in events).count("migrated") == 1
+    assert sum(1 for e in events if e.get("heads_from") == "manifest") >= 1
+    counts = query(database_url, "SELECT revision, count(*) FROM migration_log GROUP BY 1")
+    assert len(counts) == 20 and {count for _, count in counts} == {1}
+
+
+def test_lock_timeout_on_the_lean_path_exits_75_naming_the_holder(
+    project: Path, database_url: str
+) -> None:
+    run_cli(["freeze"], cwd=project, database_url=None)
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute(
+            "SELECT pg_advisory_lock(%s)",
+            (lock_key(holder.info.dbname, "public", "alembic_version"),),
+        )
+        result = run_cli(
+            ["upgrade"],
+            cwd=project,
+            database_url=database_url,
+            MIGRATION_LOCK_TIMEOUT_SECONDS="2",
+        )
+        pid = holder.info.backend_pid
+    line = assert_one_line_failure(result, 75)
+    assert f"pid {pid}" in line

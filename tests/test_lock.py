@@ -113,11 +113,15 @@ def test_waiter_continues_without_the_lock_once_another_replica_reached_head(
             stderr=subprocess.PIPE,
             text=True,
         )
-        time.sleep(1.5)
+        assert waiter.stderr is not None
+        seen = [waiter.stderr.readline()]
+        while "lock.waiting" not in seen[-1] and seen[-1]:
+            seen.append(waiter.stderr.readline())
         # Another replica "finishes" while we still hold the lock.
         with psycopg.connect(database_url, autocommit=True) as connection:
             connection.execute("UPDATE alembic_version SET version_num = '0021'")
-        stdout, stderr = waiter.communicate(timeout=30)
+        stdout, rest = waiter.communicate(timeout=30)
+        stderr = "".join(seen) + rest
     assert waiter.returncode == 0, stderr
     result = json.loads(stdout)
     assert result["role"] == "waited"
