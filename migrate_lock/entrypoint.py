@@ -7,6 +7,10 @@ receives the container's signals itself, and its exit code is the container's.
 
 A failed, timed-out or interrupted upgrade never reaches the ``exec``: the process
 exits with the documented code (1, 75, 143, …) so the restart policy applies.
+
+Most starts find nothing to migrate. ``run_if_nothing_to_do`` settles those on the lean
+path (fastpath.py: no pydantic, psycopg or Alembic) and execs at once; ``run`` is the full
+path for everything else.
 """
 
 from __future__ import annotations
@@ -15,13 +19,19 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
 
-from migrate_lock.errors import UsageError
+from migrate_lock.errors import MigrateLockError, UsageError
 from migrate_lock.interrupts import signals_raise
 from migrate_lock.logs import log
-from migrate_lock.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    from migrate_lock.settings import Settings
+
+#: ENTRYPOINT_PASSTHROUGH's default; settings.py and docker-entrypoint.sh say the same.
+DEFAULT_PASSTHROUGH = "migrate-lock alembic"
 
 # Python ignores these; an ignored signal stays ignored across exec, so a server we
 # started would never die of a closed pipe or an oversized file as it expects to.
@@ -36,12 +46,9 @@ def run(command: Sequence[str], *, settings: Settings | None = None) -> NoReturn
     ``KeyboardInterrupt``) is raised and ``command`` never starts. Commands named in
     ENTRYPOINT_PASSTHROUGH (``migrate-lock``, ``alembic``) are exec'd without migrating.
     """
-    argv = list(command)
-    if not argv:
-        raise UsageError(
-            "run needs a command to start after migrating",
-            hint="migrate-lock run -- gunicorn app:app",
-        )
+    from migrate_lock.settings import load_settings
+
+    argv = _command(command)
     with signals_raise():
         settings = settings or load_settings()
         log.configure(log_format=settings.log_format, level=settings.log_level)
@@ -58,6 +65,59 @@ def run(command: Sequence[str], *, settings: Settings | None = None) -> NoReturn
             # upgrade() closes its connection before it returns or raises.
             upgrade(settings=settings)
         _exec(executable, argv)
+
+
+def run_if_nothing_to_do(command: Sequence[str], flags: Mapping[str, Any] | None = None) -> None:
+    """Exec ``command`` at once when the lean path is sure there is nothing to migrate.
+
+    That is when ``command`` is in ENTRYPOINT_PASSTHROUGH, when MIGRATE_ON_START=false,
+    or when the database is at the heads of the manifest (``migrate-lock freeze``), and
+    every setting is certainly valid. ``flags`` are the CLI's, by settings field name.
+    Returns when it cannot be sure; ``run`` then validates everything and migrates.
+    """
+    argv = _command(command)
+    with signals_raise():
+        executable = _find(argv[0])
+        if _lean_nothing_to_do(argv[0], flags or {}):
+            _exec(executable, argv)
+
+
+def _lean_nothing_to_do(program: str, flags: Mapping[str, Any]) -> bool:
+    from migrate_lock import fastpath
+    from migrate_lock.pq import LeanUnavailable
+
+    try:
+        settings = fastpath.lean_settings(os.environ, fastpath._read_dotenv(Path(".env")), flags)
+    except (LeanUnavailable, MigrateLockError, OSError, ValueError):
+        return False
+    log.configure(log_format=settings.log_format, level=settings.log_level)
+    passthrough = str(settings.others.get("entrypoint_passthrough", DEFAULT_PASSTHROUGH))
+    names = passthrough.replace(",", " ").split()
+    if any("/" in name for name in names):
+        return False  # invalid: the full path says so, with exit 78
+    if os.path.basename(program) in names:
+        log.info("run.passthrough", command=os.path.basename(program))
+        return True
+    if settings.others.get("migrate_on_start") is False:
+        log.info("run.migrate_skipped", reason="MIGRATE_ON_START=false")
+        return True
+    outcome = fastpath.fast_upgrade(flags)
+    release = getattr(outcome, "release", None)
+    if release is not None:
+        # The lean path got the lock for a migration only the full path can run: let go.
+        release()
+        return False
+    return outcome is not None
+
+
+def _command(command: Sequence[str]) -> list[str]:
+    argv = list(command)
+    if not argv:
+        raise UsageError(
+            "run needs a command to start after migrating",
+            hint="migrate-lock run -- gunicorn app:app",
+        )
+    return argv
 
 
 def _find(program: str) -> str:

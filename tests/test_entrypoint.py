@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import psycopg
+import pytest
 
+from migrate_lock.entrypoint import DEFAULT_PASSTHROUGH
 from migrate_lock.lock import lock_key
 
 from support import assert_one_line_failure, cli_env, query, run_cli, spawn
@@ -123,20 +125,45 @@ def test_run_leaves_no_database_session_open_for_the_command(
     assert result.stdout.strip() == "0"
 
 
+@pytest.mark.parametrize("way", ["cli", "library"])
 def test_migrate_on_start_false_starts_the_command_without_touching_the_schema(
-    project: Path, database_url: str
+    project: Path, database_url: str, way: str
 ) -> None:
     """Why: a scheduler sharing the image must not migrate (or wait for the lock) itself."""
-    result = run_cli(
-        ["run", "--", *_reporter()],
+    if way == "cli":
+        args = [sys.executable, "-m", "migrate_lock", "run", "--", *_reporter()]
+    else:  # the full path, as a Python caller gets it
+        call = f"from migrate_lock.entrypoint import run; run({_reporter()!r})"
+        args = [sys.executable, "-c", call]
+    result = subprocess.run(
+        args,
         cwd=project,
-        database_url=database_url,
-        MIGRATE_ON_START="false",
+        env=cli_env(database_url, MIGRATE_ON_START="false"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
     assert result.returncode == 7, result.stderr
     assert "run.migrate_skipped" in result.stderr
     assert _version(database_url) == []
+
+
+def test_run_at_head_with_a_manifest_execs_without_loading_alembic(
+    project: Path, database_url: str
+) -> None:
+    """Why: nearly every container start finds the schema at head; that start must be cheap."""
+    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
+    assert run_cli(["freeze"], cwd=project, database_url=database_url).returncode == 0
+
+    process = spawn(["run", "--", *_reporter()], cwd=project, database_url=database_url)
+    stdout, stderr = process.communicate(timeout=60)
+
+    assert process.returncode == 7, stderr
+    assert json.loads(stdout)["pid"] == process.pid
+    assert "role=fast_path" in stderr and "heads_from=manifest" in stderr
+    assert stderr.index("heads_from=manifest") < stderr.index("run.exec")
 
 
 def test_failing_migration_exits_1_and_never_starts_the_command(
@@ -250,6 +277,7 @@ def test_entrypoint_script_and_settings_share_the_passthrough_default() -> None:
 
     script = (ENTRYPOINTS / "docker-entrypoint.sh").read_text()
     default = Settings.model_fields["entrypoint_passthrough"].default
+    assert default == DEFAULT_PASSTHROUGH
     assert f'"${{ENTRYPOINT_PASSTHROUGH-{default}}}"' in script
 
 
