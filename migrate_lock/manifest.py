@@ -54,16 +54,39 @@ class ScriptFiles:
     def fingerprint(self) -> str:
         """sha256 over every revision file's path and bytes, in a stable order."""
         digest = hashlib.sha256()
-        for directory in self.version_dirs:
+        for directory, names in self._files():
             # Relative to the script directory, so the project may move (image layers).
             digest.update(os.path.relpath(directory, self.script_dir).encode() + b"\0")
-            pattern = "**/*.py" if self.recursive else "*.py"
-            for path in sorted(directory.glob(pattern)):
-                if "__pycache__" in path.parts:
-                    continue
-                digest.update(str(path.relative_to(directory)).encode() + b"\0")
-                digest.update(path.read_bytes() + b"\0")
+            for name in names:
+                digest.update(name.encode() + b"\0")
+                digest.update((directory / name).read_bytes() + b"\0")
         return "sha256:" + digest.hexdigest()
+
+    def stats(self) -> list[list[object]]:
+        """Each revision file's path, size and modification time: a cheap first check."""
+        found: list[list[object]] = []
+        for directory, names in self._files():
+            for name in names:
+                stat = os.stat(os.path.join(directory, name))
+                found.append([name, stat.st_size, stat.st_mtime_ns])
+        return found
+
+    def _files(self) -> list[tuple[Path, list[str]]]:
+        """Each version directory with its revision files' names (relative), sorted."""
+        listed = []
+        for directory in self.version_dirs:
+            names: list[str] = []
+            # os.walk/os.scandir rather than pathlib: this runs at every start.
+            for root, dirs, files in os.walk(directory):
+                dirs[:] = [d for d in dirs if d != "__pycache__"] if self.recursive else []
+                prefix = os.path.relpath(root, directory)
+                names += [
+                    name if prefix == "." else os.path.join(prefix, name)
+                    for name in files
+                    if name.endswith(".py")
+                ]
+            listed.append((directory, sorted(names)))
+        return listed
 
 
 def script_files(alembic_ini: Path) -> ScriptFiles | None:
@@ -104,7 +127,9 @@ def read_manifest(files: ScriptFiles) -> Manifest | None:
         return None
     if not isinstance(data, dict) or data.get("format") != _FORMAT:
         return None
-    if data.get("fingerprint") != files.fingerprint():
+    # Unchanged sizes and modification times mean unchanged files (a build image, a
+    # checkout left alone); anything else is settled by the content fingerprint.
+    if data.get("stats") != files.stats() and data.get("fingerprint") != files.fingerprint():
         log.warning(
             "heads.manifest_stale",
             path=str(path),
@@ -143,6 +168,7 @@ def freeze(*, settings: Settings | None = None) -> Manifest:
         "heads": list(manifest.heads),
         "revisions": revisions,
         "fingerprint": manifest.fingerprint,
+        "stats": files.stats(),
     }
     temporary = manifest.path.with_suffix(".tmp")
     temporary.write_text(json.dumps(payload, indent=1) + "\n")
