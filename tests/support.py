@@ -28,11 +28,28 @@ def cli_env(database_url: str | None, **extra: str) -> dict[str, str]:
     return env
 
 
+class Replica(subprocess.Popen[str]):
+    """A ``migrate-lock`` process whose output is checked for the password when read."""
+
+    def communicate(
+        self, input: str | None = None, timeout: float | None = None
+    ) -> tuple[str, str]:
+        stdout, stderr = super().communicate(input, timeout)
+        assert_no_secret(stdout or "", stderr or "")
+        return stdout, stderr
+
+
+def assert_no_secret(*outputs: str) -> None:
+    """Every process output of the suite passes here: the password never appears."""
+    for output in outputs:
+        assert TEST_PASSWORD not in output, output
+
+
 def spawn(
     args: list[str], *, cwd: Path, database_url: str | None, **extra: str
 ) -> subprocess.Popen[str]:
     """Start ``migrate-lock ARGS`` as a real process."""
-    return subprocess.Popen(
+    return Replica(
         [sys.executable, "-m", "migrate_lock", *args],
         cwd=cwd,
         env=cli_env(database_url, **extra),
@@ -46,7 +63,7 @@ def run_cli(
     args: list[str], *, cwd: Path, database_url: str | None, timeout: float = 120, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     """Run ``migrate-lock ARGS`` to completion."""
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "migrate_lock", *args],
         cwd=cwd,
         env=cli_env(database_url, **extra),
@@ -55,6 +72,8 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+    assert_no_secret(result.stdout, result.stderr)
+    return result
 
 
 def assert_one_line_failure(result: subprocess.CompletedProcess[str], exit_code: int) -> str:
