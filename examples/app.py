@@ -18,6 +18,7 @@ import json
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -58,12 +59,17 @@ def _json(start_response: StartResponse, code: int, body: dict[str, Any]) -> Ite
 def main() -> None:
     from wsgiref.simple_server import make_server
 
-    # As PID 1 in a container, Python ignores SIGTERM unless it handles it.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # As PID 1 in a container, Python ignores SIGTERM unless it handles it. The handler
+    # only sets a flag: an exception raised from it in the middle of a request would be
+    # swallowed by wsgiref's catch-all error handler, and the server would keep running.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     host, port = os.environ.get("HOST", "0.0.0.0"), int(os.environ.get("PORT", "8000"))  # noqa: S104
     with make_server(host, port, app) as server:
+        server.timeout = 0.2  # how often to look at the flag while idle
         sys.stderr.write(f"serving on http://{host}:{port}\n")
-        server.serve_forever()
+        while not stop.is_set():
+            server.handle_request()
 
 
 if __name__ == "__main__":

@@ -13,25 +13,29 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
+import threading
 
 import migrate_lock
 
+#: Set by SIGTERM. As PID 1 in a container, Python ignores SIGTERM unless it handles it;
+#: the handler only sets this flag, so no library in the middle of a call swallows it.
+stop = threading.Event()
+
 
 def main() -> None:
-    # As PID 1 in a container, Python ignores SIGTERM unless it handles it.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     interval = float(os.environ.get("SCHEDULER_INTERVAL_SECONDS", "60"))
-    wait_until_ready(poll_seconds=min(interval, 2.0))
-    while True:
+    if not wait_until_ready(poll_seconds=min(interval, 2.0)):
+        return
+    while not stop.is_set():
         tick()
-        time.sleep(interval)
+        stop.wait(interval)
 
 
-def wait_until_ready(*, poll_seconds: float) -> None:
-    """Block until the schema is at head or ahead; another process does the migrating."""
+def wait_until_ready(*, poll_seconds: float) -> bool:
+    """Wait until the schema is at head or ahead (another process migrates); False on SIGTERM."""
     settings = migrate_lock.load_settings(db_connect_timeout_seconds=0)
-    while True:
+    while not stop.is_set():
         try:
             state = migrate_lock.schema_state(settings=settings)
         except migrate_lock.MigrateLockError as error:
@@ -39,9 +43,10 @@ def wait_until_ready(*, poll_seconds: float) -> None:
         else:
             if state.ready:
                 _say(f"schema ready ({state.status} at {', '.join(state.current)})")
-                return
+                return True
             _say(f"waiting: schema {state.status}, {len(state.pending)} revision(s) pending")
-        time.sleep(poll_seconds)
+        stop.wait(poll_seconds)
+    return False
 
 
 def tick() -> None:

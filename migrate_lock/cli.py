@@ -154,8 +154,8 @@ def run(ctx: click.Context, command: tuple[str, ...]) -> None:
 
     def action() -> None:
         # Lean first: a start that finds nothing to migrate loads nothing heavy.
-        run_if_nothing_to_do(command, ctx.obj)
-        run_entrypoint(command, settings=_settings(ctx))
+        handover = run_if_nothing_to_do(command, ctx.obj)
+        run_entrypoint(command, settings=_settings(ctx), handover=handover)
 
     _run(action)
 

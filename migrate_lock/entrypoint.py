@@ -28,6 +28,7 @@ from migrate_lock.interrupts import signals_raise
 from migrate_lock.logs import log
 
 if TYPE_CHECKING:
+    from migrate_lock.fastpath import Handover
     from migrate_lock.settings import Settings
 
 #: ENTRYPOINT_PASSTHROUGH's default; settings.py and docker-entrypoint.sh say the same.
@@ -38,51 +39,71 @@ DEFAULT_PASSTHROUGH = "migrate-lock alembic"
 _RESTORE_DEFAULT = ("SIGPIPE", "SIGXFSZ")
 
 
-def run(command: Sequence[str], *, settings: Settings | None = None) -> NoReturn:
+def run(
+    command: Sequence[str], *, settings: Settings | None = None, handover: Handover | None = None
+) -> NoReturn:
     """Upgrade under the lock (unless MIGRATE_ON_START=false), then exec ``command``.
 
     Never returns: either the process becomes ``command``, or a MigrateLockError
     (each with its exit code) or an interrupt (SIGTERM: ``Terminated``, SIGINT:
     ``KeyboardInterrupt``) is raised and ``command`` never starts. Commands named in
     ENTRYPOINT_PASSTHROUGH (``migrate-lock``, ``alembic``) are exec'd without migrating.
+    ``handover`` is the lock ``run_if_nothing_to_do`` took; it is released in any case.
     """
     from migrate_lock.settings import load_settings
 
     argv = _command(command)
     with signals_raise():
-        settings = settings or load_settings()
-        log.configure(log_format=settings.log_format, level=settings.log_level)
-        # Before migrating: a typo in the command must not cost a migration first.
-        executable = _find(argv[0])
-        name = os.path.basename(argv[0])
-        if name in settings.entrypoint_passthrough.split():
-            log.info("run.passthrough", command=name)
-        elif not settings.migrate_on_start:
-            log.info("run.migrate_skipped", reason="MIGRATE_ON_START=false")
-        else:
-            from migrate_lock.migrate import upgrade
-
-            # upgrade() closes its connection before it returns or raises.
-            upgrade(settings=settings)
+        try:
+            settings = settings or load_settings()
+            log.configure(log_format=settings.log_format, level=settings.log_level)
+            # Before migrating: a typo in the command must not cost a migration first.
+            executable = _find(argv[0])
+            _migrate_unless_told_not_to(argv[0], settings, handover)
+        finally:
+            if handover is not None:
+                handover.release()  # idempotent; the command must inherit no connection
         _exec(executable, argv)
 
 
-def run_if_nothing_to_do(command: Sequence[str], flags: Mapping[str, Any] | None = None) -> None:
+def run_if_nothing_to_do(
+    command: Sequence[str], flags: Mapping[str, Any] | None = None
+) -> Handover | None:
     """Exec ``command`` at once when the lean path is sure there is nothing to migrate.
 
     That is when ``command`` is in ENTRYPOINT_PASSTHROUGH, when MIGRATE_ON_START=false,
-    or when the database is at the heads of the manifest (``migrate-lock freeze``), and
-    every setting is certainly valid. ``flags`` are the CLI's, by settings field name.
-    Returns when it cannot be sure; ``run`` then validates everything and migrates.
+    or when the database is (or, after waiting for another replica, has become) at the
+    heads of the manifest (``migrate-lock freeze``), and every setting is certainly valid.
+    ``flags`` are the CLI's, by settings field name. Returns when it cannot be sure:
+    None, or the lock the lean path took for a migration it cannot run itself. Pass
+    either to ``run``, which validates everything and migrates.
     """
     argv = _command(command)
     with signals_raise():
         executable = _find(argv[0])
-        if _lean_nothing_to_do(argv[0], flags or {}):
+        outcome = _lean_outcome(argv[0], flags or {})
+        if outcome is True:
             _exec(executable, argv)
+        return outcome or None
 
 
-def _lean_nothing_to_do(program: str, flags: Mapping[str, Any]) -> bool:
+def _migrate_unless_told_not_to(
+    program: str, settings: Settings, handover: Handover | None
+) -> None:
+    name = os.path.basename(program)
+    if name in settings.entrypoint_passthrough.split():
+        log.info("run.passthrough", command=name)
+    elif not settings.migrate_on_start:
+        log.info("run.migrate_skipped", reason="MIGRATE_ON_START=false")
+    else:
+        from migrate_lock.migrate import upgrade
+
+        # upgrade() closes its connection before it returns or raises.
+        upgrade(settings=settings, handover=handover.release if handover else None)
+
+
+def _lean_outcome(program: str, flags: Mapping[str, Any]) -> bool | Handover:
+    # True: nothing to do; False: not sure; a Handover: not sure, and we hold the lock.
     from migrate_lock import fastpath
     from migrate_lock.pq import LeanUnavailable
 
@@ -102,11 +123,8 @@ def _lean_nothing_to_do(program: str, flags: Mapping[str, Any]) -> bool:
         log.info("run.migrate_skipped", reason="MIGRATE_ON_START=false")
         return True
     outcome = fastpath.fast_upgrade(flags)
-    release = getattr(outcome, "release", None)
-    if release is not None:
-        # The lean path got the lock for a migration only the full path can run: let go.
-        release()
-        return False
+    if isinstance(outcome, fastpath.Handover):
+        return outcome
     return outcome is not None
 
 

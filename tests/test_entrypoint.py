@@ -59,10 +59,13 @@ def _version(database_url: str) -> list[tuple[object, ...]]:
     return query(database_url, "SELECT version_num FROM alembic_version")
 
 
+@pytest.mark.parametrize("manifest", [False, True], ids=["alembic", "manifest"])
 def test_run_migrates_then_execs_the_command_in_the_same_process(
-    project: Path, database_url: str
+    project: Path, database_url: str, manifest: bool
 ) -> None:
     """Why: CMD must become PID 1 to get the container's signals, and its exit code is ours."""
+    if manifest:  # the lean path takes the lock and hands it to the full path
+        assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
     process = spawn(
         ["run", "--", *_reporter("--bind", "0.0.0.0:8000")], cwd=project, database_url=database_url
     )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -72,6 +74,8 @@ def test_dockerfile_uses_a_slim_python_base_and_the_exec_form_entrypoint() -> No
     assert re.fullmatch(r"python:3\.\d+-slim", instructions["FROM"])
     assert json.loads(instructions["ENTRYPOINT"]) == ["docker-entrypoint.sh"]
     assert json.loads(instructions["CMD"])[0] == "gunicorn"
+    runs = [rest for keyword, rest in _dockerfile() if keyword == "RUN"]
+    assert "migrate-lock freeze" in runs  # the cheap at-head start
     copies = [rest for keyword, rest in _dockerfile() if keyword == "COPY"]
     assert any(
         rest.endswith("docker-entrypoint.sh /usr/local/bin/docker-entrypoint.sh") for rest in copies
@@ -215,6 +219,7 @@ def serve_app(tmp_path: Path) -> Any:
                 time.sleep(0.05)
         raise AssertionError("the example app did not start")
 
+    serve.started = started  # type: ignore[attr-defined]
     yield serve
     for process in started:
         process.terminate()
@@ -252,6 +257,31 @@ def test_example_app_readyz_answers_503_at_once_when_the_database_is_down(
     assert _get(port, "/healthz")[0] == 200
 
 
+def test_example_app_stops_on_sigterm_even_in_the_middle_of_a_request(
+    project: Path, serve_app: Any
+) -> None:
+    """Why: as PID 1 the app must stop on `docker stop`; wsgiref swallows an exception raised
+    by a signal handler during a request, so the handler must only set a flag."""
+    with socket.socket() as silent:  # accepts connections, never answers: a slow database
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        port = serve_app(
+            project, f"postgresql://app:secret@127.0.0.1:{silent.getsockname()[1]}/app"
+        )
+        app_process = serve_app.started[-1]
+        answers: list[int] = []
+        request = threading.Thread(target=lambda: answers.append(_get(port, "/readyz")[0]))
+        request.start()
+        time.sleep(0.3)  # the request now waits for the database
+
+        app_process.send_signal(signal.SIGTERM)
+        app_process.wait(timeout=10)
+        request.join(timeout=10)
+
+    assert app_process.returncode == 0
+    assert answers == [503]
+
+
 def test_example_scheduler_waits_for_the_schema_then_ticks(
     project: Path, database_url: str
 ) -> None:
@@ -275,5 +305,6 @@ def test_example_scheduler_waits_for_the_schema_then_ticks(
         scheduler.terminate()
         scheduler.wait(timeout=10)
 
+    assert scheduler.returncode == 0  # stopped by SIGTERM, cleanly
     assert "waiting: schema behind" in lines[0]
     assert any("schema ready (at_head at 0021)" in line for line in lines)

@@ -15,7 +15,7 @@ import pytest
 from migrate_lock.example import write_example_project
 from migrate_lock.lock import lock_key
 
-from support import cli_env, query, spawn
+from support import cli_env, query, run_cli, spawn
 
 #: CMD for the tests; it must never run when the upgrade was interrupted.
 NEVER = [sys.executable, "-c", "print('COMMAND STARTED')"]
@@ -45,12 +45,21 @@ def _other_sessions(database_url: str, holder_pid: int | None = None) -> int:
     return int(str(rows[0][0]))
 
 
-@pytest.mark.parametrize(("signum", "exit_code"), SIGNALS)
+@pytest.mark.parametrize(
+    ("signum", "exit_code", "manifest"),
+    [
+        pytest.param(signal.SIGTERM, 143, False, id="SIGTERM"),
+        pytest.param(signal.SIGINT, 130, False, id="SIGINT"),
+        pytest.param(signal.SIGTERM, 143, True, id="SIGTERM-lean-wait"),
+    ],
+)
 def test_signal_while_waiting_for_the_lock_exits_at_once_and_closes_the_session(
-    project: Path, database_url: str, signum: signal.Signals, exit_code: int
+    project: Path, database_url: str, signum: signal.Signals, exit_code: int, manifest: bool
 ) -> None:
     """Why: `docker stop` on a waiting replica must not hang for the grace period nor leave
     a session (and its retries) behind; the command must never start."""
+    if manifest:  # with a heads manifest, the wait happens on the lean (libpq) path
+        assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
     database = str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"])
     with psycopg.connect(database_url, autocommit=True) as holder:
         holder.execute(
