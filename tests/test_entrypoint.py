@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -42,6 +43,14 @@ def upgrade() -> None:
 def downgrade() -> None:
     pass
 '''
+
+
+def _process(
+    args: list[str], *, cwd: Path, env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args, cwd=cwd, env=env, capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 def _reporter(*args: str) -> list[str]:
@@ -82,7 +91,7 @@ def test_as_pid_1_of_a_container_run_hands_pid_1_to_the_command(
     project: Path, database_url: str
 ) -> None:
     """Why: only PID 1 gets `docker stop`'s SIGTERM; the server must be PID 1, not our child."""
-    result = subprocess.run(
+    result = _process(
         [
             "unshare",
             "--pid",
@@ -97,10 +106,6 @@ def test_as_pid_1_of_a_container_run_hands_pid_1_to_the_command(
         ],
         cwd=project,
         env=cli_env(database_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
 
     assert result.returncode == 7, result.stderr
@@ -108,24 +113,28 @@ def test_as_pid_1_of_a_container_run_hands_pid_1_to_the_command(
     assert _version(database_url) == [("0021",)]
 
 
-def test_run_leaves_no_database_session_open_for_the_command(
-    project: Path, database_url: str
+@pytest.mark.parametrize("manifest", [False, True], ids=["alembic", "manifest"])
+def test_run_closes_every_connection_before_the_exec(
+    project: Path, database_url: str, manifest: bool
 ) -> None:
-    """Why: a connection inherited by the server would hold a backend (and maybe the lock)."""
-    check = (
-        "import psycopg, sys; "
-        "c = psycopg.connect(sys.argv[1], autocommit=True); "
-        "print(c.execute('SELECT count(*) FROM pg_stat_activity WHERE datname = "
-        "current_database() AND pid <> pg_backend_pid()').fetchone()[0])"
-    )
-    result = run_cli(
-        ["run", "--", sys.executable, "-c", check, database_url],
-        cwd=project,
-        database_url=database_url,
-    )
+    """Why: a connection left to the exec is cut without a goodbye (the server counts it as
+    abandoned) or, were it inheritable, would hold a backend and maybe the lock for good."""
+    if manifest:  # the lean path's connection and the lock it hands over must go too
+        assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+
+    result = run_cli(["run", "--", "true"], cwd=project, database_url=database_url)
 
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "0"
+    assert "run.exec" in result.stderr
+    # Backends leave pg_stat_activity just before they report how their session ended.
+    deadline = time.monotonic() + 1.0
+    while time.monotonic() < deadline:
+        (abandoned,) = query(
+            database_url,
+            "SELECT sessions_abandoned FROM pg_stat_database WHERE datname = current_database()",
+        )[0]
+        assert abandoned == 0
+        time.sleep(0.1)
 
 
 @pytest.mark.parametrize("way", ["cli", "library"])
@@ -138,14 +147,10 @@ def test_migrate_on_start_false_starts_the_command_without_touching_the_schema(
     else:  # the full path, as a Python caller gets it
         call = f"from migrate_lock.entrypoint import run; run({_reporter()!r})"
         args = [sys.executable, "-c", call]
-    result = subprocess.run(
+    result = _process(
         args,
         cwd=project,
         env=cli_env(database_url, MIGRATE_ON_START="false"),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
 
     assert result.returncode == 7, result.stderr
@@ -257,16 +262,12 @@ def test_entrypoint_script_passes_configured_commands_through_without_python(
     project: Path,
 ) -> None:
     """Why: a debug shell must start even when the settings are broken."""
-    result = subprocess.run(
+    result = _process(
         ["bash", str(ENTRYPOINTS / "docker-entrypoint.sh"), "sh", "-c", "echo shell"],
         cwd=project,
         env=cli_env(
             "mysql://not-a-postgres-url", ENTRYPOINT_PASSTHROUGH="sh bash", PATH=_path_env()
         ),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
     )
 
     assert result.returncode == 0, result.stderr
@@ -290,12 +291,8 @@ def test_smoke_migrate_exits_0_when_migrated_and_again_when_at_head(
     """Why: the runbook's "did it migrate?" check must be green both times it is run."""
     smoke = [sys.executable, str(ENTRYPOINTS / "smoke_migrate.py")]
     env = cli_env(database_url)
-    first = subprocess.run(
-        smoke, cwd=project, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
-    second = subprocess.run(
-        smoke, cwd=project, env=env, capture_output=True, text=True, timeout=60, check=False
-    )
+    first = _process(smoke, cwd=project, env=env)
+    second = _process(smoke, cwd=project, env=env)
 
     assert first.returncode == 0, first.stderr
     assert second.returncode == 0, second.stderr
@@ -308,14 +305,10 @@ def test_smoke_migrate_exits_with_migrate_locks_code_on_failure(
 ) -> None:
     """Why: a runbook script that says "ok" after a failed revision sends on-call home early."""
     (project / "migrations" / "versions" / "0022_broken.py").write_text(FAILING_REVISION)
-    result = subprocess.run(
+    result = _process(
         [sys.executable, str(ENTRYPOINTS / "smoke_migrate.py")],
         cwd=project,
         env=cli_env(database_url),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
     )
 
     assert result.returncode == 1, result.stderr
