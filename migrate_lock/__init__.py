@@ -33,34 +33,63 @@ _EXPORTS = {
     "EmbeddedPostgres": "migrate_lock.embedded",
     "MigrateLockError": "migrate_lock.errors",
     "ExitCode": "migrate_lock.errors",
+    "protect": "migrate_lock.guard",
+    "show_environment": "migrate_lock.guard",
+    "set_environment": "migrate_lock.guard",
+    "Protection": "migrate_lock.guard",
+    "downgrade": "migrate_lock.destructive",
+    "stamp": "migrate_lock.destructive",
+    "init_db": "migrate_lock.destructive",
+    "reset": "migrate_lock.destructive",
+    "DestructiveResult": "migrate_lock.destructive",
+    "backup": "migrate_lock.backup",
+    "restore": "migrate_lock.backup",
+    "BackupResult": "migrate_lock.backup",
+    "RestoreResult": "migrate_lock.backup",
 }
 
 __all__ = [
+    "BackupResult",
+    "DestructiveResult",
     "EmbeddedPostgres",
     "ExitCode",
     "MigrateLockError",
+    "Protection",
+    "RestoreResult",
     "SchemaState",
     "Settings",
     "Status",
     "UpgradeResult",
     "__version__",
+    "backup",
     "current",
+    "downgrade",
     "heads",
     "history",
+    "init_db",
     "init_project",
     "load_settings",
     "lock_key",
+    "protect",
+    "reset",
+    "restore",
     "run_demo",
     "schema_state",
+    "set_environment",
+    "show_environment",
+    "stamp",
     "status",
     "upgrade",
     "upgrade_sql",
 ]
 
 if TYPE_CHECKING:
+    from migrate_lock.backup import BackupResult, RestoreResult, backup, restore
     from migrate_lock.demo import run_demo
+    from migrate_lock.destructive import DestructiveResult, downgrade, init_db, reset, stamp
     from migrate_lock.embedded import EmbeddedPostgres
     from migrate_lock.errors import ExitCode, MigrateLockError
+    from migrate_lock.guard import Protection, protect, set_environment, show_environment
     from migrate_lock.inspection import Status, current, heads, history, schema_state, status
     from migrate_lock.lock import lock_key
     from migrate_lock.migrate import upgrade, upgrade_sql

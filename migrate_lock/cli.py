@@ -97,14 +97,33 @@ def _print_json(data: Any) -> None:
     click.echo(json.dumps(data, default=str, indent=2))
 
 
+_confirm_option = click.option(
+    "--confirm-destructive",
+    "confirm",
+    metavar="DBNAME",
+    help="Confirm a destructive operation on the database DBNAME [env CONFIRM_DESTRUCTIVE].",
+)
+
+
 @main.command()
 @click.argument("revision", default="heads")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (no lock, no DB).")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.option("--lock-timeout", type=float, help="[env MIGRATION_LOCK_TIMEOUT_SECONDS]")
+@click.option(
+    "--backup-first",
+    is_flag=True,
+    default=None,
+    help="Back up before revisions run (only when there are) [env BACKUP_BEFORE_UPGRADE].",
+)
 @click.pass_context
 def upgrade(
-    ctx: click.Context, revision: str, sql: bool, as_json: bool, lock_timeout: float | None
+    ctx: click.Context,
+    revision: str,
+    sql: bool,
+    as_json: bool,
+    lock_timeout: float | None,
+    backup_first: bool | None,
 ) -> None:
     """Upgrade to REVISION (default: heads) under the migration lock."""
 
@@ -125,7 +144,11 @@ def upgrade(
             from migrate_lock.migrate import upgrade as run_upgrade
             from migrate_lock.migrate import upgrade_sql
 
-            settings = _settings(ctx, migration_lock_timeout_seconds=lock_timeout)
+            settings = _settings(
+                ctx,
+                migration_lock_timeout_seconds=lock_timeout,
+                backup_before_upgrade=backup_first,
+            )
             if sql:
                 upgrade_sql(revision, settings=settings)
                 return
@@ -230,12 +253,22 @@ def freeze(ctx: click.Context) -> None:
     "--prune", is_flag=True, help="Delete rows whose key is not in the CSV (destructive)."
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@_confirm_option
 @click.pass_context
-def seed(ctx: click.Context, dry_run: bool, force: bool, prune: bool, as_json: bool) -> None:
+def seed(
+    ctx: click.Context, dry_run: bool, force: bool, prune: bool, as_json: bool, confirm: str | None
+) -> None:
     """Apply changed seed files (reference data) under the migration lock."""
     from migrate_lock.seed import seed as run_seed
 
-    run = _run(lambda: run_seed(settings=_settings(ctx), force=force, prune=prune, dry_run=dry_run))
+    run = _run(
+        lambda: run_seed(
+            settings=_settings(ctx, confirm_destructive=confirm),
+            force=force,
+            prune=prune,
+            dry_run=dry_run,
+        )
+    )
     if as_json:
         _print_json(run.as_dict())
         return
@@ -268,3 +301,275 @@ def demo(replicas: int) -> None:
 
     report = _run(lambda: run_demo(replicas=replicas))
     sys.exit(0 if report.exactly_once else int(ExitCode.MIGRATION_FAILED))
+
+
+# --- CI: smoke checks, lint, plan (docs/ci.md) -------------------------------------------
+
+
+@main.command()
+@click.option("--replicas", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.pass_context
+def smoke(ctx: click.Context, replicas: int, as_json: bool) -> None:
+    """CI checks on a scratch database (embedded PostgreSQL without a URL). Exit 1 if any fails."""
+    from migrate_lock.smoke import smoke as run_smoke
+
+    report = _run(lambda: run_smoke(settings=_settings(ctx), replicas=replicas))
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        click.echo(f"smoke on {report.server}")
+        for check in report.checks:
+            click.echo(f"{check.outcome.upper():<7} {check.name}: {check.summary}")
+            for line in check.context:
+                click.echo(f"          {line}")
+        verdict = "all checks passed" if report.ok else f"FAILED: {', '.join(report.failed)}"
+        click.echo(verdict)
+    sys.exit(0 if report.ok else int(ExitCode.MIGRATION_FAILED))
+
+
+@main.command()
+@click.argument("rev_range", required=False, metavar="[START:END]")
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON on stdout.")
+@click.pass_context
+def lint(ctx: click.Context, rev_range: str | None, as_json: bool) -> None:
+    """Check each revision's SQL with Squawk (offline). Exit 1 when anything is found."""
+    from migrate_lock.lint import lint as run_lint
+
+    report = _run(lambda: run_lint(rev_range, settings=_settings(ctx)))
+    if as_json:
+        _print_json(report.as_dict())
+    else:
+        for finding in report.findings:
+            click.echo(finding.describe())
+        click.echo(
+            f"{len(report.revisions)} revisions, {len(report.findings)} findings"
+            + (f" (excluded: {', '.join(report.excluded)})" if report.excluded else "")
+        )
+    sys.exit(0 if report.ok else int(ExitCode.MIGRATION_FAILED))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON on stdout.")
+@click.option("--no-sql", is_flag=True, help="Leave out each revision's SQL.")
+@click.pass_context
+def plan(ctx: click.Context, as_json: bool, no_sql: bool) -> None:
+    """What `upgrade` would do now: pending revisions, their SQL and risks. Changes nothing."""
+    from migrate_lock.plan import plan as make_plan
+
+    result = _run(lambda: make_plan(settings=_settings(ctx)))
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    click.echo(f"database: {result.database} ({result.status})")
+    click.echo(f"current:  {', '.join(result.current) or '(none)'}")
+    click.echo(f"heads:    {', '.join(result.heads)}")
+    click.echo("timeouts: " + ", ".join(f"{k}={v}" for k, v in result.timeouts.items()))
+    if not result.pending and not result.seeds:
+        click.echo("nothing to do")
+    for revision in result.pending:
+        flags = [
+            k
+            for k, on in (
+                ("DESTRUCTIVE", revision.destructive),
+                ("LOCK-HEAVY", revision.lock_heavy),
+            )
+            if on
+        ]
+        click.echo(f"\n== {revision.revision} {revision.doc} {' '.join(flags)}".rstrip())
+        for finding in revision.findings:
+            click.echo(f"   ! {finding.describe()}")
+        if not no_sql:
+            click.echo(revision.sql.rstrip())
+    if result.seeds:
+        click.echo(f"\nseeds to apply: {', '.join(result.seeds)}")
+
+
+# --- guardrails: destructive verbs, the environment marker, backup and restore ----------
+
+
+# ignore_unknown_options: `downgrade -1` is a relative revision, not an option.
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("revision")
+@_confirm_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def downgrade(ctx: click.Context, revision: str, confirm: str | None, as_json: bool) -> None:
+    """Downgrade to REVISION (a revision, -N or base) under the lock. Destructive."""
+    from migrate_lock.destructive import downgrade as run_downgrade
+
+    result = _run(
+        lambda: run_downgrade(revision, settings=_settings(ctx, confirm_destructive=confirm))
+    )
+    _report_destructive(result, as_json)
+
+
+@main.command()
+@click.argument("revision")
+@_confirm_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def stamp(ctx: click.Context, revision: str, confirm: str | None, as_json: bool) -> None:
+    """Set the version table to REVISION without running revisions. Destructive."""
+    from migrate_lock.destructive import stamp as run_stamp
+
+    result = _run(lambda: run_stamp(revision, settings=_settings(ctx, confirm_destructive=confirm)))
+    _report_destructive(result, as_json)
+
+
+@main.command("init-db")
+@click.option(
+    "--metadata",
+    "metadata",
+    required=True,
+    metavar="MODULE:ATTR",
+    help="Your models' MetaData or declarative base, e.g. myapp.models:Base.metadata.",
+)
+@_confirm_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def init_db(ctx: click.Context, metadata: str, confirm: str | None, as_json: bool) -> None:
+    """Brand-new database: create_all from your models, then stamp the heads. Destructive."""
+    from migrate_lock.destructive import init_db as run_init_db
+
+    result = _run(
+        lambda: run_init_db(metadata, settings=_settings(ctx, confirm_destructive=confirm))
+    )
+    _report_destructive(result, as_json)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def reset(ctx: click.Context, as_json: bool) -> None:
+    """Drop everything in the version table's schema and upgrade again (development/test)."""
+    from migrate_lock.destructive import reset as run_reset
+
+    _report_destructive(_run(lambda: run_reset(settings=_settings(ctx))), as_json)
+
+
+def _report_destructive(result: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    before = ", ".join(result.from_revisions) or "(none)"
+    after = ", ".join(result.to_revisions) or "(none)"
+    extra = ""
+    if result.operation == "init-db":
+        extra = f", {result.created_tables} tables created"
+    elif result.operation == "reset":
+        extra = f", {result.dropped_objects} objects dropped"
+    click.echo(
+        f"{result.operation} {result.database} ({result.environment}): {before} -> {after}, "
+        f"{len(result.steps)} steps{extra}"
+    )
+
+
+@main.command()
+@click.option("--dir", "directory", type=click.Path(path_type=Path), help="[env BACKUP_DIR]")
+@click.option("--keep-days", type=click.FloatRange(min=0), help="[env BACKUP_KEEP_DAYS; 7]")
+@click.option("--keep-last", type=click.IntRange(min=1), help="[env BACKUP_KEEP_LAST; 3]")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def backup(
+    ctx: click.Context,
+    directory: Path | None,
+    keep_days: float | None,
+    keep_last: int | None,
+    as_json: bool,
+) -> None:
+    """pg_dump (custom format) to a verified file in --dir, then delete old backups."""
+    from migrate_lock.backup import backup as run_backup
+
+    result = _run(
+        lambda: run_backup(
+            settings=_settings(ctx), directory=directory, keep_days=keep_days, keep_last=keep_last
+        )
+    )
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    click.echo(f"wrote {result.path} ({result.size_bytes} bytes, verified)")
+    for name in result.pruned:
+        click.echo(f"deleted {name}")
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path))
+@_confirm_option
+@click.option("--keep-previous", is_flag=True, help="Rename the replaced database aside.")
+@click.option("--no-owner", is_flag=True, help="pg_restore --no-owner.")
+@click.option("--no-privileges", is_flag=True, help="pg_restore --no-privileges.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def restore(
+    ctx: click.Context,
+    file: Path,
+    confirm: str | None,
+    keep_previous: bool,
+    no_owner: bool,
+    no_privileges: bool,
+    as_json: bool,
+) -> None:
+    """Replace the database with FILE, verified in a scratch database first. Destructive."""
+    from migrate_lock.backup import restore as run_restore
+
+    result = _run(
+        lambda: run_restore(
+            file,
+            settings=_settings(ctx, confirm_destructive=confirm),
+            keep_previous=keep_previous,
+            no_owner=no_owner,
+            no_privileges=no_privileges,
+        )
+    )
+    if as_json:
+        _print_json(result.as_dict())
+        return
+    click.echo(
+        f"restored {result.database} from {result.file}: revision "
+        f"{', '.join(result.revisions)}, {result.tables} tables, {result.size_bytes} bytes"
+        + (f"; the previous database is now {result.previous}" if result.previous else "")
+    )
+
+
+@main.group()
+def env() -> None:
+    """The environment the database is marked as (what the guardrails protect)."""
+
+
+@env.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def env_show(ctx: click.Context, as_json: bool) -> None:
+    """Print the database's marker, the local ENVIRONMENT and the verdict."""
+    from migrate_lock.guard import show_environment
+
+    _report_environment(_run(lambda: show_environment(settings=_settings(ctx))), as_json)
+
+
+@env.command("set")
+@click.argument("name", type=click.Choice(["development", "test", "staging", "production"]))
+@_confirm_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+@click.pass_context
+def env_set(ctx: click.Context, name: str, confirm: str | None, as_json: bool) -> None:
+    """Mark the database as NAME. Lowering the protection is destructive."""
+    from migrate_lock.guard import set_environment
+
+    result = _run(
+        lambda: set_environment(name, settings=_settings(ctx, confirm_destructive=confirm))
+    )
+    _report_environment(result, as_json)
+
+
+def _report_environment(result: Any, as_json: bool) -> None:
+    data = result.as_dict()
+    if as_json:
+        _print_json(data)
+        return
+    click.echo(f"database:  {data['database']}")
+    click.echo(f"marker:    {data['marker'] or '(none)'}")
+    click.echo(f"local:     {data['local'] or '(ENVIRONMENT not set)'}")
+    verdict = "protected" if data["protected"] else "not protected"
+    click.echo(f"effective: {data['effective']} ({verdict})")

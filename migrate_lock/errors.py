@@ -82,3 +82,9 @@ class Refused(MigrateLockError):
     """A guardrail refused a destructive operation; nothing was changed."""
 
     exit_code = ExitCode.REFUSED
+
+
+class BackupFailed(MigrateLockError):
+    """pg_dump or pg_restore failed, or a dump is unreadable or incomplete; nothing changed."""
+
+    exit_code = ExitCode.MIGRATION_FAILED

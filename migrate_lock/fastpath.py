@@ -24,6 +24,7 @@ from typing import Any
 from migrate_lock import rules
 from migrate_lock.dsn import DatabaseUrl, parse_database_url
 from migrate_lock.errors import LockTimeout, MigrateLockError
+from migrate_lock.guard import check_database_urls
 from migrate_lock.lock import lock_key, release, wait_for_lock
 from migrate_lock.logs import log
 from migrate_lock.manifest import read_manifest, script_files
@@ -126,6 +127,15 @@ def _lean_upgrade(settings: LeanSettings, started: float) -> UpgradeResult | Han
     if manifest is None:
         return None
     url = _migration_url(settings)
+    check_database_urls(
+        settings.environment,
+        {
+            "DATABASE_URL": settings.database_url,
+            "MIGRATION_DATABASE_URL": settings.migration_database_url,
+        },
+        staging_checks=settings.others.get("staging_url_checks", True),
+        allow_localhost=settings.others.get("allow_localhost_database", False),
+    )
     log.add_secret(url.password)
     timeout = int(min(10.0, max(1.0, settings.db_connect_timeout_seconds)))
     connection = LeanConnection.connect(url.libpq, timeout_seconds=timeout)
@@ -277,6 +287,12 @@ def _int64(value: str) -> int:
     return int(value)
 
 
+def _positive_int(value: str) -> int:
+    if not _INTEGER.match(value) or int(value) < 1:
+        raise LeanUnavailable("not a positive integer")
+    return int(value)
+
+
 def _bool(value: str) -> bool:
     cleaned = value.strip().lower()
     if cleaned in _TRUE:
@@ -324,6 +340,18 @@ SETTINGS: dict[str, tuple[str, Any]] = {
     "SEED_ON_UPGRADE": ("seed_on_upgrade", _bool),
     "MIGRATE_ON_START": ("migrate_on_start", _bool),
     "ENTRYPOINT_PASSTHROUGH": ("entrypoint_passthrough", str),
+    "CONFIRM_DESTRUCTIVE": ("confirm_destructive", str),
+    "STAGING_URL_CHECKS": ("staging_url_checks", _bool),
+    "ALLOW_LOCALHOST_DATABASE": ("allow_localhost_database", _bool),
+    "BACKUP_DIR": ("backup_dir", _path),
+    "BACKUP_KEEP_DAYS": ("backup_keep_days", _float),
+    "BACKUP_KEEP_LAST": ("backup_keep_last", _positive_int),
+    "BACKUP_BEFORE_UPGRADE": ("backup_before_upgrade", _bool),
+    "PG_BIN_DIR": ("pg_bin_dir", _path),
+    "SMOKE_EXPECTED_HEADS": ("smoke_expected_heads", str),
+    "SMOKE_STAIRWAY_FROM": ("smoke_stairway_from", str),
+    "LINT_EXCLUDE_RULES": ("lint_exclude_rules", str),
+    "LINT_INCLUDE_RULES": ("lint_include_rules", str),
 }
 
 

@@ -19,6 +19,7 @@ from migrate_lock.errors import (
     UnknownDatabaseRevision,
     UsageError,
 )
+from migrate_lock.guard import check_startup, remember_environment
 from migrate_lock.lock import (
     announce_done,
     holder_application_name,
@@ -50,6 +51,7 @@ def upgrade(
     """
     started = time.monotonic()
     project = Project(settings)
+    check_startup(project.settings)
     scripts = project.scripts
     wanted = scripts.resolve(target)
     seeds = _seed_files(project.settings, wanted == scripts.heads())
@@ -137,7 +139,7 @@ def _migrate_holding_lock(
     due = changed_seeds(connection, session.version_table, seeds)
     if before.ready and not due:
         return _finish(session, "waited", before, before, (), waited, started)
-    _prepare_session(session)
+    prepare_session(session)
     after: SchemaState = before
     applied: tuple[str, ...] = ()
     if not before.ready:
@@ -153,8 +155,10 @@ def _migrate_holding_lock(
 def _run_migrations(
     session: DatabaseSession, target: str, wanted: tuple[str, ...], before: SchemaState
 ) -> tuple[SchemaState, tuple[str, ...]]:
+    from migrate_lock.backup import backup_before_migrating
     from migrate_lock.runner import run_upgrade
 
+    backup_before_migrating(session)
     project = session.project
     connection = session.connection
     config = project.config
@@ -179,6 +183,7 @@ def _run_migrations(
             "config.attributes to context.configure (see docs/existing-projects.md)",
         )
     record_history(connection, session.version_table, project.scripts.ancestry(after.current))
+    remember_environment(connection, session.version_table, project.settings)
     return after, tuple(applied)
 
 
@@ -193,7 +198,8 @@ def _with_database_revision(error: MigrateLockError, session: DatabaseSession) -
     return copy
 
 
-def _prepare_session(session: DatabaseSession) -> None:
+def prepare_session(session: DatabaseSession) -> None:
+    """Set the migrating session's name, timeouts and keepalives (holding the lock)."""
     # Name ourselves so waiters and operators see who migrates since when, and bound
     # what a stuck migration can do: the server itself reaps a holder that vanished.
     settings = session.project.settings

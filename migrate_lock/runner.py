@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from migrate_lock.errors import ConfigError, MigrateLockError, MigrationFailed, TemporaryError
 from migrate_lock.logs import log
@@ -72,24 +72,45 @@ def run_upgrade(config: Config, connection: psycopg.Connection[Any], target: str
     Returns the revisions applied, in order. Raises MigrationFailed (exit 1) naming
     the revision and the SQL error; everything uncommitted is rolled back.
     """
+    return run_alembic(config, connection, "upgrade", target)
+
+
+def run_alembic(
+    config: Config,
+    connection: psycopg.Connection[Any],
+    command: Literal["upgrade", "downgrade", "stamp"],
+    target: str,
+    *,
+    before: Callable[[Connection], None] | None = None,
+) -> list[str]:
+    """Run ``alembic COMMAND target`` on ``connection``, in one transaction with ``before``.
+
+    ``before(connection)`` runs first on the same SQLAlchemy connection and in the same
+    transaction (init-db: ``create_all`` then ``stamp``), so both commit or neither does.
+    Returns the revisions run (for a downgrade, the revisions it went down to). Raises
+    MigrationFailed (exit 1); everything uncommitted is rolled back.
+    """
     applied: list[str] = []
     started = time.monotonic()
 
     def on_version_apply(*, step: Any, **_: Any) -> None:
         nonlocal started
-        revision = str(step.up_revision_id) if step.is_upgrade else str(step.down_revision_ids)
+        # A downgrade step undoes its up_revision; a stamp moves without running anything.
+        revision = str(step.up_revision_id or ", ".join(step.down_revision_ids) or "base")
         applied.append(revision)
+        direction = "stamp" if step.is_stamp else ("up" if step.is_upgrade else "down")
         log.info(
             "migrate.revision",
             revision=revision,
-            doc=step.up_revision.doc if step.is_upgrade and step.up_revision else None,
+            doc=step.up_revision.doc if step.up_revision and not step.is_stamp else None,
             duration_ms=round((time.monotonic() - started) * 1000),
+            **({} if direction == "up" else {"direction": direction}),
         )
         started = time.monotonic()
 
     connection.autocommit = False
     try:
-        _run_on(config, connection, target, on_version_apply, applied)
+        _run_on(config, connection, command, target, on_version_apply, before)
     finally:
         if not connection.closed:
             connection.autocommit = True
@@ -99,9 +120,10 @@ def run_upgrade(config: Config, connection: psycopg.Connection[Any], target: str
 def _run_on(
     config: Config,
     connection: psycopg.Connection[Any],
+    name: str,
     target: str,
     on_version_apply: Any,
-    applied: list[str],
+    before: Callable[[Connection], None] | None,
 ) -> None:
     from alembic import command
 
@@ -110,7 +132,9 @@ def _run_on(
         config.attributes["on_version_apply"] = on_version_apply
         try:
             with _only_this_connection():
-                command.upgrade(config, target)
+                if before is not None:
+                    before(shared)
+                getattr(command, name)(config, target)
             if shared.in_transaction():
                 shared.commit()
         except _OwnConnectionOpened:

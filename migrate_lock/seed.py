@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from migrate_lock.csv_seed import Counts, SeedError, upsert_csv
-from migrate_lock.errors import Refused
 from migrate_lock.logs import log
 from migrate_lock.sql_file import run_sql_file
 
@@ -155,15 +154,18 @@ def seed(
 
     A dry run takes no lock and changes nothing.
     """
+    from migrate_lock.guard import check_startup, require_confirmation
     from migrate_lock.lock import announce_done, release, wait_for_lock
     from migrate_lock.project import Project
 
     project = Project(settings)
-    if prune and not dry_run:
-        _refuse_prune_outside_development(project.settings)
+    check_startup(project.settings)
     files = discover(seeds_dir(project.settings.seeds_dir, project.settings.alembic_config))
     with project.session(application_name="migrate-lock seed") as session:
         table = session.version_table
+        if prune and not dry_run:
+            # Pruning deletes rows: a destructive operation (guard.py), refused unless allowed.
+            require_confirmation(session, "seed --prune")
         if dry_run:
             results = apply_seeds(
                 session.connection, table, files, force=force, prune=prune, dry_run=True
@@ -185,16 +187,6 @@ def seed(
             announce_done(session.connection, session.lock_key)
             release(session.connection, session.lock_key)
         return SeedRun(results, dry_run=False)
-
-
-def _refuse_prune_outside_development(settings: Settings) -> None:
-    # Pruning deletes rows: a destructive operation, so it fails closed.
-    if settings.environment not in ("development", "test"):
-        where = settings.environment or "an environment that is not set"
-        raise Refused(
-            f"seed --prune deletes rows and is refused in {where}; nothing was changed",
-            hint="run it with ENVIRONMENT=development or test, or preview it with --dry-run",
-        )
 
 
 def _apply_one(

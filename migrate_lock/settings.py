@@ -69,6 +69,20 @@ class Settings(BaseSettings):
     entrypoint_passthrough: str = Field(
         default="migrate-lock alembic", validation_alias="ENTRYPOINT_PASSTHROUGH"
     )
+    confirm_destructive: str | None = Field(default=None, validation_alias="CONFIRM_DESTRUCTIVE")
+    staging_url_checks: bool = Field(default=True, validation_alias="STAGING_URL_CHECKS")
+    allow_localhost_database: bool = Field(
+        default=False, validation_alias="ALLOW_LOCALHOST_DATABASE"
+    )
+    backup_dir: Path = Field(default=Path("backups"), validation_alias="BACKUP_DIR")
+    backup_keep_days: float = Field(default=7.0, ge=0, validation_alias="BACKUP_KEEP_DAYS")
+    backup_keep_last: int = Field(default=3, ge=1, validation_alias="BACKUP_KEEP_LAST")
+    backup_before_upgrade: bool = Field(default=False, validation_alias="BACKUP_BEFORE_UPGRADE")
+    pg_bin_dir: Path | None = Field(default=None, validation_alias="PG_BIN_DIR")
+    smoke_expected_heads: str | None = Field(default=None, validation_alias="SMOKE_EXPECTED_HEADS")
+    smoke_stairway_from: str | None = Field(default=None, validation_alias="SMOKE_STAIRWAY_FROM")
+    lint_exclude_rules: str = Field(default="", validation_alias="LINT_EXCLUDE_RULES")
+    lint_include_rules: str = Field(default="", validation_alias="LINT_INCLUDE_RULES")
 
     @field_validator("entrypoint_passthrough")
     @classmethod
@@ -104,7 +118,14 @@ class Settings(BaseSettings):
             raise ValueError("must be a plain SQL identifier (letters, digits, _)")
         return value
 
-    @field_validator("database_url", "migration_database_url", mode="before")
+    @field_validator(
+        "database_url",
+        "migration_database_url",
+        "confirm_destructive",
+        "smoke_expected_heads",
+        "smoke_stairway_from",
+        mode="before",
+    )
     @classmethod
     def _blank_is_unset(cls, value: Any) -> Any:
         return None if isinstance(value, str) and not value.strip() else value

@@ -94,3 +94,36 @@ def query(url: str, sql: str, params: tuple[object, ...] = ()) -> list[tuple[obj
     with psycopg.connect(url, autocommit=True) as connection:
         cursor = connection.execute(sql, params)
         return cursor.fetchall() if cursor.description else []
+
+
+def catalog_snapshot(url: str) -> dict[str, object]:
+    """Schema and data of every user table, to prove that a refused command changed nothing."""
+    system = "('pg_catalog', 'information_schema', 'pg_toast')"
+    snapshot: dict[str, object] = {
+        "relations": query(
+            url,
+            "SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n"
+            f" ON n.oid = c.relnamespace WHERE n.nspname NOT IN {system} ORDER BY 1, 2",
+        ),
+        "columns": query(
+            url,
+            "SELECT table_schema, table_name, column_name, data_type, is_nullable,"
+            " column_default FROM information_schema.columns"
+            f" WHERE table_schema NOT IN {system} ORDER BY 1, 2, 3",
+        ),
+        "indexes": query(
+            url,
+            f"SELECT schemaname, indexname, indexdef FROM pg_indexes"
+            f" WHERE schemaname NOT IN {system} ORDER BY 1, 2",
+        ),
+    }
+    tables = query(
+        url, f"SELECT schemaname, tablename FROM pg_tables WHERE schemaname NOT IN {system}"
+    )
+    for schema, table in tables:
+        snapshot[f"{schema}.{table}"] = query(
+            url,
+            f"SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))"
+            f' FROM "{schema}"."{table}" t',
+        )
+    return snapshot

@@ -294,6 +294,7 @@ def test_prune_is_refused_in_production_and_deletes_nothing(
         cwd=seeded_project,
         database_url=database_url,
         ENVIRONMENT="production",
+        ALLOW_LOCALHOST_DATABASE="true",  # the test server is on localhost
     )
 
     line = assert_one_line_failure(result, 3)

@@ -1,0 +1,515 @@
+"""Guardrails: which environment a database is in, and what may be done to it.
+
+Three things live here, all about not wrecking a database by mistake:
+
+- **start-up checks**: with ``ENVIRONMENT=production`` (and ``staging``, unless
+  ``STAGING_URL_CHECKS=false``), a database URL on localhost, with a default or
+  placeholder password, or with an empty password is a configuration error (exit 78);
+- **the environment marker**: a one-row table of ours, ``migrate_lock_environment``
+  in the version table's schema, written on upgrade and by ``env set``. The stricter
+  of the marker and the local ``ENVIRONMENT`` decides; a database that has been
+  migrated but carries no marker counts as production (fail closed);
+- **confirmation** of destructive operations (downgrade, stamp, init-db, reset,
+  restore, seed pruning, moving the marker down): they run on development and test
+  databases; anywhere else they are refused (exit 3, nothing changed) unless the
+  operator names the database: ``--confirm-destructive DBNAME`` or
+  ``CONFIRM_DESTRUCTIVE=DBNAME``. ``CONFIRM_DESTRUCTIVE=true`` is accepted only for a
+  database that is not (and is not treated as) production.
+
+And ``protect(metadata)``, which makes an application's own ``create_all()`` and
+``drop_all()`` raise outside development and test.
+
+Nothing here imports pydantic, SQLAlchemy or Alembic at module level: the at-head
+fast path runs the start-up checks too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from migrate_lock.dsn import parse_database_url
+from migrate_lock.errors import ConfigError, Refused, UsageError
+from migrate_lock.logs import log
+from migrate_lock.rules import ENVIRONMENTS
+
+if TYPE_CHECKING:
+    import psycopg
+
+    from migrate_lock.project import DatabaseSession
+    from migrate_lock.revisions import VersionTable
+    from migrate_lock.settings import Settings
+
+#: Our marker table, in the version table's schema (one row).
+MARKER_TABLE = "migrate_lock_environment"
+
+#: How protected each environment is: moving to a lower rank is destructive.
+RANK = {"development": 0, "test": 0, "staging": 1, "production": 2}
+#: Where destructive operations run without confirmation.
+UNPROTECTED = ("development", "test")
+#: Passwords that mean "nobody chose one" (compared case-insensitively); a password
+#: equal to the user name counts too (postgres/postgres, app/app).
+PLACEHOLDER_PASSWORDS = frozenset(
+    {"postgres", "password", "changeme", "change-me", "change_me", "secret", "admin", "root"}
+)
+_LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
+_CONFIRM_YES = "true"
+
+# Set while migrate-lock itself runs create_all (init-db, after confirmation), so that an
+# application module that called protect() on import does not refuse our own call.
+_DDL_CONFIRMED: ContextVar[bool] = ContextVar("migrate_lock_ddl_confirmed", default=False)
+
+
+# --- start-up checks --------------------------------------------------------------------
+
+
+def check_startup(settings: Settings) -> None:
+    """Refuse unsafe database URLs for production (and staging): ConfigError, exit 78."""
+    check_database_urls(
+        settings.environment,
+        {
+            "DATABASE_URL": settings.database_url,
+            "MIGRATION_DATABASE_URL": settings.migration_database_url,
+        },
+        staging_checks=settings.staging_url_checks,
+        allow_localhost=settings.allow_localhost_database,
+    )
+
+
+def check_database_urls(
+    environment: str | None,
+    urls: dict[str, str | None],
+    *,
+    staging_checks: bool = True,
+    allow_localhost: bool = False,
+) -> None:
+    """The start-up checks on plain values (the fast path has no Settings object).
+
+    ``urls`` maps variable names to raw URLs (None: not set). Raises ConfigError
+    listing every problem, each naming its variable; passwords are never printed.
+    """
+    if environment != "production" and not (environment == "staging" and staging_checks):
+        return
+    problems = [
+        problem
+        for variable, raw in urls.items()
+        if raw
+        for problem in _url_problems(variable, raw, allow_localhost=allow_localhost)
+    ]
+    if problems:
+        relax = (
+            "STAGING_URL_CHECKS=false lifts these checks in staging"
+            if environment == "staging"
+            else "a sidecar proxy on localhost needs ALLOW_LOCALHOST_DATABASE=true"
+        )
+        raise ConfigError(
+            f"ENVIRONMENT={environment} refuses unsafe database settings: " + "; ".join(problems),
+            hint=f"point the URL at the {environment} server with its real credentials ({relax})",
+        )
+
+
+def _url_problems(variable: str, raw: str, *, allow_localhost: bool) -> list[str]:
+    url = parse_database_url(raw, variable=variable)
+    problems = []
+    hosts = [host for host in url.host.split(",")] if url.host else [""]
+    if not allow_localhost and any(_is_local(host) for host in hosts):
+        where = "the local socket" if hosts == [""] else "localhost"
+        problems.append(f"{variable} points at {where} ({url.masked})")
+    if url.password is not None:
+        from urllib.parse import unquote, urlsplit
+
+        user = unquote(urlsplit(url.libpq).username or "")
+        if url.password == "":
+            problems.append(f"{variable} has an empty password ({url.masked})")
+        elif url.password.lower() in PLACEHOLDER_PASSWORDS or url.password == user:
+            problems.append(f"{variable} uses a default or placeholder password ({url.masked})")
+    return problems
+
+
+def _is_local(host: str) -> bool:
+    # An empty host is libpq's default: the server's socket on this machine. An explicit
+    # socket directory (/cloudsql/…) is a deliberate choice and not refused.
+    import ipaddress
+
+    name = host.strip().strip("[]").lower()
+    if not name:
+        return True
+    if name in _LOCAL_NAMES or name.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+# --- the environment marker -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Marker:
+    """The row of ``migrate_lock_environment``: the environment a database is in."""
+
+    environment: str
+    set_at: str
+    set_by: str
+
+
+@dataclass(frozen=True)
+class Protection:
+    """How a database is guarded, and why.
+
+    ``effective`` is the stricter of the marker and the local ENVIRONMENT. A database
+    that has a version table but no marker is treated as production (``assumed``); so
+    is a new database when ENVIRONMENT is not set either.
+    """
+
+    database: str
+    marker: Marker | None
+    local: str | None
+    migrated: bool
+
+    @property
+    def assumed(self) -> bool:
+        """True when no marker (and, for a new database, no ENVIRONMENT) says anything."""
+        return self.marker is None and (self.migrated or self.local is None)
+
+    @property
+    def effective(self) -> str:
+        if self.assumed:
+            return "production"
+        candidates = [self.marker.environment] if self.marker else []
+        if self.local is not None:
+            candidates.append(self.local)
+        # Ties keep the marker: development and test rank the same.
+        return max(candidates, key=lambda name: RANK[name])
+
+    @property
+    def protected(self) -> bool:
+        return self.effective not in UNPROTECTED
+
+    def describe(self) -> str:
+        """Why the database counts as what it counts as, in words for an error line."""
+        name = f'"{self.database}"'
+        if self.marker is None and self.migrated:
+            return f"{name} has no environment marker, so it is treated as production"
+        if self.marker is None:
+            if self.local is None:
+                return f"{name} has no environment marker and ENVIRONMENT is not set"
+            return f"{name} is {self.local} (ENVIRONMENT; no marker yet)"
+        if self.local is not None and RANK[self.local] > RANK[self.marker.environment]:
+            return (
+                f"{name} is {self.local} (ENVIRONMENT; the marker says {self.marker.environment})"
+            )
+        return f"{name} is marked {self.marker.environment}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "marker": self.marker.environment if self.marker else None,
+            "marker_set_at": self.marker.set_at if self.marker else None,
+            "marker_set_by": self.marker.set_by if self.marker else None,
+            "local": self.local,
+            "effective": self.effective,
+            "protected": self.protected,
+        }
+
+
+def marker_table(table: VersionTable) -> str:
+    """The qualified name of the marker table beside ``table``."""
+    return f'"{table.schema}"."{MARKER_TABLE}"'
+
+
+def read_marker(connection: psycopg.Connection[Any], table: VersionTable) -> Marker | None:
+    """The database's marker, or None when there is none."""
+    row = connection.execute("SELECT to_regclass(%s)", (marker_table(table),)).fetchone()
+    if not row or row[0] is None:
+        return None
+    found = connection.execute(
+        f"SELECT environment, to_char(set_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
+        f" set_by FROM {marker_table(table)} LIMIT 1"
+    ).fetchone()
+    if found is None or found[0] not in RANK:
+        return None
+    return Marker(str(found[0]), str(found[1]), str(found[2]))
+
+
+def write_marker(
+    connection: psycopg.Connection[Any], table: VersionTable, environment: str, *, how: str
+) -> None:
+    """Record ``environment`` as the database's (creating our table if needed)."""
+    import socket
+
+    allowed = ", ".join(f"'{name}'" for name in ENVIRONMENTS)
+    with connection.transaction():
+        connection.execute(
+            f"CREATE TABLE IF NOT EXISTS {marker_table(table)} ("
+            " singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
+            f" environment text NOT NULL CHECK (environment IN ({allowed})),"
+            " set_at timestamptz NOT NULL DEFAULT now(),"
+            " set_by text NOT NULL)"
+        )
+        connection.execute(
+            f"INSERT INTO {marker_table(table)} (environment, set_by)"
+            " VALUES (%s, %s || ' by ' || current_user || ' on ' || %s)"
+            " ON CONFLICT (singleton) DO UPDATE"
+            " SET environment = EXCLUDED.environment, set_at = now(), set_by = EXCLUDED.set_by",
+            (environment, how, socket.gethostname()),
+        )
+
+
+def delete_marker(connection: psycopg.Connection[Any], table: VersionTable) -> None:
+    """Remove the marker (restore: the restored database keeps the target's absence)."""
+    row = connection.execute("SELECT to_regclass(%s)", (marker_table(table),)).fetchone()
+    if row and row[0] is not None:
+        connection.execute(f"DELETE FROM {marker_table(table)}")
+
+
+def protection(session: DatabaseSession) -> Protection:
+    """How the session's database is guarded (reads the marker; changes nothing)."""
+    from migrate_lock.revisions import database_revisions
+
+    table = session.version_table
+    return Protection(
+        database=session.database_name,
+        marker=read_marker(session.connection, table),
+        local=session.project.settings.environment,
+        migrated=database_revisions(session.connection, table) is not None,
+    )
+
+
+def remember_environment(
+    connection: psycopg.Connection[Any],
+    table: VersionTable,
+    settings: Settings,
+    *,
+    how: str = "upgrade",
+) -> None:
+    """On upgrade: mark the database with ENVIRONMENT, or raise its marker to it.
+
+    A marker is never lowered here (that is ``env set``, a destructive operation):
+    a laptop that says ``development`` cannot unprotect a production database by
+    upgrading it. Without ENVIRONMENT nothing is written.
+    """
+    local = settings.environment
+    if local is None:
+        return
+    marker = read_marker(connection, table)
+    if marker is None or RANK[local] > RANK[marker.environment]:
+        write_marker(connection, table, local, how=how)
+        log.info(
+            "guard.marked",
+            environment=local,
+            previous=marker.environment if marker else None,
+            how=how,
+        )
+    elif marker.environment != local:
+        log.warning(
+            "guard.marker_kept",
+            marker=marker.environment,
+            local=local,
+            detail="the database stays marked as it was; `migrate-lock env set` changes it",
+        )
+
+
+# --- confirmation -----------------------------------------------------------------------
+
+
+def require_confirmation(
+    session: DatabaseSession,
+    operation: str,
+    *,
+    development_only: bool = False,
+) -> Protection:
+    """Refuse ``operation`` (Refused, exit 3) unless it may run on this database.
+
+    It may on a development or test database, and elsewhere when CONFIRM_DESTRUCTIVE
+    (``--confirm-destructive``) names the connected database (``true`` will do, except
+    for production). ``development_only`` operations are refused outside development
+    and test whatever the confirmation. A confirmation naming another database is
+    refused everywhere: it means the command is pointed at the wrong one.
+    """
+    guard = protection(session)
+    confirm = (session.project.settings.confirm_destructive or "").strip()
+    database = guard.database
+    to_confirm = f"--confirm-destructive {database} (or CONFIRM_DESTRUCTIVE={database})"
+    if confirm and confirm.lower() != _CONFIRM_YES and confirm != database:
+        raise Refused(
+            f"{operation} refused: it was confirmed for database {confirm!r} but the connected "
+            f"database is {database!r}; nothing was changed",
+            hint=f"check DATABASE_URL; to confirm for this database: {to_confirm}",
+        )
+    if not guard.protected:
+        log.info("guard.allowed", operation=operation, **_fields(guard))
+        return guard
+    if development_only:
+        raise Refused(
+            f"{operation} refused: it is only for development and test databases and "
+            f"{guard.describe()}; nothing was changed",
+            hint=_unmark_hint(guard),
+        )
+    if not confirm:
+        raise Refused(
+            f"{operation} refused: it is destructive and {guard.describe()}; nothing was changed",
+            hint=f"to go ahead, run it again with {to_confirm}"
+            + (f"; {_unmark_hint(guard)}" if guard.marker is None and guard.migrated else ""),
+        )
+    if confirm.lower() == _CONFIRM_YES and guard.effective == "production":
+        raise Refused(
+            f"{operation} refused: CONFIRM_DESTRUCTIVE=true is not accepted because "
+            f"{guard.describe()}; nothing was changed",
+            hint=f"name the database instead: {to_confirm}",
+        )
+    log.warning("guard.confirmed", operation=operation, confirmed_with=confirm, **_fields(guard))
+    return guard
+
+
+def _unmark_hint(guard: Protection) -> str:
+    command = "migrate-lock env set development"
+    if guard.protected:
+        command += f" --confirm-destructive {guard.database}"
+    return f"if it really is a development database, mark it first: {command}"
+
+
+def _fields(guard: Protection) -> dict[str, Any]:
+    return {
+        "database": guard.database,
+        "environment": guard.effective,
+        "marker": guard.marker.environment if guard.marker else None,
+        "local": guard.local,
+    }
+
+
+# --- env show / env set -----------------------------------------------------------------
+
+
+def show_environment(*, settings: Settings | None = None) -> Protection:
+    """``migrate-lock env show``: the marker, the local ENVIRONMENT, and the verdict."""
+    from migrate_lock.project import Project
+
+    project = Project(settings)
+    with project.session(application_name="migrate-lock env") as session:
+        return protection(session)
+
+
+def set_environment(name: str, *, settings: Settings | None = None) -> Protection:
+    """``migrate-lock env set NAME``: mark the database as ``name``.
+
+    Raising protection is always allowed; lowering it (from production or staging,
+    or from no marker on a migrated database) is a destructive operation and needs
+    the same confirmation as a downgrade.
+    """
+    from migrate_lock.project import Project
+
+    wanted = name.strip().lower()
+    if wanted not in RANK:
+        raise UsageError(
+            f"unknown environment {name!r}", hint=f"use one of {', '.join(ENVIRONMENTS)}"
+        )
+    project = Project(settings)
+    check_startup(project.settings)
+    with project.session(application_name="migrate-lock env") as session:
+        before = protection(session)
+        if RANK[wanted] < RANK[before.effective]:
+            require_confirmation(session, f"env set {wanted} (lowering the protection)")
+        write_marker(session.connection, session.version_table, wanted, how="env set")
+        log.info(
+            "guard.marked",
+            environment=wanted,
+            previous=before.marker.environment if before.marker else None,
+            how="env set",
+        )
+        return protection(session)
+
+
+# --- protect(metadata) ------------------------------------------------------------------
+
+
+def protect(metadata: Any, *, environment: str | None = None) -> None:
+    """Make ``metadata.create_all()`` and ``drop_all()`` raise outside development and test.
+
+    ``environment`` defaults to ENVIRONMENT (or APP_ENV) at the time of the call to
+    ``create_all``; on PostgreSQL the database's marker counts too, as for every
+    guardrail (the stricter wins; a migrated database without a marker is production).
+    The error (``migrate_lock.errors.Refused``) names the safe alternative:
+    ``migrate-lock upgrade``. Uses SQLAlchemy's DDL events; calling it twice is harmless.
+    """
+    from sqlalchemy import event
+
+    def refuse_create(target: Any, connection: Any, **_: Any) -> None:
+        _refuse_ddl("metadata.create_all()", connection, environment)
+
+    def refuse_drop(target: Any, connection: Any, **_: Any) -> None:
+        _refuse_ddl("metadata.drop_all()", connection, environment)
+
+    if getattr(metadata, "_migrate_lock_protected", False):
+        return
+    event.listen(metadata, "before_create", refuse_create)
+    event.listen(metadata, "before_drop", refuse_drop)
+    metadata._migrate_lock_protected = True
+
+
+@contextmanager
+def ddl_confirmed() -> Iterator[None]:
+    """Let a protected metadata's create_all run (init-db, after its own confirmation)."""
+    token = _DDL_CONFIRMED.set(True)
+    try:
+        yield
+    finally:
+        _DDL_CONFIRMED.reset(token)
+
+
+def _refuse_ddl(what: str, connection: Any, environment: str | None) -> None:
+    if _DDL_CONFIRMED.get():
+        return
+    local = environment if environment is not None else _environment_variable()
+    if local is not None and local not in RANK:
+        raise ConfigError(f"ENVIRONMENT is invalid (got {local!r}): use one of {ENVIRONMENTS}")
+    if connection.dialect.name == "postgresql":
+        guard = _sqlalchemy_protection(connection, local)
+    else:  # no marker to read: ENVIRONMENT alone decides
+        name = str(connection.engine.url.database or connection.dialect.name)
+        guard = Protection(database=name, marker=None, local=local, migrated=False)
+    if not guard.protected:
+        return
+    raise Refused(
+        f"{what} is refused: {guard.describe()} and its schema is managed by migrations",
+        hint="run `migrate-lock upgrade` to create or change tables (or `migrate-lock init-db` "
+        "for a brand-new database); create_all/drop_all run only with ENVIRONMENT=development "
+        "or test",
+    )
+
+
+def _environment_variable() -> str | None:
+    value = os.environ.get("ENVIRONMENT") or os.environ.get("APP_ENV")
+    return value.strip().lower() or None if value else None
+
+
+def _sqlalchemy_protection(connection: Any, local: str | None) -> Protection:
+    from sqlalchemy import text
+
+    from migrate_lock.revisions import VersionTable
+
+    schema = (
+        os.environ.get("VERSION_TABLE_SCHEMA")
+        or connection.execute(text("SELECT current_schema()")).scalar_one_or_none()
+    )
+    table = VersionTable(
+        str(schema or "public"), os.environ.get("VERSION_TABLE", "alembic_version")
+    )
+    database, migrated, has_marker = connection.execute(
+        text("SELECT current_database(), to_regclass(:v) IS NOT NULL, to_regclass(:m) IS NOT NULL"),
+        {"v": table.qualified, "m": marker_table(table)},
+    ).one()
+    marker = None
+    if has_marker:
+        row = connection.execute(
+            text(f"SELECT environment, set_at::text, set_by FROM {marker_table(table)} LIMIT 1")
+        ).first()
+        if row is not None and row[0] in RANK:
+            marker = Marker(str(row[0]), str(row[1]), str(row[2]))
+    return Protection(database=str(database), marker=marker, local=local, migrated=bool(migrated))

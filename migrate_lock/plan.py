@@ -1,0 +1,142 @@
+"""``plan``: what ``upgrade`` would do now against the configured database. Changes nothing.
+
+The pending revisions in the order they would run, each with its SQL (rendered offline,
+as ``upgrade --sql``) and its lint findings (lint.py: destructive, lock-heavy, advice),
+the seed files that would be applied, and the timeouts the migrating session would get.
+The database is only read: no lock, no version table created, nothing written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from migrate_lock.lint import (
+    Finding,
+    excluded_rules,
+    per_revision_ignores,
+    render_revisions,
+    run_squawk,
+)
+from migrate_lock.logs import log
+from migrate_lock.project import Project
+from migrate_lock.settings import Settings
+
+
+@dataclass(frozen=True)
+class PlannedRevision:
+    """One pending revision: its SQL and what lint says about it."""
+
+    revision: str
+    doc: str
+    sql: str
+    findings: tuple[Finding, ...]
+
+    @property
+    def destructive(self) -> bool:
+        return any(f.kind == "destructive" for f in self.findings)
+
+    @property
+    def lock_heavy(self) -> bool:
+        return any(f.kind == "lock-heavy" for f in self.findings)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "revision": self.revision,
+            "doc": self.doc,
+            "destructive": self.destructive,
+            "lock_heavy": self.lock_heavy,
+            "findings": [asdict(f) for f in self.findings],
+            "sql": self.sql,
+        }
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What ``upgrade`` would do: nothing when ``pending`` and ``seeds`` are empty."""
+
+    database: str
+    status: str
+    current: tuple[str, ...]
+    heads: tuple[str, ...]
+    pending: tuple[PlannedRevision, ...]
+    seeds: tuple[str, ...]
+    timeouts: dict[str, str]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "database": self.database,
+            "status": self.status,
+            "current": list(self.current),
+            "heads": list(self.heads),
+            "pending": [revision.as_dict() for revision in self.pending],
+            "seeds": list(self.seeds),
+            "timeouts": self.timeouts,
+        }
+
+
+def plan(*, settings: Settings | None = None) -> Plan:
+    """Read where the database is and describe the upgrade to the heads. Changes nothing.
+
+    Raises UnknownDatabaseRevision (exit 5) when the database is at a revision this code
+    does not know, and the usual connection and configuration errors.
+    """
+    from migrate_lock.migrate import _refuse_unknown  # one wording for "unknown revision"
+    from migrate_lock.seed import changed_seeds, discover, seeds_dir
+
+    project = Project(settings)
+    settings = project.settings
+    scripts = project.scripts
+    heads = scripts.heads()
+    with project.session(application_name="migrate-lock plan") as session:
+        state = session.state(heads, scripts)
+        _refuse_unknown(state)
+        seeds: list[str] = []
+        if settings.seed_on_upgrade:
+            files = discover(seeds_dir(settings.seeds_dir, settings.alembic_config))
+            due = changed_seeds(session.connection, session.version_table, files)
+            seeds = [file.name for file in due]
+    pending = _planned(project, list(state.pending))
+    result = Plan(
+        database=project.url.masked,
+        status=state.status,
+        current=state.current,
+        heads=heads,
+        pending=tuple(pending),
+        seeds=tuple(seeds),
+        timeouts={
+            "MIGRATION_LOCK_TIMEOUT_SECONDS": f"{settings.migration_lock_timeout_seconds:g}s",
+            "DDL_LOCK_TIMEOUT": settings.ddl_lock_timeout,
+            "DDL_STATEMENT_TIMEOUT": settings.ddl_statement_timeout,
+            "DDL_IDLE_IN_TRANSACTION_TIMEOUT": settings.ddl_idle_in_transaction_timeout,
+        },
+    )
+    log.info(
+        "plan.done",
+        status=state.status,
+        pending=len(pending),
+        destructive=[r.revision for r in pending if r.destructive],
+        lock_heavy=[r.revision for r in pending if r.lock_heavy],
+        seeds=len(seeds),
+    )
+    return result
+
+
+def _planned(project: Project, pending: list[str]) -> list[PlannedRevision]:
+    if not pending:
+        return []
+    # Rendered from base (offline, so cheap): works whatever the database's revisions are.
+    rendered = {r.revision: r for r in render_revisions(project.settings, "heads")}
+    chosen = [rendered[rev] for rev in pending if rev in rendered]
+    findings = run_squawk(
+        chosen,
+        excluded=excluded_rules(project.settings),
+        ignored=per_revision_ignores(project, pending),
+    )
+    planned = []
+    for revision in chosen:
+        script = project.scripts.script.get_revision(revision.revision)
+        doc = (script.doc or "").strip() if script is not None else ""
+        mine = tuple(f for f in findings if f.revision == revision.revision)
+        planned.append(PlannedRevision(revision.revision, doc, revision.sql, mine))
+    return planned

@@ -1,0 +1,619 @@
+"""``smoke``: prove in CI, on a real PostgreSQL, that the migration history is sound.
+
+With no URL an embedded PostgreSQL is started in a temporary directory; with one, the
+checks run in scratch databases created on that server and dropped at the end (also on
+failure). The database the URL names is only connected to, never changed.
+
+Checks, in order (docs/ci.md says why each matters):
+
+- ``heads``: one head (or exactly SMOKE_EXPECTED_HEADS);
+- ``upgrade``: base to heads with the locked ``upgrade`` (seeds included);
+- ``models``: env.py's ``target_metadata`` matches the migrated schema (autogenerate);
+- ``seeds``: the seed files apply, and applying them again changes nothing;
+- ``at_head``: ``migrate-lock upgrade`` at head exits 0 and applies nothing;
+- ``stairway``: every revision upgrades, downgrades and upgrades again;
+- ``concurrency``: K ``migrate-lock upgrade`` processes at once; each revision once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from migrate_lock.dsn import DatabaseUrl, with_database
+from migrate_lock.errors import ConfigError, MigrateLockError
+from migrate_lock.logs import log
+from migrate_lock.project import Project
+from migrate_lock.settings import Settings, load_settings
+
+if TYPE_CHECKING:
+    import psycopg
+
+Outcome = Literal["passed", "failed", "skipped"]
+
+#: Our own tables, which the models never describe.
+_OWN_TABLE_PREFIX = "migrate_lock_"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One smoke check: what it found, with the context an operator needs to act."""
+
+    name: str
+    outcome: Outcome
+    summary: str
+    context: tuple[str, ...] = ()
+    duration_ms: int = 0
+
+
+@dataclass(frozen=True)
+class SmokeReport:
+    """Every check's outcome; ``ok`` when none failed."""
+
+    server: str
+    checks: tuple[Check, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    @property
+    def failed(self) -> tuple[str, ...]:
+        return tuple(check.name for check in self.checks if check.outcome == "failed")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "server": self.server,
+            "failed": list(self.failed),
+            "checks": [asdict(check) for check in self.checks],
+        }
+
+
+def smoke(*, settings: Settings | None = None, replicas: int = 8) -> SmokeReport:
+    """Run every check; return the report (a failing check does not raise).
+
+    The server is DATABASE_URL's (MIGRATION_DATABASE_URL's) when set, else an embedded
+    one. Raises ConfigError (78) when the project cannot be loaded or the role may not
+    CREATE DATABASE.
+    """
+    settings = settings or load_settings()
+    project = Project(settings)
+    project.scripts  # noqa: B018 - a broken project fails before any server starts
+    with _server(settings) as (server_url, label):
+        run = _SmokeRun(project, server_url, replicas)
+        try:
+            checks = run.all_checks()
+        finally:
+            run.drop_scratch_databases()
+    report = SmokeReport(label, tuple(checks))
+    log.info("smoke.done", ok=report.ok, failed=list(report.failed))
+    return report
+
+
+class _SmokeRun:
+    def __init__(self, project: Project, server_url: DatabaseUrl, replicas: int) -> None:
+        self.project = project
+        self.server_url = server_url
+        self.replicas = replicas
+        self.prefix = f"smoke_{secrets.token_hex(4)}"
+        self.created: list[str] = []
+
+    def all_checks(self) -> list[Check]:
+        checks = [_timed("heads", self.check_heads)]
+        main = self.scratch("main")
+        upgraded = _timed("upgrade", lambda: self.check_upgrade(main))
+        checks.append(upgraded)
+        dependent: list[tuple[str, Callable[[], Check]]] = [
+            ("models", lambda: self.check_models(main)),
+            ("seeds", lambda: self.check_seeds(main)),
+            ("at_head", lambda: self.check_at_head(main)),
+        ]
+        for name, check in dependent:
+            if upgraded.outcome == "failed":
+                checks.append(Check(name, "skipped", "needs a database at heads (upgrade failed)"))
+            else:
+                checks.append(_timed(name, check))
+        checks.append(_timed("stairway", lambda: self.check_stairway(self.scratch("stairway"))))
+        checks.append(
+            _timed("concurrency", lambda: self.check_concurrency(self.scratch("replicas")))
+        )
+        return checks
+
+    # --- the checks ----------------------------------------------------------------------
+
+    def check_heads(self) -> Check:
+        heads = self.project.scripts.heads()
+        expected = _split(self.project.settings.smoke_expected_heads)
+        context = tuple(self._describe_revision(head) for head in heads)
+        if expected:
+            if set(heads) == set(expected):
+                return Check("heads", "passed", f"heads are {', '.join(heads)} as expected")
+            return Check(
+                "heads",
+                "failed",
+                f"heads are {', '.join(heads)}, SMOKE_EXPECTED_HEADS says {', '.join(expected)}",
+                context,
+            )
+        if len(heads) == 1:
+            return Check("heads", "passed", f"one head: {heads[0]}")
+        return Check(
+            "heads",
+            "failed",
+            f"{len(heads)} heads ({', '.join(heads)}): usually an unresolved merge; "
+            "merge them with `alembic merge heads` (or set SMOKE_EXPECTED_HEADS)",
+            context,
+        )
+
+    def check_upgrade(self, url: DatabaseUrl) -> Check:
+        from migrate_lock.migrate import upgrade
+
+        try:
+            result = upgrade("heads", settings=self.settings_for(url))
+        except MigrateLockError as error:
+            return Check("upgrade", "failed", f"base -> heads failed: {error}")
+        return Check(
+            "upgrade",
+            "passed",
+            f"base -> {', '.join(result.to_revisions)}: {len(result.applied)} revisions, "
+            f"{len(result.seeded)} seed files",
+        )
+
+    def check_models(self, url: DatabaseUrl) -> Check:
+        try:
+            differences = compare_models(self.project_for(url))
+        except MigrateLockError as error:
+            return Check("models", "failed", str(error))
+        if differences is None:
+            return Check(
+                "models",
+                "skipped",
+                "env.py passes no target_metadata to context.configure (see docs/ci.md)",
+            )
+        if not differences:
+            return Check("models", "passed", "the models match the migrated schema")
+        return Check(
+            "models",
+            "failed",
+            f"the models and the migrations differ in {len(differences)} places: write a "
+            "revision for the change (alembic revision --autogenerate) or fix the models",
+            tuple(differences),
+        )
+
+    def check_seeds(self, url: DatabaseUrl) -> Check:
+        from migrate_lock.seed import apply_seeds, changed_seeds, discover, seeds_dir
+
+        settings = self.project.settings
+        files = discover(seeds_dir(settings.seeds_dir, settings.alembic_config))
+        if not files:
+            return Check("seeds", "passed", "no seed files")
+        with self.project_for(url).session(application_name="migrate-lock smoke") as session:
+            connection, table = session.connection, session.version_table
+            try:
+                apply_seeds(connection, table, changed_seeds(connection, table, files))
+            except MigrateLockError as error:
+                return Check("seeds", "failed", f"the seed files do not apply: {error}")
+            before = table_fingerprints(connection)
+            try:
+                apply_seeds(connection, table, files, force=True)
+            except MigrateLockError as error:
+                return Check("seeds", "failed", f"the seed files fail a second time: {error}")
+            after = table_fingerprints(connection)
+        changed = sorted(
+            name for name in before.keys() | after.keys() if before.get(name) != after.get(name)
+        )
+        if changed:
+            context = tuple(
+                f"{name}: {_rows(before.get(name))} rows before, {_rows(after.get(name))} after"
+                for name in changed
+            )
+            return Check(
+                "seeds",
+                "failed",
+                f"applying the seed files a second time changed {', '.join(changed)}: make them "
+                "idempotent (INSERT … ON CONFLICT, or CSV seeds keyed by primary key)",
+                context,
+            )
+        return Check(
+            "seeds", "passed", f"{len(files)} seed files apply; a second run changes nothing"
+        )
+
+    def check_at_head(self, url: DatabaseUrl) -> Check:
+        process = self._spawn_upgrade(url)
+        stdout, stderr = process.communicate(timeout=self._process_timeout())
+        result = _json_object(stdout)
+        if process.returncode != 0:
+            return Check(
+                "at_head",
+                "failed",
+                f"migrate-lock upgrade at head exited {process.returncode}",
+                _last_lines(stderr),
+            )
+        applied = result.get("applied") if result else None
+        if applied:
+            return Check("at_head", "failed", f"a re-run at head applied {applied}")
+        role = result.get("role") if result else "?"
+        return Check("at_head", "passed", f"a re-run at head exits 0 ({role}, nothing applied)")
+
+    def check_stairway(self, url: DatabaseUrl) -> Check:
+        from migrate_lock.runner import run_alembic
+
+        project = self.project_for(url)
+        scripts = project.scripts
+        order = [s.revision for s in scripts.script.walk_revisions("base", "heads")][::-1]
+        exempt = self._exempt_from_downgrade()
+        steps = 0
+        with project.session(application_name="migrate-lock smoke") as session:
+            config = project.config
+            config.attributes["version_table"] = session.version_table.name
+            config.attributes["version_table_schema"] = session.version_table.schema
+            for revision in order:
+                script = scripts.script.get_revision(revision)
+                downs = _split_tuple(script.down_revision if script else None)
+                down_target = downs[0] if len(downs) == 1 else ("base" if not downs else "-1")
+                plan: list[tuple[Literal["upgrade", "downgrade"], str]] = [("upgrade", revision)]
+                if revision not in exempt:
+                    plan += [("downgrade", down_target), ("upgrade", revision)]
+                for step, (command, target) in enumerate(plan):
+                    try:
+                        run_alembic(config, session.connection, command, target)
+                    except MigrateLockError as error:
+                        what = "upgrade again" if step == 2 else command
+                        return Check(
+                            "stairway",
+                            "failed",
+                            f"revision {revision}: {what} failed: {error}",
+                            (
+                                f"{len(order)} revisions; stopped at {revision} "
+                                f"({self._describe_revision(revision)})",
+                                "a revision that cannot go down on purpose: set "
+                                "SMOKE_STAIRWAY_FROM to the first revision that must",
+                            ),
+                        )
+                    steps += 1
+        down = len(order) - len(exempt)
+        return Check(
+            "stairway",
+            "passed",
+            f"{len(order)} revisions up; {down} of them down and up again"
+            + (f" ({len(exempt)} older than SMOKE_STAIRWAY_FROM only up)" if exempt else ""),
+        )
+
+    def check_concurrency(self, url: DatabaseUrl) -> Check:
+        from migrate_lock.revisions import database_revisions
+
+        processes = [self._spawn_upgrade(url) for _ in range(self.replicas)]
+        outputs = [p.communicate(timeout=self._process_timeout()) for p in processes]
+        problems: list[str] = []
+        applied: Counter[str] = Counter()
+        migrated = 0
+        for index, (process, (stdout, stderr)) in enumerate(zip(processes, outputs, strict=True)):
+            result = _json_object(stdout)
+            if process.returncode != 0 or result is None:
+                tail = " | ".join(_last_lines(stderr, 2))
+                problems.append(f"replica {index + 1} exited {process.returncode}: {tail}")
+                continue
+            applied.update(result.get("applied") or ())
+            migrated += result.get("role") == "migrated"
+        expected = {s.revision for s in self.project.scripts.script.walk_revisions("base", "heads")}
+        twice = sorted(rev for rev, count in applied.items() if count > 1)
+        missing = sorted(expected - set(applied))
+        if twice:
+            problems.append(f"applied more than once: {', '.join(twice)}")
+        if missing and not problems:
+            problems.append(f"never applied: {', '.join(missing)}")
+        if migrated != 1 and not problems:
+            problems.append(f"{migrated} replicas report role 'migrated', expected exactly 1")
+        with self.project_for(url).session(application_name="migrate-lock smoke") as session:
+            at = database_revisions(session.connection, session.version_table) or ()
+        heads = self.project.scripts.heads()
+        if set(at) != set(heads):
+            problems.append(
+                f"the database is at {', '.join(at) or 'no revision'}, not {', '.join(heads)}"
+            )
+        if problems:
+            return Check(
+                "concurrency",
+                "failed",
+                f"{self.replicas} replicas at once did not apply every revision exactly once",
+                tuple(problems),
+            )
+        return Check(
+            "concurrency",
+            "passed",
+            f"{self.replicas} replicas at once: all exit 0, one migrated, "
+            f"{len(expected)} revisions applied once each",
+        )
+
+    # --- scratch databases and processes -------------------------------------------------
+
+    def scratch(self, suffix: str) -> DatabaseUrl:
+        """Create an empty database on the server (dropped by drop_scratch_databases)."""
+        import psycopg
+        from psycopg import sql
+
+        name = f"{self.prefix}_{suffix}"
+        with self._maintenance() as connection:
+            try:
+                connection.execute(
+                    sql.SQL("CREATE DATABASE {} TEMPLATE template0").format(sql.Identifier(name))
+                )
+            except psycopg.errors.InsufficientPrivilege:
+                raise ConfigError(
+                    f"the role in the URL may not create the scratch database {name}",
+                    hint="give it CREATEDB (ALTER ROLE … CREATEDB), or run smoke without a URL "
+                    "to use an embedded PostgreSQL",
+                ) from None
+        self.created.append(name)
+        log.info("smoke.scratch_created", database=name)
+        return with_database(self.server_url, name)
+
+    def drop_scratch_databases(self) -> None:
+        if not self.created:
+            return
+        from psycopg import sql
+
+        with self._maintenance() as connection:
+            for name in self.created:
+                try:
+                    connection.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(name)
+                        )
+                    )
+                    log.info("smoke.scratch_dropped", database=name)
+                except Exception as error:  # noqa: BLE001 - report, and drop the others
+                    log.warning("smoke.scratch_left", database=name, error=str(error))
+        self.created.clear()
+
+    @contextlib.contextmanager
+    def _maintenance(self) -> Iterator[psycopg.Connection[Any]]:
+        from migrate_lock.connection import connect
+
+        connection = connect(
+            self.server_url,
+            timeout_seconds=self.project.settings.db_connect_timeout_seconds,
+            application_name="migrate-lock smoke",
+        )
+        try:
+            yield connection
+        finally:
+            connection.close()
+
+    def settings_for(self, url: DatabaseUrl) -> Settings:
+        # A scratch database is a test database: no production start-up checks apply.
+        return self.project.settings.model_copy(
+            update={
+                "database_url": url.libpq,
+                "migration_database_url": url.libpq,
+                "environment": "test",
+                "backup_before_upgrade": False,
+            }
+        )
+
+    def project_for(self, url: DatabaseUrl) -> Project:
+        return Project(self.settings_for(url))
+
+    def _spawn_upgrade(self, url: DatabaseUrl) -> subprocess.Popen[str]:
+        settings = self.project.settings
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if key
+            not in ("DATABASE_URL", "MIGRATION_DATABASE_URL", "APP_ENV", "MIGRATION_LOCK_KEY")
+        }
+        env.update(
+            DATABASE_URL=url.libpq,
+            ENVIRONMENT="test",
+            ALEMBIC_CONFIG=str(Path(settings.alembic_config).resolve()),
+            LOG_FORMAT="json",
+            BACKUP_BEFORE_UPGRADE="false",
+        )
+        if settings.seeds_dir is not None:
+            env["SEEDS_DIR"] = str(Path(settings.seeds_dir).resolve())
+        return subprocess.Popen(
+            [sys.executable, "-m", "migrate_lock", "upgrade", "--json"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    def _process_timeout(self) -> float:
+        return self.project.settings.migration_lock_timeout_seconds + 120
+
+    def _exempt_from_downgrade(self) -> set[str]:
+        first = self.project.settings.smoke_stairway_from
+        if first is None:
+            return set()
+        scripts = self.project.scripts
+        if not scripts.knows(first):
+            raise ConfigError(
+                f"SMOKE_STAIRWAY_FROM names {first!r}, which is not a revision of this project",
+                hint="see `migrate-lock history`",
+            )
+        return set(scripts.ancestry((first,))) - {first}
+
+    def _describe_revision(self, revision: str) -> str:
+        script = self.project.scripts.script.get_revision(revision)
+        doc = (script.doc or "").strip() if script is not None else ""
+        path = Path(script.path).name if script is not None and script.path else "?"
+        return f"{revision} {doc!r} in {path}" if doc else f"{revision} in {path}"
+
+
+def compare_models(project: Project) -> list[str] | None:
+    """Alembic's autogenerate comparison of env.py's ``target_metadata`` with the database.
+
+    env.py runs as under ``alembic revision --autogenerate``, so its own options
+    (``include_object``, ``compare_type``, …) apply. None when env.py passes no
+    ``target_metadata``; otherwise one line per difference (our own tables left out).
+    """
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.environment import EnvironmentContext
+    from sqlalchemy import create_engine, pool
+
+    found: dict[str, Any] = {}
+
+    def capture(revision: Any, context: Any) -> list[Any]:
+        metadata = context.opts.get("target_metadata")
+        if metadata is not None:
+            found["diffs"] = compare_metadata(context, metadata)
+        return []  # nothing to run
+
+    config = project.config
+    script = project.scripts.script
+    engine = create_engine(project.url.sqlalchemy, poolclass=pool.NullPool)
+    try:
+        with engine.connect() as connection:
+            config.attributes["connection"] = connection
+            try:
+                with EnvironmentContext(config, script, fn=capture, as_sql=False):
+                    script.run_env()
+            except MigrateLockError:
+                raise
+            except Exception as error:  # noqa: BLE001 - env.py or the models may raise anything
+                raise ConfigError(
+                    f"cannot compare the models: {type(error).__name__}: {error}",
+                    hint="check that env.py imports your models",
+                ) from None
+            finally:
+                config.attributes.pop("connection", None)
+    finally:
+        engine.dispose()
+    if "diffs" not in found:
+        return None
+    return [line for diff in found["diffs"] if (line := describe_difference(diff))]
+
+
+def describe_difference(diff: Any) -> str | None:
+    """One autogenerate difference as a readable line (None for our own tables)."""
+    if isinstance(diff, list):  # modify_* come grouped per column
+        lines = [describe_difference(item) for item in diff]
+        return "; ".join(line for line in lines if line) or None
+    kind = diff[0]
+    if kind in ("add_table", "remove_table"):
+        name = diff[1].name
+        where = (
+            "in the models, not in the database"
+            if kind == "add_table"
+            else ("in the database, not in the models")
+        )
+        return None if name.startswith(_OWN_TABLE_PREFIX) else f"table {name}: {where}"
+    if kind in ("add_column", "remove_column"):
+        where = (
+            "in the models, not in the database"
+            if kind == "add_column"
+            else ("in the database, not in the models")
+        )
+        return f"column {diff[2]}.{diff[3].name}: {where}"
+    if kind.startswith("modify_"):
+        table, column, old, new = diff[2], diff[3], diff[5], diff[6]
+        what = kind.removeprefix("modify_")
+        return f"column {table}.{column}: {what} is {old!r} in the database, {new!r} in the models"
+    item = diff[1]
+    table = getattr(getattr(item, "table", None), "name", None) or getattr(item, "parent", None)
+    if isinstance(table, str) and table.startswith(_OWN_TABLE_PREFIX):
+        return None
+    side = (
+        "in the models, not in the database"
+        if kind.startswith("add")
+        else ("in the database, not in the models")
+    )
+    noun = kind.split("_", 1)[1]
+    return (
+        f"{noun} {getattr(item, 'name', None) or item}"
+        + (f" on {table}" if table else "")
+        + f": {side}"
+    )
+
+
+def table_fingerprints(connection: psycopg.Connection[Any]) -> dict[str, tuple[int, str]]:
+    """Row count and a content hash of every user table (ours left out)."""
+    from psycopg import sql
+
+    tables = connection.execute(
+        "SELECT schemaname, tablename FROM pg_tables"
+        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        " AND tablename NOT LIKE 'migrate\\_lock\\_%' ORDER BY 1, 2"
+    ).fetchall()
+    prints: dict[str, tuple[int, str]] = {}
+    for schema, name in tables:
+        row = connection.execute(
+            sql.SQL(
+                "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), ''))"
+                " FROM {}.{} t"
+            ).format(sql.Identifier(schema), sql.Identifier(name))
+        ).fetchone()
+        prints[f"{schema}.{name}"] = (int(row[0]), str(row[1])) if row else (0, "")
+    return prints
+
+
+@contextlib.contextmanager
+def _server(settings: Settings) -> Iterator[tuple[DatabaseUrl, str]]:
+    if settings.migration_database_url or settings.database_url:
+        url = settings.migration_url()
+        log.add_secret(url.password)
+        yield url, url.masked
+        return
+    from migrate_lock.dsn import parse_database_url
+    from migrate_lock.embedded import EmbeddedPostgres
+
+    started = time.monotonic()
+    with EmbeddedPostgres() as server:
+        log.add_secret(server.password)
+        log.info("smoke.server_started", duration_ms=round((time.monotonic() - started) * 1000))
+        yield parse_database_url(server.url()), "embedded"
+
+
+def _timed(name: str, check: Callable[[], Check]) -> Check:
+    started = time.monotonic()
+    log.info("smoke.check", check=name)
+    try:
+        result = check()
+    except MigrateLockError as error:
+        result = Check(name, "failed", str(error))
+    result = Check(
+        result.name,
+        result.outcome,
+        result.summary,
+        result.context,
+        round((time.monotonic() - started) * 1000),
+    )
+    log.info(f"smoke.{result.outcome}", check=name, duration_ms=result.duration_ms)
+    return result
+
+
+def _split(text: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (text or "").replace(" ", ",").split(",") if part.strip())
+
+
+def _split_tuple(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(value)
+
+
+def _json_object(stdout: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(stdout)
+    except (json.JSONDecodeError, TypeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _last_lines(text: str, count: int = 3) -> tuple[str, ...]:
+    return tuple(line for line in text.strip().splitlines()[-count:] if line)
+
+
+def _rows(fingerprint: tuple[int, str] | None) -> int:
+    return fingerprint[0] if fingerprint else 0

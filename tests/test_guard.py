@@ -1,0 +1,227 @@
+"""Start-up checks, the environment marker and protect(metadata), against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Column, Integer, MetaData, Table, create_engine
+from sqlalchemy.engine import Engine
+
+from migrate_lock.errors import Refused
+from migrate_lock.guard import protect
+
+from support import assert_one_line_failure, query, run_cli
+
+LOCAL_OK = {"ALLOW_LOCALHOST_DATABASE": "true"}
+
+
+def env_show(project: Path, url: str, **env: str) -> dict[str, object]:
+    result = run_cli(["env", "show", "--json"], cwd=project, database_url=url, **env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)  # type: ignore[no-any-return]
+
+
+def test_production_refuses_a_database_url_on_localhost(project: Path, database_url: str) -> None:
+    """Why: production pointed at localhost is a copied .env, not the production database."""
+    result = run_cli(["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="production")
+
+    line = assert_one_line_failure(result, 78)
+    assert "ENVIRONMENT=production" in line and "DATABASE_URL points at localhost" in line
+    assert query(database_url, "SELECT to_regclass('alembic_version')") == [(None,)]
+
+
+def test_production_refuses_default_credentials_without_printing_them(project: Path) -> None:
+    """Why: postgres/postgres in production is a leaked template; say so, never echo it."""
+    result = run_cli(
+        ["upgrade"],
+        cwd=project,
+        database_url="postgresql://postgres:postgres@db.internal:5432/shop",
+        ENVIRONMENT="production",
+    )
+
+    line = assert_one_line_failure(result, 78)
+    assert "DATABASE_URL uses a default or placeholder password" in line
+    assert "postgres:postgres" not in result.stderr
+    assert "postgres:***@db.internal" in line
+
+
+def test_staging_refuses_an_empty_password_in_the_migration_url(project: Path) -> None:
+    """Why: an empty password means a secret did not get mounted; fail before connecting."""
+    result = run_cli(
+        ["upgrade"],
+        cwd=project,
+        database_url="postgresql://app:Str0ng-and-long@db.internal/shop",
+        MIGRATION_DATABASE_URL="postgresql://migrator:@db.internal/shop",
+        ENVIRONMENT="staging",
+    )
+
+    line = assert_one_line_failure(result, 78)
+    assert "MIGRATION_DATABASE_URL has an empty password" in line
+    assert "DATABASE_URL points" not in line
+
+
+def test_staging_url_checks_false_lets_a_local_staging_database_migrate(
+    project: Path, database_url: str
+) -> None:
+    """Why: single-host staging setups run their database beside the app, on purpose."""
+    result = run_cli(
+        ["upgrade"],
+        cwd=project,
+        database_url=database_url,
+        ENVIRONMENT="staging",
+        STAGING_URL_CHECKS="false",
+    )
+
+    assert result.returncode == 0, result.stderr
+
+
+def test_production_start_up_checks_also_stop_the_at_head_fast_path(
+    project: Path, database_url: str
+) -> None:
+    """Why: the lean at-head path must not wave through what the full path refuses."""
+    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
+    assert run_cli(["freeze"], cwd=project, database_url=database_url).returncode == 0
+
+    result = run_cli(["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="production")
+
+    assert_one_line_failure(result, 78)
+
+
+def test_upgrade_marks_the_database_with_its_environment(project: Path, database_url: str) -> None:
+    """Why: the database must carry its environment for guards run from anywhere else."""
+    run_cli(["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="staging", **LOCAL_OK)
+
+    shown = env_show(project, database_url, ENVIRONMENT="development")
+
+    assert shown["marker"] == "staging"
+    assert shown["effective"] == "staging"
+    assert shown["protected"] is True
+
+
+def test_upgrade_from_development_never_lowers_a_production_marker(
+    project: Path, database_url: str
+) -> None:
+    """Why: otherwise one upgrade from a laptop would unprotect production."""
+    run_cli(
+        ["upgrade", "0010"],
+        cwd=project,
+        database_url=database_url,
+        ENVIRONMENT="production",
+        **LOCAL_OK,
+    )
+
+    result = run_cli(["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="development")
+
+    assert result.returncode == 0, result.stderr
+    assert "guard.marker_kept" in result.stderr
+    assert env_show(project, database_url)["marker"] == "production"
+
+
+def test_upgrade_raises_a_development_marker_to_production(
+    project: Path, database_url: str
+) -> None:
+    """Why: a database first migrated from a laptop and then promoted must end up protected."""
+    run_cli(["upgrade", "0010"], cwd=project, database_url=database_url, ENVIRONMENT="development")
+
+    run_cli(
+        ["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="production", **LOCAL_OK
+    )
+
+    assert env_show(project, database_url)["marker"] == "production"
+
+
+def test_upgrade_without_environment_writes_no_marker(project: Path, database_url: str) -> None:
+    """Why: guessing an environment would be worse than admitting we do not know it."""
+    result = run_cli(["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="")
+
+    assert result.returncode == 0, result.stderr
+    shown = env_show(project, database_url, ENVIRONMENT="")
+    assert shown["marker"] is None
+    assert shown["effective"] == "production"
+
+
+def test_env_set_raises_protection_without_confirmation(project: Path, database_url: str) -> None:
+    run_cli(["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="development")
+
+    result = run_cli(["env", "set", "production"], cwd=project, database_url=database_url)
+
+    assert result.returncode == 0, result.stderr
+    assert query(database_url, "SELECT environment FROM migrate_lock_environment") == [
+        ("production",)
+    ]
+
+
+def test_env_set_lowers_production_only_when_confirmed(project: Path, database_url: str) -> None:
+    """Why: unmarking production is how its protection would be defeated; it needs a name."""
+    run_cli(
+        ["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="production", **LOCAL_OK
+    )
+    database = database_url.rsplit("/", 1)[1]
+
+    refused = run_cli(["env", "set", "test"], cwd=project, database_url=database_url)
+    confirmed = run_cli(
+        ["env", "set", "test", "--confirm-destructive", database],
+        cwd=project,
+        database_url=database_url,
+    )
+
+    assert_one_line_failure(refused, 3)
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert query(database_url, "SELECT environment FROM migrate_lock_environment") == [("test",)]
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url.replace("postgresql://", "postgresql+psycopg://", 1))
+    yield engine
+    engine.dispose()
+
+
+def models() -> MetaData:
+    metadata = MetaData()
+    Table("customers", metadata, Column("id", Integer, primary_key=True))
+    return metadata
+
+
+def test_protect_makes_create_all_raise_in_production(engine: Engine, database_url: str) -> None:
+    """Why: create_all() left in app start-up code must not shape a production schema."""
+    metadata = models()
+    protect(metadata, environment="production")
+
+    with pytest.raises(Refused, match=r"migrate-lock upgrade"):
+        metadata.create_all(engine)
+
+    assert query(database_url, "SELECT to_regclass('customers')") == [(None,)]
+
+
+def test_protect_lets_create_all_and_drop_all_run_in_development(
+    engine: Engine, database_url: str
+) -> None:
+    """Why: tests and local set-ups rely on create_all; protect must not break them."""
+    metadata = models()
+    protect(metadata, environment="development")
+
+    metadata.create_all(engine)
+    assert query(database_url, "SELECT to_regclass('customers') IS NOT NULL") == [(True,)]
+    metadata.drop_all(engine)
+    assert query(database_url, "SELECT to_regclass('customers')") == [(None,)]
+
+
+def test_protect_refuses_drop_all_on_a_production_marked_database_from_development(
+    project: Path, engine: Engine, database_url: str
+) -> None:
+    """Why: the database's marker wins over the process's ENVIRONMENT, for drop_all too."""
+    run_cli(
+        ["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="production", **LOCAL_OK
+    )
+    metadata = MetaData()
+    Table("leagues", metadata, Column("id", Integer, primary_key=True))
+    protect(metadata, environment="development")
+
+    with pytest.raises(Refused, match=r"marked production"):
+        metadata.drop_all(engine)
+
+    assert query(database_url, "SELECT to_regclass('leagues') IS NOT NULL") == [(True,)]
