@@ -307,14 +307,24 @@ def demo(replicas: int) -> None:
 
 
 @main.command()
+@click.option(
+    "--database-url",
+    "server_url",
+    metavar="URL",
+    help="Server to create scratch databases on (URL's database is untouched).",
+)
 @click.option("--replicas", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.pass_context
-def smoke(ctx: click.Context, replicas: int, as_json: bool) -> None:
+def smoke(ctx: click.Context, server_url: str | None, replicas: int, as_json: bool) -> None:
     """CI checks on a scratch database (embedded PostgreSQL without a URL). Exit 1 if any fails."""
     from migrate_lock.smoke import smoke as run_smoke
 
-    report = _run(lambda: run_smoke(settings=_settings(ctx), replicas=replicas))
+    report = _run(
+        lambda: run_smoke(
+            settings=_settings(ctx, migration_database_url=server_url), replicas=replicas
+        )
+    )
     if as_json:
         _print_json(report.as_dict())
     else:
