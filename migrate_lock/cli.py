@@ -314,15 +314,20 @@ def demo(replicas: int) -> None:
     help="Server to create scratch databases on (URL's database is untouched).",
 )
 @click.option("--replicas", type=click.IntRange(1, 64), default=8, show_default=True)
+@click.option("--skip", multiple=True, metavar="CHECK", help="Leave out a check (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.pass_context
-def smoke(ctx: click.Context, server_url: str | None, replicas: int, as_json: bool) -> None:
+def smoke(
+    ctx: click.Context, server_url: str | None, replicas: int, skip: tuple[str, ...], as_json: bool
+) -> None:
     """CI checks on a scratch database (embedded PostgreSQL without a URL). Exit 1 if any fails."""
     from migrate_lock.smoke import smoke as run_smoke
 
     report = _run(
         lambda: run_smoke(
-            settings=_settings(ctx, migration_database_url=server_url), replicas=replicas
+            settings=_settings(ctx, migration_database_url=server_url),
+            replicas=replicas,
+            skip=skip,
         )
     )
     if as_json:

@@ -7,13 +7,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import Server
 
 from migrate_lock.example import write_example_project
 
-from conftest import Server
 from support import assert_one_line_failure, catalog_snapshot, query, run_cli
 
-MODELS = '''
+MODELS = """
 from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, Table, Text
 
 target_metadata = MetaData()
@@ -37,7 +37,7 @@ Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("note", Text),
 )
-'''
+"""
 
 IDEMPOTENT_SEED = (
     "INSERT INTO leagues (id, name) VALUES (100, 'Bundesliga') ON CONFLICT (id) DO NOTHING;\n"
@@ -80,8 +80,10 @@ def add_revision(project: Path, rev: str, down: str, up: str, downgrade: str) ->
 def smoke_json(
     project: Path, server: Server, *args: str, **env: str
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, object]]:
+    # The subprocess checks are the clean project's; a fault's test runs the in-process ones.
+    skip = ["--skip", "at_head", "--skip", "concurrency"]
     result = run_cli(
-        ["smoke", "--json", "--replicas", "2", "--database-url", server.url("postgres"), *args],
+        ["smoke", "--json", *skip, "--database-url", server.url("postgres"), *args],
         cwd=project,
         database_url=None,
         **env,
@@ -124,7 +126,9 @@ def test_clean_project_passes_every_check_and_leaves_the_named_database_untouche
     created = {e["database"] for e in events if e["event"] == "smoke.scratch_created"}
     dropped = {e["database"] for e in events if e["event"] == "smoke.scratch_dropped"}
     assert len(created) == 3 and created == dropped
-    left = query(database_url, "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (list(created),))
+    left = query(
+        database_url, "SELECT datname FROM pg_database WHERE datname = ANY(%s)", (list(created),)
+    )
     assert left == []
 
 
@@ -201,8 +205,7 @@ def test_models_that_drift_from_the_migrations_fail_naming_the_difference(
     """A model change without a revision reaches production as a missing column."""
     drifted = MODELS.replace(
         'Column("name", Text, nullable=False),\n)\nTable(\n    "t_3"',
-        'Column("name", Text, nullable=False),\n    Column("country", Text),\n)\n'
-        'Table(\n    "t_3"',
+        'Column("name", Text, nullable=False),\n    Column("country", Text),\n)\nTable(\n    "t_3"',
     )
     assert drifted != MODELS
     project = clean_project(tmp_path / "drift", models=drifted)
@@ -218,7 +221,9 @@ def test_a_non_idempotent_seed_fails_naming_the_table_it_changes(
     tmp_path: Path, pg_server: Server
 ) -> None:
     """A seed that inserts again on every deploy duplicates reference data in production."""
-    project = clean_project(tmp_path / "seed", seed="INSERT INTO leagues (name) VALUES ('Ligue 1');\n")
+    project = clean_project(
+        tmp_path / "seed", seed="INSERT INTO leagues (name) VALUES ('Ligue 1');\n"
+    )
     result, report = smoke_json(project, pg_server)
     assert result.returncode == 1
     seeds = check(report, "seeds")
@@ -241,7 +246,7 @@ def test_a_failing_upgrade_skips_the_checks_that_need_a_migrated_database(
     assert [check(report, name)["outcome"] for name in ("models", "seeds", "at_head")] == [
         "skipped"
     ] * 3
-    assert report["failed"] == ["upgrade", "stairway", "concurrency"]
+    assert report["failed"] == ["upgrade", "stairway"]
 
 
 def test_a_role_that_may_not_create_databases_is_a_configuration_error(
@@ -258,3 +263,12 @@ def test_a_role_that_may_not_create_databases_is_a_configuration_error(
         assert "CREATEDB" in line
     finally:
         query(database_url, "DROP ROLE smoke_nocreate")
+
+
+def test_an_unknown_check_to_skip_is_a_usage_error(tmp_path: Path) -> None:
+    """A typo in --skip must not silently run (or leave out) the wrong checks."""
+    project = clean_project(tmp_path / "clean")
+    result = run_cli(["smoke", "--skip", "stairways"], cwd=project, database_url=None)
+    line = assert_one_line_failure(result, 2)
+    assert "unknown smoke check stairways" in line
+    assert "concurrency" in line
