@@ -9,6 +9,7 @@ database, or a pg_hba rejection is a configuration error: exit 78 at once.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from migrate_lock.dsn import DatabaseUrl, mask_url_text
@@ -51,8 +52,12 @@ def connect(
     timeout_seconds: float,
     application_name: str = "migrate-lock",
     autocommit: bool = True,
+    on_retry: Callable[[], None] | None = None,
 ) -> psycopg.Connection[tuple[object, ...]]:
     """Open one connection, retrying transient failures for up to ``timeout_seconds``.
+
+    ``on_retry`` runs before each retry: a caller that holds another connection it can
+    give up (the fast path's, during the lock hand-over) frees its slot there.
 
     Raises ConfigError (78) for permanent failures and DatabaseUnavailable (75) when
     the budget is spent.
@@ -92,6 +97,8 @@ def connect(
             raise _Transient(_first_line(error)) from None
 
     def before_sleep(state: RetryCallState) -> None:
+        if on_retry is not None:
+            on_retry()
         outcome = state.outcome
         error = outcome.exception() if outcome else None
         log.warning(

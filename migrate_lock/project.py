@@ -6,7 +6,7 @@ settings first, then the project's files, then the network.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -69,12 +69,18 @@ class Project:
         return self.settings.migration_url()
 
     @contextmanager
-    def session(self, *, application_name: str = "migrate-lock") -> Iterator[DatabaseSession]:
+    def session(
+        self,
+        *,
+        application_name: str = "migrate-lock",
+        on_retry: Callable[[], None] | None = None,
+    ) -> Iterator[DatabaseSession]:
         """One autocommit connection to the migration database, closed on the way out."""
         connection = connect(
             self.url,
             timeout_seconds=self.settings.db_connect_timeout_seconds,
             application_name=application_name,
+            on_retry=on_retry,
         )
         try:
             yield DatabaseSession(self, connection)
