@@ -6,16 +6,19 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from migrate_lock.backup import prune_backups
 from migrate_lock.embedded import EmbeddedPostgres
 
-from support import assert_one_line_failure, catalog_snapshot, query, run_cli
+from support import assert_one_line_failure, catalog_snapshot, query, run_cli, spawn
 
 
 def upgrade(project: Path, url: str, **env: str) -> None:
@@ -331,3 +334,35 @@ def test_restore_keeps_the_grants_and_settings_of_the_database_object(
     finally:
         query(database_url, f'REVOKE ALL ON DATABASE "{database}" FROM "{role}"')
         query(database_url, f'DROP ROLE "{role}"')
+
+
+def test_sigterm_during_a_backup_stops_pg_dump_and_leaves_no_file(
+    project: Path, database_url: str
+) -> None:
+    """Why: a backup job stopped by its scheduler must not leave a dump that looks finished."""
+    upgrade(project, database_url)
+    dumping = (
+        "SELECT count(*) FROM pg_stat_activity"
+        " WHERE application_name = 'migrate-lock backup' AND wait_event_type = 'Lock'"
+    )
+    with psycopg.connect(database_url) as blocker:
+        # pg_dump waits for this lock, so the signal surely arrives in the middle of the dump.
+        blocker.execute("LOCK TABLE leagues IN ACCESS EXCLUSIVE MODE")
+        process = spawn(["backup"], cwd=project, database_url=database_url)
+        deadline = time.monotonic() + 30
+        while query(database_url, dumping) == [(0,)] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert query(database_url, dumping) == [(1,)]
+
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+
+    assert process.returncode == 143, stderr
+    assert list((project / "backups").iterdir()) == []
+    sessions = (
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'migrate-lock backup'"
+    )
+    deadline = time.monotonic() + 10
+    while query(database_url, sessions) != [(0,)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert query(database_url, sessions) == [(0,)]
