@@ -113,9 +113,11 @@ def check_database_urls(
 
 
 def _url_problems(variable: str, raw: str, *, allow_localhost: bool) -> list[str]:
-    url = parse_database_url(raw, variable=variable)
+    # Host and password are all we look at; libpq's own validation of the URL happens
+    # where settings are validated, and must not load psycopg on the at-head fast path.
+    url = parse_database_url(raw, variable=variable, libpq_check=_not_here)
     problems = []
-    hosts = [host for host in url.host.split(",")] if url.host else [""]
+    hosts = url.host.split(",") if url.host else [""]
     if not allow_localhost and any(_is_local(host) for host in hosts):
         where = "the local socket" if hosts == [""] else "localhost"
         problems.append(f"{variable} points at {where} ({url.masked})")
@@ -128,6 +130,10 @@ def _url_problems(variable: str, raw: str, *, allow_localhost: bool) -> list[str
         elif url.password.lower() in PLACEHOLDER_PASSWORDS or url.password == user:
             problems.append(f"{variable} uses a default or placeholder password ({url.masked})")
     return problems
+
+
+def _not_here(conninfo: str, variable: str) -> None:
+    """No libpq check (see _url_problems)."""
 
 
 def _is_local(host: str) -> bool:

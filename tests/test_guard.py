@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,6 +90,44 @@ def test_production_start_up_checks_also_stop_the_at_head_fast_path(
     result = run_cli(["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="production")
 
     assert_one_line_failure(result, 78)
+
+
+def test_production_at_head_with_a_manifest_still_takes_the_lean_path(
+    project: Path, database_url: str
+) -> None:
+    """Why: the start-up checks must not cost production replicas their cheap start."""
+    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
+    assert run_cli(["freeze"], cwd=project, database_url=database_url).returncode == 0
+
+    result = run_cli(
+        ["upgrade"],
+        cwd=project,
+        database_url=database_url,
+        ENVIRONMENT="production",
+        LOG_FORMAT="json",
+        **LOCAL_OK,
+    )
+
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [e.get("heads_from") for e in events if e["event"] == "migrate.up_to_date"] == [
+        "manifest"
+    ]
+
+
+def test_start_up_checks_load_no_database_driver() -> None:
+    """Why: the lean path runs them and promises not to import psycopg, pydantic or Alembic."""
+    code = (
+        "import sys\n"
+        "from migrate_lock.guard import check_database_urls\n"
+        "check_database_urls('production', {'DATABASE_URL': 'postgresql://a:Xy7-long@db/shop'})\n"
+        "heavy = ('psycopg', 'pydantic', 'alembic', 'sqlalchemy')\n"
+        "print(sorted(m for m in heavy if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
 
 
 def test_upgrade_marks_the_database_with_its_environment(project: Path, database_url: str) -> None:
