@@ -358,9 +358,10 @@ def _as_metadata(found: Any) -> MetaData:
     return candidate
 
 
-# Relations, types and routines of one schema, minus what belongs to an extension.
+# Relations, then types, then routines of one schema, minus what belongs to an extension
+# and sequences that belong to a column (serial, identity): they go with their table.
 _OBJECTS = """
-SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+SELECT 1, CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
                       WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE' ELSE 'TABLE' END,
        format('%%I.%%I', n.nspname, c.relname)
   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -368,8 +369,12 @@ SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
    AND NOT c.relispartition
    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
                    AND d.objid = c.oid AND d.deptype = 'e')
+   AND NOT (c.relkind = 'S' AND EXISTS (
+            SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass
+               AND d.objid = c.oid AND d.refclassid = 'pg_class'::regclass
+               AND d.deptype IN ('a', 'i')))
 UNION ALL
-SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+SELECT 2, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
        format('%%I.%%I', n.nspname, t.typname)
   FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
  WHERE n.nspname = %(schema)s AND t.typtype IN ('e', 'd', 'r', 'c')
@@ -377,12 +382,13 @@ SELECT CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_type'::regclass
                    AND d.objid = t.oid AND d.deptype = 'e')
 UNION ALL
-SELECT CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+SELECT 3, CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
        format('%%I.%%I(%%s)', n.nspname, p.proname, pg_get_function_identity_arguments(p.oid))
   FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
  WHERE n.nspname = %(schema)s
    AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_proc'::regclass
                    AND d.objid = p.oid AND d.deptype = 'e')
+ ORDER BY 1, 3
 """
 
 
@@ -391,7 +397,7 @@ def _drop_schema_objects(session: DatabaseSession) -> int:
     schema = session.version_table.schema
     with connection.transaction():
         objects = connection.execute(_OBJECTS, {"schema": schema}).fetchall()
-        for kind, name in objects:
+        for _, kind, name in objects:
             # CASCADE: one drop may take others with it (a serial's sequence, a view);
             # IF EXISTS: those are then skipped.
             connection.execute(f"DROP {kind} IF EXISTS {name} CASCADE")

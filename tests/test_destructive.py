@@ -260,6 +260,8 @@ def test_reset_drops_everything_and_migrates_again_keeping_the_marker(
         database_url, "CREATE TABLE scratch_notes (id int); INSERT INTO leagues (name) VALUES ('x')"
     )
     query(database_url, "CREATE TYPE mood AS ENUM ('ok'); CREATE VIEW v AS SELECT 1 AS one")
+    query(database_url, "CREATE TABLE ident (id int GENERATED ALWAYS AS IDENTITY, m mood)")
+    query(database_url, "CREATE FUNCTION f() RETURNS int LANGUAGE sql AS 'SELECT 1'")
 
     result = run_cli(
         ["reset", "--json"], cwd=project, database_url=database_url, ENVIRONMENT="test"
@@ -267,9 +269,11 @@ def test_reset_drops_everything_and_migrates_again_keeping_the_marker(
 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["to_revisions"] == ["0021"]
-    assert query(database_url, "SELECT to_regclass('scratch_notes'), to_regclass('v')") == [
-        (None, None)
-    ]
+    assert query(
+        database_url,
+        "SELECT to_regclass('scratch_notes'), to_regclass('v'), to_regclass('ident'),"
+        " to_regtype('mood'), to_regprocedure('f()')",
+    ) == [(None, None, None, None, None)]
     assert query(database_url, "SELECT count(*) FROM leagues WHERE name = 'x'") == [(0,)]
     assert query(database_url, "SELECT count(*) FROM migration_log") == [(20,)]
     assert query(database_url, "SELECT environment FROM migrate_lock_environment") == [
