@@ -72,9 +72,13 @@ def _run(action: Callable[[], T]) -> T:
     except MigrateLockError as error:
         _fail(str(error), error.exit_code)
     except Terminated:
-        _fail("interrupted by SIGTERM; anything open was rolled back", ExitCode.TERMINATED)
+        _fail(
+            "interrupted by SIGTERM; anything open was rolled back", ExitCode.TERMINATED, now=True
+        )
     except KeyboardInterrupt:
-        _fail("interrupted by SIGINT; anything open was rolled back", ExitCode.INTERRUPTED)
+        _fail(
+            "interrupted by SIGINT; anything open was rolled back", ExitCode.INTERRUPTED, now=True
+        )
     except Exception as error:  # noqa: BLE001 - the last line of defence: still one line
         log.debug("command.traceback", error=repr(error))
         _fail(
@@ -84,12 +88,19 @@ def _run(action: Callable[[], T]) -> T:
         )
 
 
-def _fail(message: str, code: ExitCode) -> NoReturn:
+def _fail(message: str, code: ExitCode, *, now: bool = False) -> NoReturn:
     if log.format == "json":
         log.error("command.failed", error=message, exit_code=int(code))
     else:
         line = " ".join(f"migrate-lock: error: {message} (exit {int(code)})".split())
         sys.stderr.write(log.scrub(line) + "\n")
+    if now:
+        # Interrupted: every connection is closed already (the finally blocks ran on the
+        # way here). Skipping the interpreter's teardown of Alembic and SQLAlchemy gives
+        # back 0.2 s or more of a stopping container's grace period.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(int(code))
     sys.exit(int(code))
 
 
