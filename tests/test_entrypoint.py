@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -135,6 +136,26 @@ def test_run_closes_every_connection_before_the_exec(
         )[0]
         assert abandoned == 0
         time.sleep(0.1)
+
+
+def test_the_command_does_not_inherit_pythons_ignored_sigpipe(
+    project: Path, database_url: str
+) -> None:
+    """Why: Python ignores SIGPIPE and an ignored signal survives exec; a command that inherits
+    that never dies of a closed pipe as programs expect (`app | head` would run on)."""
+    result = run_cli(
+        ["run", "--", "cat", "/proc/self/status"],
+        cwd=project,
+        database_url=database_url,
+        MIGRATE_ON_START="false",
+    )
+
+    assert result.returncode == 0, result.stderr
+    (ignored,) = [
+        line.split()[1] for line in result.stdout.splitlines() if line.startswith("SigIgn")
+    ]
+    for signum in (signal.SIGPIPE, signal.SIGXFSZ):
+        assert not int(ignored, 16) & (1 << (signum - 1)), f"{signum.name} ignored: {ignored}"
 
 
 @pytest.mark.parametrize("way", ["cli", "library"])
