@@ -55,7 +55,9 @@ def upgrade(
     scripts = project.scripts
     wanted = scripts.resolve(target)
     seeds = _seed_files(project.settings, wanted == scripts.heads())
-    with project.session() as session:
+    # When the server is out of connection slots, the fast path's connection (which
+    # holds the lock for us) gives its slot up: otherwise every replica waits for one.
+    with project.session(on_retry=handover) as session:
         if handover is not None:
             handover()
 
