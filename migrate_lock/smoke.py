@@ -253,7 +253,7 @@ class _SmokeRun:
 
     def check_at_head(self, url: DatabaseUrl) -> Check:
         process = self._spawn_upgrade(url)
-        stdout, stderr = process.communicate(timeout=self._process_timeout())
+        ((stdout, stderr),) = self._outputs([process])
         result = _json_object(stdout)
         if process.returncode != 0:
             return Check(
@@ -316,7 +316,7 @@ class _SmokeRun:
         from migrate_lock.revisions import database_revisions
 
         processes = [self._spawn_upgrade(url) for _ in range(self.replicas)]
-        outputs = [p.communicate(timeout=self._process_timeout()) for p in processes]
+        outputs = self._outputs(processes)
         problems: list[str] = []
         applied: Counter[str] = Counter()
         migrated = 0
@@ -452,8 +452,18 @@ class _SmokeRun:
             text=True,
         )
 
-    def _process_timeout(self) -> float:
-        return self.project.settings.migration_lock_timeout_seconds + 120
+    def _outputs(self, processes: list[subprocess.Popen[str]]) -> list[tuple[str, str]]:
+        # A replica that hangs past the lock timeout is a failure, never a hung CI job.
+        deadline = time.monotonic() + self.project.settings.migration_lock_timeout_seconds + 120
+        outputs = []
+        for process in processes:
+            try:
+                outputs.append(process.communicate(timeout=max(1.0, deadline - time.monotonic())))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                stdout, stderr = process.communicate()
+                outputs.append((stdout, stderr + "\nmigrate-lock smoke: killed after the deadline"))
+        return outputs
 
     def _exempt_from_downgrade(self) -> set[str]:
         first = self.project.settings.smoke_stairway_from
