@@ -252,7 +252,9 @@ def test_example_app_readyz_answers_503_at_once_when_the_database_is_down(
     took = time.monotonic() - started
 
     assert status == 503 and body["ready"] is False and "unreachable" in body["error"]
-    assert took < 3.0, f"/readyz took {took:.1f}s"
+    # One attempt, not the 30 s retry budget of an upgrade (the bound leaves room for a
+    # loaded machine: the first request also imports psycopg and pydantic).
+    assert took < 10.0, f"/readyz took {took:.1f}s"
     assert "secret" not in body["error"]
     assert _get(port, "/healthz")[0] == 200
 
