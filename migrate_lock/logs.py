@@ -16,6 +16,7 @@ from typing import Any, TextIO
 from migrate_lock.dsn import mask_url_text
 
 LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
+_NOT_SECRET = {"postgres", "password", "changeme", "postgresql"}
 
 
 class EventLog:
@@ -36,8 +37,13 @@ class EventLog:
         self.level = LEVELS.get(level.upper(), LEVELS["INFO"])
 
     def add_secret(self, secret: str | None) -> None:
-        """Never print ``secret``: it is replaced by ``***`` in every later line."""
-        if secret and len(secret) >= 3:
+        """Never print ``secret``: it is replaced by ``***`` in every later line.
+
+        URLs are always masked; this also catches a password quoted on its own. A
+        short or well-known password ("postgres") is no secret, and scrubbing that word
+        would garble every line that names the database or the scheme.
+        """
+        if secret and len(secret) >= 8 and secret.lower() not in _NOT_SECRET:
             self._secrets.add(secret)
 
     def debug(self, event: str, **fields: Any) -> None:

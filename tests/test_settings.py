@@ -75,3 +75,16 @@ def test_invalid_duration_names_the_variable_and_the_allowed_form() -> None:
         load_settings(ddl_statement_timeout="forever")
     assert str(raised.value).startswith("DDL_STATEMENT_TIMEOUT is invalid")
     assert "500ms" in str(raised.value)
+
+
+def test_a_well_known_password_does_not_garble_log_lines() -> None:
+    """Why: with postgres:postgres on a laptop, every "postgres" would become ***."""
+    import io
+
+    stream = io.StringIO()
+    log = EventLog()
+    log.stream = stream
+    log.configure(log_format="json")
+    log.add_secret("postgres")
+    log.info("db.retry", url="postgresql://postgres:***@localhost/postgres")
+    assert '"postgresql://postgres:***@localhost/postgres"' in stream.getvalue()
