@@ -108,7 +108,7 @@ def _lean_outcome(program: str, flags: Mapping[str, Any]) -> bool | Handover:
     from migrate_lock.pq import LeanUnavailable
 
     try:
-        settings = fastpath.lean_settings(os.environ, fastpath._read_dotenv(Path(".env")), flags)
+        settings = fastpath.lean_settings(os.environ, fastpath.read_dotenv(Path(".env")), flags)
     except (LeanUnavailable, MigrateLockError, OSError, ValueError):
         return False
     log.configure(log_format=settings.log_format, level=settings.log_level)

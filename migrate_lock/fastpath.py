@@ -72,7 +72,7 @@ def fast_upgrade(overrides: Mapping[str, Any] | None = None) -> UpgradeResult | 
     """
     started = time.monotonic()
     try:
-        settings = lean_settings(os.environ, _read_dotenv(Path(".env")), overrides or {})
+        settings = lean_settings(os.environ, read_dotenv(Path(".env")), overrides or {})
         log.configure(log_format=settings.log_format, level=settings.log_level)
         return _lean_upgrade(settings, started)
     except LockTimeout:
@@ -236,7 +236,7 @@ def _libpq_accepts(conninfo: str, variable: str) -> None:
         raise LeanUnavailable("libpq rejects the URL")
 
 
-def _read_dotenv(path: Path) -> dict[str, str]:
+def read_dotenv(path: Path) -> dict[str, str]:
     # The plain KEY=VALUE lines python-dotenv reads; anything fancier (interpolation,
     # multi-line values) is left to the full path.
     try:
