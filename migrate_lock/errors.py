@@ -62,6 +62,10 @@ class DatabaseUnavailable(TemporaryError):
     """The database could not be reached within the connect budget."""
 
 
+class ConnectionLost(TemporaryError):
+    """The connection broke (a restart, a failover); the server rolled back what was open."""
+
+
 class LockTimeout(TemporaryError):
     """Another session held the migration lock for longer than we may wait."""
 

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TextIO
 
 from migrate_lock.errors import (
+    ConnectionLost,
     MigrateLockError,
     MigrationFailed,
     UnknownDatabaseRevision,
@@ -48,53 +49,95 @@ def upgrade(
     subclass (each with its exit code) on failure; nothing is half-applied.
     ``handover`` is called once this call's own connection is open: the fast path
     uses it to release the lock it took on its lean connection, so we take it next.
+
+    A connection lost on the way (a server restart, a failover) is survived: the
+    server rolled back whatever was open, so the protocol starts over on a new
+    connection, up to ``RECONNECTS`` times; then ConnectionLost (exit 75).
     """
     started = time.monotonic()
     project = Project(settings)
     check_startup(project.settings)
+    for attempt in range(RECONNECTS + 1):
+        try:
+            return _upgrade_once(project, target, started, handover if attempt == 0 else None)
+        except ConnectionLost as error:
+            if attempt == RECONNECTS:
+                raise
+            log.warning("db.connection_lost", error=str(error), reconnect=attempt + 1)
+    raise AssertionError("unreachable")
+
+
+#: How often ``upgrade`` starts over after losing its connection.
+RECONNECTS = 3
+
+
+def _upgrade_once(
+    project: Project, target: str, started: float, handover: Callable[[], None] | None
+) -> UpgradeResult:
+    import psycopg
+
     scripts = project.scripts
     wanted = scripts.resolve(target)
     seeds = _seed_files(project.settings, wanted == scripts.heads())
     # When the server is out of connection slots, the fast path's connection (which
     # holds the lock for us) gives its slot up: otherwise every replica waits for one.
     with project.session(on_retry=handover) as session:
-        if handover is not None:
-            handover()
-
-        def nothing_to_do(state: SchemaState) -> bool:
-            # Seeds count too: at head with a changed seed file is still work to do.
-            return state.ready and not changed_seeds(
-                session.connection, session.version_table, seeds
-            )
-
-        state = session.state(wanted, scripts)
-        _refuse_unknown(state)
-        if nothing_to_do(state):
-            return _finish(session, "fast_path", state, state, (), 0.0, started)
-        outcome = wait_for_lock(
-            session.connection,
-            session.lock_key,
-            timeout_seconds=project.settings.migration_lock_timeout_seconds,
-            work_is_done=lambda: nothing_to_do(session.state(wanted, scripts)),
-        )
-        if not outcome.acquired:
-            after = session.state(wanted, scripts)
-            return _finish(session, "waited", state, after, (), outcome.waited_seconds, started)
         try:
-            log.info(
-                "lock.acquired",
-                lock_key=session.lock_key,
-                wait_ms=round(outcome.waited_seconds * 1000),
-                attempts=outcome.attempts,
-            )
-            return _migrate_holding_lock(
-                session, target, wanted, seeds, outcome.waited_seconds, started
-            )
-        finally:
-            if not session.connection.closed and not session.connection.broken:
-                announce_done(session.connection, session.lock_key)
-                release(session.connection, session.lock_key)
-                log.info("lock.released", lock_key=session.lock_key)
+            return _protocol(session, target, wanted, seeds, started, handover)
+        except psycopg.OperationalError as error:
+            if not session.connection.broken:
+                raise
+            raise ConnectionLost(
+                f"lost the database connection ({str(error).splitlines()[0]})",
+                hint="retry when the database is back",
+            ) from None
+
+
+def _protocol(
+    session: DatabaseSession,
+    target: str,
+    wanted: tuple[str, ...],
+    seeds: list[SeedFile],
+    started: float,
+    handover: Callable[[], None] | None,
+) -> UpgradeResult:
+    project = session.project
+    scripts = project.scripts
+    if handover is not None:
+        handover()
+
+    def nothing_to_do(state: SchemaState) -> bool:
+        # Seeds count too: at head with a changed seed file is still work to do.
+        return state.ready and not changed_seeds(session.connection, session.version_table, seeds)
+
+    state = session.state(wanted, scripts)
+    _refuse_unknown(state)
+    if nothing_to_do(state):
+        return _finish(session, "fast_path", state, state, (), 0.0, started)
+    outcome = wait_for_lock(
+        session.connection,
+        session.lock_key,
+        timeout_seconds=project.settings.migration_lock_timeout_seconds,
+        work_is_done=lambda: nothing_to_do(session.state(wanted, scripts)),
+    )
+    if not outcome.acquired:
+        after = session.state(wanted, scripts)
+        return _finish(session, "waited", state, after, (), outcome.waited_seconds, started)
+    try:
+        log.info(
+            "lock.acquired",
+            lock_key=session.lock_key,
+            wait_ms=round(outcome.waited_seconds * 1000),
+            attempts=outcome.attempts,
+        )
+        return _migrate_holding_lock(
+            session, target, wanted, seeds, outcome.waited_seconds, started
+        )
+    finally:
+        if not session.connection.closed and not session.connection.broken:
+            announce_done(session.connection, session.lock_key)
+            release(session.connection, session.lock_key)
+            log.info("lock.released", lock_key=session.lock_key)
 
 
 def upgrade_sql(

@@ -18,7 +18,13 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from migrate_lock.errors import ConfigError, MigrateLockError, MigrationFailed, TemporaryError
+from migrate_lock.errors import (
+    ConfigError,
+    ConnectionLost,
+    MigrateLockError,
+    MigrationFailed,
+    TemporaryError,
+)
 from migrate_lock.logs import log
 from migrate_lock.revisions import VersionTable
 
@@ -146,6 +152,12 @@ def _run_on(
                 "(see docs/existing-projects.md)",
             ) from None
         except Exception as error:  # noqa: BLE001 - a revision may raise anything; all roll back
+            if connection.broken or connection.closed:
+                # A restart or failover, not the revision's fault: the server rolled it back.
+                raise ConnectionLost(
+                    f"lost the database connection while migrating ({type(error).__name__});"
+                    " the server rolled the open transaction back"
+                ) from None
             _rollback_quietly(shared)
             raise migration_error(error) from None
         finally:

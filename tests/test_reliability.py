@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
@@ -11,6 +12,7 @@ import psycopg
 import pytest
 
 from migrate_lock.embedded import EmbeddedPostgres
+from migrate_lock.example import write_example_project
 from migrate_lock.lock import lock_key
 
 from support import TEST_PASSWORD, query, run_cli, spawn
@@ -85,3 +87,34 @@ def test_64_replicas_against_20_connections_all_succeed_exactly_once(
     assert len(counts) == 20 and {count for _, count in counts} == {1}
     print(f"64 replicas, max_connections=20: {retries} connection retries in all")
     assert retries > 0  # the limit was really hit
+
+
+@pytest.fixture
+def restartable_server() -> Iterator[EmbeddedPostgres]:
+    """A server of this test's own: restarting the shared one would disturb other tests."""
+    with EmbeddedPostgres(password=TEST_PASSWORD) as server:
+        yield server
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("frozen", [False, True], ids=["alembic-heads", "manifest"])
+def test_a_database_restart_mid_migration_is_survived_exactly_once(
+    tmp_path: Path, restartable_server: EmbeddedPostgres, frozen: bool
+) -> None:
+    """Why: a failover during a deploy must not crash-loop the replicas or half-apply."""
+    project = tmp_path / "project"
+    write_example_project(project, 21, slow_revision=12, slow_seconds=4)
+    if frozen:
+        run_cli(["freeze"], cwd=project, database_url=None)
+    url = restartable_server.url()
+    processes = [
+        spawn(["upgrade"], cwd=project, database_url=url, LOG_FORMAT="json") for _ in range(4)
+    ]
+    time.sleep(3)  # the migrator is inside the slow revision, the others wait
+    restartable_server.restart()
+    outputs = [process.communicate(timeout=180)[1] for process in processes]
+
+    assert [p.returncode for p in processes] == [0] * 4, [o[-400:] for o in outputs]
+    assert any('"db.connection_lost"' in out for out in outputs)
+    counts = query(url, "SELECT revision, count(*) FROM migration_log GROUP BY 1")
+    assert len(counts) == 20 and {count for _, count in counts} == {1}
