@@ -257,6 +257,8 @@ def prepare_session(session: DatabaseSession) -> None:
         "tcp_keepalives_idle": "10",
         "tcp_keepalives_interval": "5",
         "tcp_keepalives_count": "3",
+        # Unacknowledged data (a holder whose network vanished mid-reply) gives up here.
+        "tcp_user_timeout": "30000",
     }
     if connection.info.server_version >= 140000:
         # Notice a client that died mid-statement without waiting for the statement.

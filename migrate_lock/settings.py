@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     ddl_lock_timeout: str = Field(default="10s", validation_alias="DDL_LOCK_TIMEOUT")
     ddl_statement_timeout: str = Field(default="0", validation_alias="DDL_STATEMENT_TIMEOUT")
     ddl_idle_in_transaction_timeout: str = Field(
-        default="60s", validation_alias="DDL_IDLE_IN_TRANSACTION_TIMEOUT"
+        default="30s", validation_alias="DDL_IDLE_IN_TRANSACTION_TIMEOUT"
     )
     db_connect_timeout_seconds: float = Field(
         default=30.0, ge=0, validation_alias="DB_CONNECT_TIMEOUT_SECONDS"

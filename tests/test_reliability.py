@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +13,7 @@ from urllib.parse import quote
 
 import psycopg
 import pytest
+from conftest import Server
 
 from migrate_lock.embedded import EmbeddedPostgres
 from migrate_lock.example import write_example_project
@@ -118,3 +122,83 @@ def test_a_database_restart_mid_migration_is_survived_exactly_once(
     assert any('"db.connection_lost"' in out for out in outputs)
     counts = query(url, "SELECT revision, count(*) FROM migration_log GROUP BY 1")
     assert len(counts) == 20 and {count for _, count in counts} == {1}
+
+
+class FreezableProxy:
+    """A TCP forwarder on loopback that can stop forwarding without closing anything:
+    what a network partition or a frozen VM looks like from the server."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.frozen = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sockets: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self.frozen.set()
+
+    def close(self) -> None:
+        for sock in [self.listener, *self.sockets]:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.target_port))
+            self.sockets += [client, server]
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        while True:
+            try:
+                data = source.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            if self.frozen.is_set():
+                self.frozen.wait()  # swallow: never forward, never close
+                continue
+            with contextlib.suppress(OSError):
+                sink.sendall(data)
+
+
+@pytest.mark.slow
+def test_a_holder_whose_network_vanishes_is_reaped_and_a_waiter_takes_over(
+    tmp_path: Path, pg_server: Server, database_url: str
+) -> None:
+    """Why: a partitioned or frozen migrator must not hold the lock forever."""
+    if pg_server.embedded is None:
+        pytest.skip("needs the embedded server's port for the proxy")
+    project = tmp_path / "project"
+    write_example_project(project, 21, slow_revision=12, slow_seconds=2)
+    proxy = FreezableProxy(pg_server.embedded.port)
+    behind_proxy = database_url.replace(f":{pg_server.embedded.port}/", f":{proxy.port}/")
+    holder = spawn(["upgrade"], cwd=project, database_url=behind_proxy)
+    try:
+        assert holder.stderr is not None
+        for line in holder.stderr:
+            if "migrate.revision revision=0011" in line:
+                break
+        proxy.freeze()  # mid-revision 0012: its pg_sleep ends, the reply goes nowhere
+        frozen_at = time.monotonic()
+        waiter = run_cli(["upgrade", "--json"], cwd=project, database_url=database_url, timeout=120)
+        recovered_after = time.monotonic() - frozen_at
+    finally:
+        holder.kill()
+        holder.wait()
+        proxy.close()
+
+    assert waiter.returncode == 0, waiter.stderr
+    assert json.loads(waiter.stdout)["role"] == "migrated"
+    counts = query(database_url, "SELECT revision, count(*) FROM migration_log GROUP BY 1")
+    assert len(counts) == 20 and {count for _, count in counts} == {1}
+    print(f"vanished holder: a waiter finished {recovered_after:.1f} s after the partition")
+    assert recovered_after < 60  # the documented bound with default settings
