@@ -67,7 +67,7 @@ def test_plan_shows_the_timeouts_the_migrating_session_will_get(
     assert result.returncode == 0, result.stderr
     assert (
         "timeouts: MIGRATION_LOCK_TIMEOUT_SECONDS=90s, DDL_LOCK_TIMEOUT=3s, "
-        "DDL_STATEMENT_TIMEOUT=0, DDL_IDLE_IN_TRANSACTION_TIMEOUT=60s"
+        "DDL_STATEMENT_TIMEOUT=0, DDL_IDLE_IN_TRANSACTION_TIMEOUT=30s"
     ) in result.stdout
     assert "== 0001 baseline" in result.stdout
 
