@@ -156,11 +156,15 @@ def _copy_into_empty_table(
     try:
         with connection.transaction(), connection.cursor() as cursor:
             with cursor.copy(statement) as copy:
-                for start in range(0, len(data), _CHUNK):
-                    copy.write(data[start : start + _CHUNK])
+                _stream(copy, data)
             return max(cursor.rowcount, 0)
     except psycopg.Error:
         return None
+
+
+def _stream(copy: Any, data: bytes) -> None:
+    for start in range(0, len(data), _CHUNK):
+        copy.write(data[start : start + _CHUNK])
 
 
 def _decode(file_name: str, data: bytes) -> str:
@@ -270,8 +274,7 @@ def _copy(
     )
     try:
         with connection.cursor().copy(statement) as copy:
-            for start in range(0, len(data), _CHUNK):
-                copy.write(data[start : start + _CHUNK])
+            _stream(copy, data)
     except psycopg.Error as error:
         raise SeedError(f"{file_name}:{_copy_position(error)}") from None
 

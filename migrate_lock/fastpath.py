@@ -172,28 +172,28 @@ def _check_or_wait(
     key = settings.migration_lock_key
     key = key if key is not None else lock_key(database, schema, table.name)
 
-    def at_heads() -> tuple[str, ...] | None:
-        current = database_revisions(db, table)
-        if current is None or set(current) != set(heads) or changed_seeds(db, table, seeds):
-            return None
-        return current
+    def at_heads(current: tuple[str, ...] | None) -> bool:
+        return (
+            current is not None
+            and set(current) == set(heads)
+            and not changed_seeds(db, table, seeds)
+        )
 
-    current = at_heads()
-    if current is not None:
-        return _done("fast_path", current, key, 0.0, started)
-    if any(revision not in known for revision in database_revisions(db, table) or ()):
+    current = database_revisions(db, table)
+    if at_heads(current):
+        return _done("fast_path", heads, key, 0.0, started)
+    if any(revision not in known for revision in current or ()):
         return None  # ahead or unknown: the full path knows the history and the graph
     outcome = wait_for_lock(
         db,
         key,
         timeout_seconds=settings.migration_lock_timeout_seconds,
-        work_is_done=lambda: at_heads() is not None,
+        work_is_done=lambda: at_heads(database_revisions(db, table)),
     )
     if outcome.acquired:
         log.info("lock.acquired", lock_key=key, wait_ms=round(outcome.waited_seconds * 1000))
         return Handover(connection, key)
-    current = at_heads() or heads
-    return _done("waited", current, key, outcome.waited_seconds, started)
+    return _done("waited", heads, key, outcome.waited_seconds, started)
 
 
 def _done(
