@@ -114,7 +114,16 @@ def test_a_database_restart_mid_migration_is_survived_exactly_once(
     processes = [
         spawn(["upgrade"], cwd=project, database_url=url, LOG_FORMAT="json") for _ in range(4)
     ]
-    time.sleep(3)  # the migrator is inside the slow revision, the others wait
+    # Restart only once the migrator is inside the slow revision (others wait by then).
+    deadline = time.monotonic() + 60
+    while not query(
+        url,
+        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+        " AND pid <> pg_backend_pid()",
+        ("%pg_sleep%",),
+    ):
+        assert time.monotonic() < deadline, "the slow revision never started"
+        time.sleep(0.1)
     restartable_server.restart()
     outputs = [process.communicate(timeout=180)[1] for process in processes]
 
