@@ -85,6 +85,9 @@ def connect(
                 autocommit=autocommit,
                 application_name=application_name,
                 connect_timeout=int(min(10.0, remaining)) or 1,
+                # No server-side prepared statements: PgBouncer before 1.21 (transaction
+                # mode) loses them between transactions, and we repeat few queries.
+                prepare_threshold=None,
                 **KEEPALIVES,  # type: ignore[arg-type]
             )
         except psycopg.OperationalError as error:

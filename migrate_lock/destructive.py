@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from migrate_lock.errors import MigrationFailed, Refused, UsageError
+from migrate_lock.errors import ConfigError, MigrationFailed, Refused, UsageError
 from migrate_lock.guard import (
     Protection,
     check_startup,
@@ -190,6 +190,13 @@ def holding_migration_lock(session: DatabaseSession) -> Iterator[float]:
 
     settings = session.project.settings
     connection = session.connection
+    if session.lock_scope.transaction:
+        raise ConfigError(
+            "this command needs a session-scoped migration lock, and the lock scope is "
+            f"transaction ({session.lock_scope.reason}); nothing was changed",
+            hint="run it with MIGRATION_DATABASE_URL set to a direct connection to PostgreSQL, "
+            "not through a pooler, and MIGRATION_LOCK_SCOPE=session (or auto)",
+        )
     outcome = wait_for_lock(
         connection,
         session.lock_key,

@@ -34,6 +34,7 @@ class DatabaseUrl:
     password: str | None
     database: str
     host: str
+    port: int | None = None
 
     def __repr__(self) -> str:
         return f"DatabaseUrl({self.masked!r})"
@@ -96,7 +97,12 @@ def parse_database_url(
         password=password,
         database=database,
         host=host,
+        port=port if port is not None else _int_or_none(query.get("port")),
     )
+
+
+def _int_or_none(text: str | None) -> int | None:
+    return int(text) if text and text.isdigit() else None
 
 
 def mask_url_text(text: str) -> str:

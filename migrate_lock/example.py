@@ -27,18 +27,21 @@ def write_example_project(
     *,
     slow_revision: int | None = None,
     slow_seconds: float = 0.0,
+    pause_seconds: float = 0.0,
 ) -> list[str]:
     """Scaffold ``path`` and add revisions up to ``revisions`` in all (baseline included).
 
     ``slow_revision`` pauses ``slow_seconds`` in the middle of that revision, after
     its first statement, so a test can interrupt a half-done revision.
+    ``pause_seconds`` does the same in every other revision after the baseline, so
+    that a whole run lasts long enough to be interrupted at a random moment.
     Returns the revision ids, oldest first.
     """
     init_project(path)
     versions = path / "migrations" / "versions"
     ids = [BASELINE]
     for number in range(2, revisions + 1):
-        pause = slow_seconds if number == slow_revision else 0.0
+        pause = slow_seconds if number == slow_revision else pause_seconds
         body = _revision_source(number, pause)
         (versions / f"{revision_id(number)}_{_kind(number)}.py").write_text(body)
         ids.append(revision_id(number))

@@ -31,6 +31,7 @@ from migrate_lock.manifest import read_manifest, script_files
 from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.pq import LeanConnection, LeanUnavailable, conninfo_is_valid
 from migrate_lock.revisions import VersionTable, current_schema, database_revisions
+from migrate_lock.scope import choose_scope, server_port
 from migrate_lock.seed import changed_seeds, discover, seeds_dir
 
 _FLOAT = re.compile(r"^\s*\d+(\.\d+)?\s*$")
@@ -55,6 +56,7 @@ class LeanSettings:
     db_connect_timeout_seconds: float = 30.0
     migration_lock_timeout_seconds: float = 600.0
     migration_lock_key: int | None = None
+    migration_lock_scope: str = "auto"
     log_format: str = "auto"
     log_level: str = "INFO"
     #: Checked too, but not used by the fast path.
@@ -141,7 +143,7 @@ def _lean_upgrade(settings: LeanSettings, started: float) -> UpgradeResult | Han
     connection = LeanConnection.connect(url.libpq, timeout_seconds=timeout)
     try:
         outcome = _check_or_wait(
-            connection, settings, manifest.heads, manifest.revisions, started, url.database
+            connection, settings, manifest.heads, manifest.revisions, started, url
         )
     except BaseException:
         connection.close()
@@ -157,7 +159,7 @@ def _check_or_wait(
     heads: tuple[str, ...],
     known: frozenset[str],
     started: float,
-    database_in_url: str,
+    url: DatabaseUrl,
 ) -> UpgradeResult | Handover | None:
     db: Any = connection  # the psycopg subset our read-only queries use
     schema = settings.version_table_schema or current_schema(db)
@@ -168,7 +170,7 @@ def _check_or_wait(
         else []
     )
     row = db.execute("SELECT current_database()").fetchone()
-    database = str(row[0]) if row and row[0] else database_in_url
+    database = str(row[0]) if row and row[0] else url.database
     key = settings.migration_lock_key
     key = key if key is not None else lock_key(database, schema, table.name)
 
@@ -184,6 +186,14 @@ def _check_or_wait(
         return _done("fast_path", heads, key, 0.0, started)
     if any(revision not in known for revision in current or ()):
         return None  # ahead or unknown: the full path knows the history and the graph
+    scope = choose_scope(
+        settings.migration_lock_scope,
+        host=url.host,
+        port=url.port,
+        probe=lambda: (connection, server_port(db)),
+    )
+    if scope.transaction:
+        return None  # the transaction lock is taken by the full path, on its connection
     outcome = wait_for_lock(
         db,
         key,
@@ -327,6 +337,7 @@ SETTINGS: dict[str, tuple[str, Any]] = {
     "APP_ENV": ("environment", _choice(rules.ENVIRONMENTS)),
     "MIGRATION_LOCK_TIMEOUT_SECONDS": ("migration_lock_timeout_seconds", _float),
     "MIGRATION_LOCK_KEY": ("migration_lock_key", _int64),
+    "MIGRATION_LOCK_SCOPE": ("migration_lock_scope", _choice(rules.LOCK_SCOPES)),
     "DDL_LOCK_TIMEOUT": ("ddl_lock_timeout", _duration),
     "DDL_STATEMENT_TIMEOUT": ("ddl_statement_timeout", _duration),
     "DDL_IDLE_IN_TRANSACTION_TIMEOUT": ("ddl_idle_in_transaction_timeout", _duration),

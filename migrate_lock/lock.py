@@ -1,9 +1,12 @@
-"""The migration lock: a PostgreSQL session advisory lock, waited for without blocking.
+"""The migration lock: a PostgreSQL advisory lock, waited for without blocking.
 
 Waiters poll ``pg_try_advisory_lock`` in autocommit mode, so they hold no snapshot
 and never queue inside the server (a blocking ``pg_advisory_lock`` waiter can
 deadlock ``CREATE INDEX CONCURRENTLY``). While waiting they re-check whether the
 database already reached the target, and report who holds the lock.
+
+Behind a transaction pooler the same key is taken with ``pg_try_advisory_xact_lock``
+inside the transaction that will do all the work (scope.py says when).
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ from __future__ import annotations
 import hashlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -73,6 +77,69 @@ def try_acquire(connection: psycopg.Connection[Any], key: int) -> bool:
     return bool(row and row[0])
 
 
+def try_acquire_in_transaction(connection: psycopg.Connection[Any], key: int) -> bool:
+    """One attempt at the transaction lock; on success its transaction stays open.
+
+    The lock lives as long as that transaction: committing or rolling it back (or
+    losing the connection) releases it, so no pooled backend can keep it.
+    """
+    connection.execute("BEGIN")
+    try:
+        # Advisory locks are re-entrant per backend: on a pooled backend where some
+        # client left a session lock, our attempt would "succeed". That lock is
+        # someone else's (stuck, or a session-scoped tool's between transactions).
+        stuck = holds(connection, key)
+        row = (
+            None
+            if stuck
+            else connection.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
+        )
+    except BaseException:
+        if not connection.closed and not connection.broken:
+            connection.rollback()
+        raise
+    if row and row[0]:
+        return True
+    connection.execute("ROLLBACK")
+    if stuck:
+        _report_stuck_once(key)
+    return False
+
+
+_reported_stuck: set[int] = set()
+
+
+def _report_stuck_once(key: int) -> None:
+    if key in _reported_stuck:
+        return
+    _reported_stuck.add(key)
+    log.error(
+        "lock.stuck_on_pooled_backend",
+        lock_key=key,
+        detail="a pooled server connection holds the migration lock as a session lock that "
+        "no client of ours holds: a session-scoped locker behind this pooler, or one that "
+        "left. Waiting for it; if nothing is migrating, clear it with the query in clear_with",
+        clear_with=clear_lock_query(key),
+    )
+
+
+@contextmanager
+def committed_under_transaction_lock(
+    connection: psycopg.Connection[Any], key: int
+) -> Iterator[None]:
+    """Run the body in the transaction holding the lock; commit it, which frees the lock.
+
+    On an error the transaction is rolled back instead, which frees the lock too.
+    """
+    try:
+        yield
+        announce_done(connection, key)  # delivered at the commit
+        connection.commit()
+    finally:
+        if not connection.closed and not connection.broken:
+            connection.rollback()  # nothing left to roll back after the commit
+
+
 def release(connection: psycopg.Connection[Any], key: int) -> None:
     """Release the session lock; a lock we did not hold is reported loudly."""
     row = connection.execute("SELECT pg_advisory_unlock(%s)", (key,)).fetchone()
@@ -80,10 +147,21 @@ def release(connection: psycopg.Connection[Any], key: int) -> None:
         log.error(
             "lock.release_failed",
             lock_key=key,
-            detail="pg_advisory_unlock returned false: this session did not hold the lock",
-            clear_with=f"SELECT pg_terminate_backend(pid) FROM pg_locks WHERE "
-            f"locktype = 'advisory' AND classid = {_split(key)[0]} AND objid = {_split(key)[1]}",
+            detail="pg_advisory_unlock returned false: this session did not hold the lock. "
+            "If a connection pooler sits in between, the lock may be stuck on a pooled "
+            "server connection and block every later replica: clear it with the query in "
+            "clear_with, and set MIGRATION_LOCK_SCOPE=transaction (or auto)",
+            clear_with=clear_lock_query(key),
         )
+
+
+def clear_lock_query(key: int) -> str:
+    """The SQL an operator runs to end the session that holds the lock (a stuck lock)."""
+    classid, objid = _split(key)
+    return (
+        "SELECT pg_terminate_backend(pid) FROM pg_locks WHERE locktype = 'advisory'"
+        f" AND classid = {classid} AND objid = {objid} AND objsubid = 1"
+    )
 
 
 def holds(connection: psycopg.Connection[Any], key: int) -> bool:
@@ -165,10 +243,40 @@ def wait_for_lock(
     channel = _channel(key)
     connection.execute(f"LISTEN {channel}")
     try:
-        return _poll(connection, key, timeout_seconds, work_is_done)
+        return _poll(
+            connection,
+            key,
+            timeout_seconds,
+            work_is_done,
+            attempt=lambda: try_acquire(connection, key),
+            sleep=lambda seconds: _wait_for_notify(connection, seconds),
+        )
     finally:
         if not connection.closed and not connection.broken:
             connection.execute(f"UNLISTEN {channel}")
+
+
+def wait_for_transaction_lock(
+    connection: psycopg.Connection[Any],
+    key: int,
+    *,
+    timeout_seconds: float,
+    work_is_done: Callable[[], bool],
+) -> WaitOutcome:
+    """``wait_for_lock`` for the transaction scope; acquired, the transaction stays open.
+
+    No LISTEN: behind a pooler it would land on some pooled backend and stay there,
+    so the hand-off relies on polling alone (at most MAX_POLL_SECONDS late).
+    ``work_is_done`` runs in autocommit between attempts, outside any transaction.
+    """
+    return _poll(
+        connection,
+        key,
+        timeout_seconds,
+        work_is_done,
+        attempt=lambda: try_acquire_in_transaction(connection, key),
+        sleep=time.sleep,
+    )
 
 
 def announce_done(connection: psycopg.Connection[Any], key: int) -> None:
@@ -181,6 +289,9 @@ def _poll(
     key: int,
     timeout_seconds: float,
     work_is_done: Callable[[], bool],
+    *,
+    attempt: Callable[[], bool],
+    sleep: Callable[[float], None],
 ) -> WaitOutcome:
     started = time.monotonic()
     deadline = started + timeout_seconds
@@ -190,7 +301,7 @@ def _poll(
     holder: LockHolder | None = None
     while True:
         attempts += 1
-        if try_acquire(connection, key):
+        if attempt():
             return WaitOutcome(True, time.monotonic() - started, attempts)
         if attempts > 1 and work_is_done():
             return WaitOutcome(False, time.monotonic() - started, attempts)
@@ -213,8 +324,8 @@ def _poll(
                 f"is stuck: SELECT pg_terminate_backend({holder.pid if holder else 'PID'})",
             )
         # Jitter (half to all of the pause) keeps many replicas from polling in lockstep.
-        sleep = min(pause, deadline - now)
-        _wait_for_notify(connection, max(0.0, random.uniform(sleep / 2, sleep)))  # noqa: S311
+        longest = min(pause, deadline - now)
+        sleep(max(0.0, random.uniform(longest / 2, longest)))  # noqa: S311
         pause = min(pause * 1.6, MAX_POLL_SECONDS)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from migrate_lock.errors import (
     ConnectionLost,
@@ -27,6 +27,7 @@ from migrate_lock.lock import (
     holds,
     release,
     wait_for_lock,
+    wait_for_transaction_lock,
 )
 from migrate_lock.logs import log
 from migrate_lock.outcome import Role, UpgradeResult
@@ -35,6 +36,9 @@ from migrate_lock.revisions import record_history
 from migrate_lock.seed import SeedFile, apply_seeds, changed_seeds, discover, seeds_dir
 from migrate_lock.settings import Settings
 from migrate_lock.state import SchemaState
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 
 def upgrade(
@@ -114,6 +118,8 @@ def _protocol(
     _refuse_unknown(state)
     if nothing_to_do(state):
         return _finish(session, "fast_path", state, state, (), 0.0, started)
+    if session.lock_scope.transaction:
+        return _protocol_in_one_transaction(session, target, wanted, seeds, state, started)
     outcome = wait_for_lock(
         session.connection,
         session.lock_key,
@@ -138,6 +144,70 @@ def _protocol(
             announce_done(session.connection, session.lock_key)
             release(session.connection, session.lock_key)
             log.info("lock.released", lock_key=session.lock_key)
+
+
+def _protocol_in_one_transaction(
+    session: DatabaseSession,
+    target: str,
+    wanted: tuple[str, ...],
+    seeds: list[SeedFile],
+    state: SchemaState,
+    started: float,
+) -> UpgradeResult:
+    """Steps 2-5 with ``pg_try_advisory_xact_lock``: lock, revisions and seeds commit as one."""
+    from migrate_lock.runner import autocommit_refusal, autocommit_revisions, sqlalchemy_connection
+
+    project = session.project
+    scripts = project.scripts
+    needing_autocommit = autocommit_revisions(scripts, state.pending)
+    if needing_autocommit:
+        raise autocommit_refusal(needing_autocommit[0])
+    connection = session.connection
+    # SQLAlchemy's first connect ends in a ROLLBACK: make its connection before the lock.
+    with sqlalchemy_connection(connection) as shared:
+        outcome = wait_for_transaction_lock(
+            connection,
+            session.lock_key,
+            timeout_seconds=project.settings.migration_lock_timeout_seconds,
+            work_is_done=lambda: not _work_to_do(session, wanted, seeds),
+        )
+        if not outcome.acquired:
+            after = session.state(wanted, scripts)
+            return _finish(session, "waited", state, after, (), outcome.waited_seconds, started)
+
+        def commit() -> None:
+            announce_done(connection, session.lock_key)  # delivered at commit
+            if shared.in_transaction():
+                shared.commit()
+            connection.commit()  # ends the transaction and with it the lock
+
+        try:
+            log.info(
+                "lock.acquired",
+                lock_key=session.lock_key,
+                scope="transaction",
+                wait_ms=round(outcome.waited_seconds * 1000),
+                attempts=outcome.attempts,
+            )
+            return _migrate_holding_lock(
+                session,
+                target,
+                wanted,
+                seeds,
+                outcome.waited_seconds,
+                started,
+                shared=shared,
+                commit=commit,
+            )
+        finally:
+            if not connection.closed and not connection.broken:
+                connection.rollback()  # a no-op after the commit
+                log.info("lock.released", lock_key=session.lock_key, scope="transaction")
+
+
+def _work_to_do(session: DatabaseSession, wanted: tuple[str, ...], seeds: list[SeedFile]) -> bool:
+    state = session.state(wanted, session.project.scripts)
+    return not state.ready or bool(changed_seeds(session.connection, session.version_table, seeds))
 
 
 def upgrade_sql(
@@ -169,7 +239,13 @@ def _migrate_holding_lock(
     seeds: list[SeedFile],
     waited: float,
     started: float,
+    *,
+    shared: Connection | None = None,
+    commit: Callable[[], None] | None = None,
 ) -> UpgradeResult:
+    """Steps 3-4. With ``shared`` (the transaction scope), everything stays in the open
+    transaction and ``commit`` ends it, before the result is reported."""
+    from migrate_lock.backup import backup_before_migrating
 
     project = session.project
     connection = session.connection
@@ -177,33 +253,43 @@ def _migrate_holding_lock(
         raise MigrationFailed(
             "pg_try_advisory_lock said yes but pg_locks shows no lock for this session",
             hint="a connection pooler may sit between us and the server: "
-            "set MIGRATION_DATABASE_URL to a direct connection",
+            "set MIGRATION_LOCK_SCOPE=transaction, or MIGRATION_DATABASE_URL to a direct "
+            "connection",
         )
     before = session.state(wanted, project.scripts)
     _refuse_unknown(before)
     due = changed_seeds(connection, session.version_table, seeds)
     if before.ready and not due:
+        if commit is not None:
+            commit()
         return _finish(session, "waited", before, before, (), waited, started)
-    prepare_session(session)
+    if not before.ready:
+        # Before the session's timeouts: pg_dump may take longer than the idle timeout.
+        backup_before_migrating(session)
+    prepare_session(session, local=shared is not None)
     after: SchemaState = before
     applied: tuple[str, ...] = ()
     if not before.ready:
-        after, applied = _run_migrations(session, target, wanted, before)
+        after, applied = _run_migrations(session, target, wanted, before, shared)
     seeded = tuple(
         result.name
         for result in apply_seeds(connection, session.version_table, due, force=True)
         if result.action == "applied"
     )
+    if commit is not None:
+        commit()
     return _finish(session, "migrated", before, after, applied, waited, started, seeded)
 
 
 def _run_migrations(
-    session: DatabaseSession, target: str, wanted: tuple[str, ...], before: SchemaState
+    session: DatabaseSession,
+    target: str,
+    wanted: tuple[str, ...],
+    before: SchemaState,
+    shared: Connection | None,
 ) -> tuple[SchemaState, tuple[str, ...]]:
-    from migrate_lock.backup import backup_before_migrating
-    from migrate_lock.runner import run_upgrade
+    from migrate_lock.runner import run_upgrade, run_upgrade_in_transaction
 
-    backup_before_migrating(session)
     project = session.project
     connection = session.connection
     config = project.config
@@ -216,7 +302,10 @@ def _run_migrations(
         pending=len(before.pending),
     )
     try:
-        applied = run_upgrade(config, connection, target)
+        if shared is None:
+            applied = run_upgrade(config, connection, target)
+        else:
+            applied = run_upgrade_in_transaction(config, shared, connection, target)
     except MigrateLockError as error:
         raise _with_database_revision(error, session) from None
     after = session.state(wanted, project.scripts)
@@ -243,8 +332,12 @@ def _with_database_revision(error: MigrateLockError, session: DatabaseSession) -
     return copy
 
 
-def prepare_session(session: DatabaseSession) -> None:
-    """Set the migrating session's name, timeouts and keepalives (holding the lock)."""
+def prepare_session(session: DatabaseSession, *, local: bool = False) -> None:
+    """Set the migrating session's name, timeouts and keepalives (holding the lock).
+
+    ``local``: for this transaction only (SET LOCAL), as behind a pooler anything
+    set for the session would stay on a pooled server connection others get next.
+    """
     # Name ourselves so waiters and operators see who migrates since when, and bound
     # what a stuck migration can do: the server itself reaps a holder that vanished.
     settings = session.project.settings
@@ -264,7 +357,7 @@ def prepare_session(session: DatabaseSession) -> None:
         # Notice a client that died mid-statement without waiting for the statement.
         options["client_connection_check_interval"] = "2s"
     for name, value in options.items():
-        connection.execute("SELECT set_config(%s, %s, false)", (name, value))
+        connection.execute("SELECT set_config(%s, %s, %s)", (name, value, local))
 
 
 def _seed_files(settings: Settings, to_heads: bool) -> list[SeedFile]:

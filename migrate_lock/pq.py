@@ -101,6 +101,17 @@ class LeanConnection:
             select.select([lib.PQsocket(self._handle)], [], [], remaining)
 
     @property
+    def host(self) -> str:
+        """Where we connected: a host name or address, or a socket directory."""
+        value = self._lib.PQhost(self._handle)
+        return value.decode() if value else ""
+
+    @property
+    def port(self) -> int:
+        value = self._lib.PQport(self._handle)
+        return int(value) if value and value.isdigit() else 5432
+
+    @property
     def closed(self) -> bool:
         return not self._handle
 
@@ -201,6 +212,9 @@ def _libpq() -> Any:
     lib.PQnotifies.argtypes = [ctypes.c_void_p]
     lib.PQnotifies.restype = ctypes.c_void_p
     lib.PQsocket.argtypes = [ctypes.c_void_p]
+    for name in ("PQhost", "PQport"):
+        getattr(lib, name).restype = ctypes.c_char_p
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
     return lib
 
 

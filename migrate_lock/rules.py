@@ -11,6 +11,7 @@ import re
 ENVIRONMENTS = ("development", "test", "staging", "production")
 LOG_FORMATS = ("auto", "json", "text")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOCK_SCOPES = ("auto", "session", "transaction")
 
 #: A PostgreSQL duration as SET accepts it: 0, 500ms, 10s, 5min, 1h, 1d.
 DURATION = re.compile(r"^\s*\d+(\.\d+)?\s*(us|ms|s|min|h|d)?\s*$")

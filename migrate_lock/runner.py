@@ -12,10 +12,10 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from migrate_lock.errors import (
@@ -26,7 +26,7 @@ from migrate_lock.errors import (
     TemporaryError,
 )
 from migrate_lock.logs import log
-from migrate_lock.revisions import VersionTable
+from migrate_lock.revisions import Scripts, VersionTable
 
 if TYPE_CHECKING:
     import psycopg
@@ -96,6 +96,68 @@ def run_alembic(
     Returns the revisions run (for a downgrade, the revisions it went down to). Raises
     MigrationFailed (exit 1); everything uncommitted is rolled back.
     """
+    applied, on_version_apply = _recorder()
+    connection.autocommit = False
+    try:
+        with sqlalchemy_connection(connection) as shared:
+            _run_on(
+                config, shared, connection, command, target, on_version_apply, before, commit=True
+            )
+    finally:
+        if not connection.closed:
+            connection.autocommit = True
+    return applied
+
+
+def run_upgrade_in_transaction(
+    config: Config, shared: Connection, connection: psycopg.Connection[Any], target: str
+) -> list[str]:
+    """``alembic upgrade target`` inside the transaction open on ``connection``; no commit.
+
+    The transaction scope (scope.py): that transaction holds the lock, so every
+    revision, with or without ``transaction_per_migration``, goes into it; the caller
+    commits. ``shared`` is ``sqlalchemy_connection(connection)``, made before the
+    transaction began. A revision that needs an ``autocommit_block`` is refused
+    (ConfigError, exit 78) and everything is rolled back.
+    """
+    applied, on_version_apply = _recorder()
+    if not shared.in_transaction():
+        # Alembic treats a transaction that is already open as the caller's: it
+        # neither commits it nor begins one per migration.
+        shared.begin()
+    try:
+        with _no_autocommit_blocks():
+            _run_on(
+                config, shared, connection, "upgrade", target, on_version_apply, None, commit=False
+            )
+    except _AutocommitBlock as refused:
+        raise autocommit_refusal(refused.revision) from None
+    return applied
+
+
+def autocommit_revisions(scripts: Scripts, revisions: Iterable[str]) -> list[str]:
+    """Which of ``revisions`` use ``autocommit_block`` (read from their source files)."""
+    found = []
+    for revision in revisions:
+        script = scripts.script.get_revision(revision)
+        path = Path(script.path) if script is not None else None
+        if path is not None and path.is_file() and "autocommit_block" in path.read_text("utf-8"):
+            found.append(revision)
+    return found
+
+
+def autocommit_refusal(revision: str | None) -> ConfigError:
+    """Why the transaction scope cannot run a revision that needs autocommit."""
+    which = f"revision {revision}" if revision else "a revision"
+    return ConfigError(
+        f"{which} uses autocommit_block (e.g. CREATE INDEX CONCURRENTLY), which cannot run "
+        "inside the single transaction the transaction-scoped lock needs; nothing was run",
+        hint="set MIGRATION_DATABASE_URL to a direct connection to PostgreSQL, not through "
+        "the pooler, and MIGRATION_LOCK_SCOPE=session (or auto); see docs/how-the-lock-works.md",
+    )
+
+
+def _recorder() -> tuple[list[str], Callable[..., None]]:
     applied: list[str] = []
     started = time.monotonic()
 
@@ -114,54 +176,53 @@ def run_alembic(
         )
         started = time.monotonic()
 
-    connection.autocommit = False
-    try:
-        _run_on(config, connection, command, target, on_version_apply, before)
-    finally:
-        if not connection.closed:
-            connection.autocommit = True
-    return applied
+    return applied, on_version_apply
 
 
 def _run_on(
     config: Config,
+    shared: Connection,
     connection: psycopg.Connection[Any],
     name: str,
     target: str,
     on_version_apply: Any,
     before: Callable[[Connection], None] | None,
+    *,
+    commit: bool,
 ) -> None:
     from alembic import command
 
-    with _sqlalchemy_connection(connection) as shared:
-        config.attributes["connection"] = shared
-        config.attributes["on_version_apply"] = on_version_apply
-        try:
-            with _only_this_connection():
-                if before is not None:
-                    before(shared)
-                getattr(command, name)(config, target)
-            if shared.in_transaction():
-                shared.commit()
-        except _OwnConnectionOpened:
-            shared.rollback()
-            raise ConfigError(
-                "env.py opened its own database connection instead of using the one "
-                "migrate-lock holds the lock on; nothing was run",
-                hint="use config.attributes['connection'] in env.py when it is set "
-                "(see docs/existing-projects.md)",
+    config.attributes["connection"] = shared
+    config.attributes["on_version_apply"] = on_version_apply
+    try:
+        with _only_this_connection():
+            if before is not None:
+                before(shared)
+            getattr(command, name)(config, target)
+        if commit and shared.in_transaction():
+            shared.commit()
+    except _OwnConnectionOpened:
+        _rollback_quietly(shared)
+        raise ConfigError(
+            "env.py opened its own database connection instead of using the one "
+            "migrate-lock holds the lock on; nothing was run",
+            hint="use config.attributes['connection'] in env.py when it is set "
+            "(see docs/existing-projects.md)",
+        ) from None
+    except _AutocommitBlock:
+        _rollback_quietly(shared)
+        raise
+    except Exception as error:  # noqa: BLE001 - a revision may raise anything; all roll back
+        if connection.broken or connection.closed:
+            # A restart or failover, not the revision's fault: the server rolled it back.
+            raise ConnectionLost(
+                f"lost the database connection while migrating ({type(error).__name__});"
+                " the server rolled the open transaction back"
             ) from None
-        except Exception as error:  # noqa: BLE001 - a revision may raise anything; all roll back
-            if connection.broken or connection.closed:
-                # A restart or failover, not the revision's fault: the server rolled it back.
-                raise ConnectionLost(
-                    f"lost the database connection while migrating ({type(error).__name__});"
-                    " the server rolled the open transaction back"
-                ) from None
-            _rollback_quietly(shared)
-            raise migration_error(error) from None
-        finally:
-            config.attributes.pop("connection", None)
+        _rollback_quietly(shared)
+        raise migration_error(error) from None
+    finally:
+        config.attributes.pop("connection", None)
 
 
 def migration_error(error: BaseException) -> Exception:
@@ -187,6 +248,35 @@ class _OwnConnectionOpened(Exception):
     """env.py connected through an engine of its own."""
 
 
+class _AutocommitBlock(Exception):
+    """A revision asked for autocommit inside the transaction scope's one transaction."""
+
+    def __init__(self, revision: str | None) -> None:
+        super().__init__(revision)
+        self.revision = revision
+
+
+@contextmanager
+def _no_autocommit_blocks() -> Iterator[None]:
+    # Alembic would commit our transaction (and with it the lock) or fail on an
+    # assertion; refuse by name instead. Patched for the duration of one run only.
+    from alembic.runtime.migration import MigrationContext
+
+    original = MigrationContext.autocommit_block
+
+    def refuse(self: MigrationContext) -> Iterator[None]:
+        import inspect
+
+        revision, _ = _failing_revision_of_frames(inspect.currentframe())
+        raise _AutocommitBlock(revision)
+
+    MigrationContext.autocommit_block = refuse  # type: ignore[assignment,method-assign]
+    try:
+        yield
+    finally:
+        MigrationContext.autocommit_block = original  # type: ignore[method-assign]
+
+
 @contextmanager
 def _only_this_connection() -> Iterator[None]:
     from sqlalchemy import event
@@ -203,9 +293,12 @@ def _only_this_connection() -> Iterator[None]:
 
 
 @contextmanager
-def _sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]:
-    # One SQLAlchemy connection over our psycopg connection: StaticPool never opens
-    # another, and disposing of the engine is never needed (we close ``raw`` ourselves).
+def sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]:
+    """One SQLAlchemy connection over ``raw`` (StaticPool never opens another).
+
+    Make it while ``raw`` has no transaction open: SQLAlchemy's first connect ends
+    with a ROLLBACK. Disposing of the engine is never needed (we close ``raw``).
+    """
     from sqlalchemy import create_engine
     from sqlalchemy.pool import StaticPool
 
@@ -229,6 +322,18 @@ def _rollback_quietly(connection: Connection) -> None:
             connection.rollback()
     except Exception as error:  # noqa: BLE001 - the connection may be gone; the server rolls back
         log.debug("migrate.rollback_failed", error=type(error).__name__)
+
+
+def _failing_revision_of_frames(frame: FrameType | None) -> tuple[str | None, str | None]:
+    # The innermost calling frame that belongs to a revision module names the revision.
+    while frame is not None:
+        module_globals = frame.f_globals
+        revision = module_globals.get("revision")
+        if isinstance(revision, str) and "down_revision" in module_globals:
+            doc = (module_globals.get("__doc__") or "").strip().splitlines()
+            return revision, doc[0] if doc else None
+        frame = frame.f_back
+    return None, None
 
 
 def _failing_revision(trace: TracebackType | None) -> tuple[str | None, str | None]:

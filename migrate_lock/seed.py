@@ -155,7 +155,13 @@ def seed(
     A dry run takes no lock and changes nothing.
     """
     from migrate_lock.guard import check_startup, require_confirmation
-    from migrate_lock.lock import announce_done, release, wait_for_lock
+    from migrate_lock.lock import (
+        announce_done,
+        committed_under_transaction_lock,
+        release,
+        wait_for_lock,
+        wait_for_transaction_lock,
+    )
     from migrate_lock.project import Project
 
     project = Project(settings)
@@ -171,7 +177,8 @@ def seed(
                 session.connection, table, files, force=force, prune=prune, dry_run=True
             )
             return SeedRun(results, dry_run=True)
-        outcome = wait_for_lock(
+        in_transaction = session.lock_scope.transaction
+        outcome = (wait_for_transaction_lock if in_transaction else wait_for_lock)(
             session.connection,
             session.lock_key,
             timeout_seconds=project.settings.migration_lock_timeout_seconds,
@@ -181,6 +188,10 @@ def seed(
         )
         if not outcome.acquired:
             return SeedRun([SeedResult(f.name, "skipped", f.checksum) for f in files], False)
+        if in_transaction:
+            with committed_under_transaction_lock(session.connection, session.lock_key):
+                results = apply_seeds(session.connection, table, files, force=force, prune=prune)
+            return SeedRun(results, dry_run=False)
         try:
             results = apply_seeds(session.connection, table, files, force=force, prune=prune)
         finally:

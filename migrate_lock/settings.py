@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     migration_lock_key: int | None = Field(
         default=None, ge=_INT64[0], le=_INT64[1], validation_alias="MIGRATION_LOCK_KEY"
     )
+    migration_lock_scope: Literal["auto", "session", "transaction"] = Field(
+        default="auto", validation_alias="MIGRATION_LOCK_SCOPE"
+    )
     ddl_lock_timeout: str = Field(default="10s", validation_alias="DDL_LOCK_TIMEOUT")
     ddl_statement_timeout: str = Field(default="0", validation_alias="DDL_STATEMENT_TIMEOUT")
     ddl_idle_in_transaction_timeout: str = Field(
@@ -92,7 +95,9 @@ class Settings(BaseSettings):
             raise ValueError("must be command names, not paths, separated by spaces or commas")
         return " ".join(names)
 
-    @field_validator("log_format", "log_level", "environment", mode="before")
+    @field_validator(
+        "log_format", "log_level", "environment", "migration_lock_scope", mode="before"
+    )
     @classmethod
     def _case_insensitive(cls, value: Any) -> Any:
         if isinstance(value, str):
