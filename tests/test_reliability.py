@@ -180,8 +180,9 @@ class FreezableProxy:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("scope", ["session", "transaction"])
 def test_a_holder_whose_network_vanishes_is_reaped_and_a_waiter_takes_over(
-    tmp_path: Path, pg_server: Server, database_url: str
+    tmp_path: Path, pg_server: Server, database_url: str, scope: str
 ) -> None:
     """Why: a partitioned or frozen migrator must not hold the lock forever."""
     if pg_server.embedded is None:
@@ -190,7 +191,9 @@ def test_a_holder_whose_network_vanishes_is_reaped_and_a_waiter_takes_over(
     write_example_project(project, 21, slow_revision=12, slow_seconds=2)
     proxy = FreezableProxy(pg_server.embedded.port)
     behind_proxy = database_url.replace(f":{pg_server.embedded.port}/", f":{proxy.port}/")
-    holder = spawn(["upgrade"], cwd=project, database_url=behind_proxy)
+    holder = spawn(
+        ["upgrade"], cwd=project, database_url=behind_proxy, MIGRATION_LOCK_SCOPE=scope
+    )
     try:
         assert holder.stderr is not None
         for line in holder.stderr:
@@ -209,5 +212,5 @@ def test_a_holder_whose_network_vanishes_is_reaped_and_a_waiter_takes_over(
     assert json.loads(waiter.stdout)["role"] == "migrated"
     counts = query(database_url, "SELECT revision, count(*) FROM migration_log GROUP BY 1")
     assert len(counts) == 20 and {count for _, count in counts} == {1}
-    print(f"vanished holder: a waiter finished {recovered_after:.1f} s after the partition")
+    print(f"vanished {scope} holder: a waiter finished {recovered_after:.1f} s after the partition")
     assert recovered_after < 60  # the documented bound with default settings
