@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -103,6 +104,7 @@ def test_16_replicas_through_a_transaction_pool_of_4_migrate_exactly_once_and_le
     (project / "seeds").mkdir()
     (project / "seeds" / "plans.csv").write_text("code,name\nfree,Free\npro,Pro\n")
     run_cli(["freeze"], cwd=project, database_url=None)  # the lean path runs first, too
+    started = time.monotonic()
     processes = [
         spawn(
             ["upgrade", "--json"],
@@ -114,6 +116,7 @@ def test_16_replicas_through_a_transaction_pool_of_4_migrate_exactly_once_and_le
         for _ in range(16)
     ]
     outputs = [process.communicate(timeout=240) for process in processes]
+    elapsed = time.monotonic() - started
 
     assert [p.returncode for p in processes] == [0] * 16, [err[-500:] for _, err in outputs]
     roles = sorted(json.loads(out)["role"] for out, _ in outputs)
@@ -124,6 +127,7 @@ def test_16_replicas_through_a_transaction_pool_of_4_migrate_exactly_once_and_le
     assert len(counts) == 20 and {count for _, count in counts} == {1}
     assert query(database_url, "SELECT code FROM plans ORDER BY 1") == [("free",), ("pro",)]
     assert advisory_locks(database_url) == []
+    print(f"16 replicas through a transaction pool of {POOL_SIZE} ({scope}): {elapsed:.1f} s")
 
 
 def test_auto_scope_takes_a_session_lock_on_a_direct_connection(

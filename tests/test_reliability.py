@@ -191,9 +191,7 @@ def test_a_holder_whose_network_vanishes_is_reaped_and_a_waiter_takes_over(
     write_example_project(project, 21, slow_revision=12, slow_seconds=2)
     proxy = FreezableProxy(pg_server.embedded.port)
     behind_proxy = database_url.replace(f":{pg_server.embedded.port}/", f":{proxy.port}/")
-    holder = spawn(
-        ["upgrade"], cwd=project, database_url=behind_proxy, MIGRATION_LOCK_SCOPE=scope
-    )
+    holder = spawn(["upgrade"], cwd=project, database_url=behind_proxy, MIGRATION_LOCK_SCOPE=scope)
     try:
         assert holder.stderr is not None
         for line in holder.stderr:
