@@ -1,0 +1,385 @@
+"""Random kills: SIGKILL the migrator at a random moment of a 20-revision upgrade.
+
+A replica killed mid-migration (the OOM killer, a lost node, ``kill -9``) gets no chance
+to roll back or unlock: the server must. Each trial starts a real ``migrate-lock
+upgrade`` on a fresh database, SIGKILLs it a random time after ``migrate.start``, then
+checks from another connection that the lock went with the session and that the
+database is exactly at some revision (that revision's schema and data, each revision
+logged once); then the next run must apply exactly the rest.
+
+Every revision pauses ``PAUSE_SECONDS`` after its first statement, so that a uniformly
+random delay lands in any revision: in a statement, between two, between revisions, in
+the commit. The delay is drawn from [0, window], the window being a full run's time from
+``migrate.start`` to ``migrate.done``, measured once per worker and mode. Each batch
+has its own seed; a failure names the seed, the trial and the delay.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+from conftest import Server
+
+from migrate_lock.example import applied_counts, write_example_project
+from migrate_lock.migrate import upgrade
+from migrate_lock.settings import Settings
+
+from support import assert_no_secret, query, spawn
+
+REVISIONS = [f"{number:04d}" for number in range(1, 22)]
+HEAD = REVISIONS[-1]
+PAUSE_SECONDS = 0.005
+BATCHES = 5
+TRIALS_PER_BATCH = 10
+#: How long the server may take to notice the dead client and end its session. A
+#: session killed mid-statement is noticed when the statement ends (a few ms here) or
+#: at the latest by client_connection_check_interval (2 s, set by prepare_session).
+RELEASE_BOUND_SECONDS = 10.0
+#: The schema objects migrate-lock writes after Alembic commits, not part of a revision.
+OUR_OWN = "migrate\\_lock\\_%"
+
+Snapshot = dict[str, object]
+
+
+@dataclass(frozen=True)
+class Upgrade:
+    """A project to migrate, and how long its full run lasts after ``migrate.start``."""
+
+    project: Path
+    window: float
+
+
+@dataclass(frozen=True)
+class Kill:
+    """What one trial found after its SIGKILL."""
+
+    where: str
+    exit_code: int
+    revision: str | None
+    lock_released_after: float
+    #: Whether migrate-lock's bookkeeping after Alembic's commit had run (the marker).
+    marked: bool
+
+    @property
+    def mid_run(self) -> bool:
+        return self.revision != HEAD
+
+
+@pytest.mark.slow
+def test_a_migrator_killed_in_its_one_transaction_leaves_no_revision_or_head(
+    pg_server: Server,
+    one_transaction: Upgrade,
+    references: dict[str | None, Snapshot],
+    batch: int,
+) -> None:
+    """Why: with one transaction for the run, a kill must never leave part of it behind;
+    the database is where it started or at head, and the next run finishes the job."""
+    seed = 7_100 + batch
+    kills = [
+        _kill_at_random(pg_server, one_transaction, references, seed, trial)
+        for trial in range(TRIALS_PER_BATCH)
+    ]
+
+    _report("one transaction", seed, kills)
+    for kill in kills:
+        assert kill.revision in (None, HEAD), f"{kill.where}: the run was half applied"
+    _assert_most_kills_landed_mid_run(kills)
+
+
+@pytest.mark.slow
+def test_a_migrator_killed_with_a_transaction_per_migration_leaves_a_whole_revision(
+    pg_server: Server,
+    per_migration: Upgrade,
+    references: dict[str | None, Snapshot],
+    batch: int,
+) -> None:
+    """Why: with transaction_per_migration, a kill keeps the revisions already committed
+    and none of the one it was in; the next run applies exactly the rest."""
+    seed = 7_200 + batch
+    kills = [
+        _kill_at_random(pg_server, per_migration, references, seed, trial)
+        for trial in range(TRIALS_PER_BATCH)
+    ]
+
+    _report("transaction per migration", seed, kills)
+    _assert_most_kills_landed_mid_run(kills)
+    # Revisions commit one by one, so kills also leave the database between the ends.
+    between = [kill for kill in kills if kill.revision not in (None, HEAD)]
+    assert between, f"seed={seed}: no kill left an intermediate revision: {_summary(kills)}"
+
+
+@pytest.fixture(params=range(BATCHES), ids=lambda batch: f"batch{batch}")
+def batch(request: pytest.FixtureRequest) -> int:
+    """Batches of trials, so pytest-xdist spreads them over its workers."""
+    return int(request.param)
+
+
+@pytest.fixture(scope="module")
+def one_transaction(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Upgrade:
+    """The example project as scaffolded: one transaction for the whole run."""
+    project = tmp_path_factory.mktemp("one-transaction") / "project"
+    write_example_project(project, len(REVISIONS), pause_seconds=PAUSE_SECONDS)
+    return Upgrade(project, _measure_window(pg_server, project))
+
+
+@pytest.fixture(scope="module")
+def per_migration(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Upgrade:
+    """The example project with ``transaction_per_migration=True`` in its env.py."""
+    project = tmp_path_factory.mktemp("per-migration") / "project"
+    write_example_project(project, len(REVISIONS), pause_seconds=PAUSE_SECONDS)
+    env = project / "migrations" / "env.py"
+    text = env.read_text()
+    line = '        on_version_apply=config.attributes.get("on_version_apply"),\n'
+    assert text.count(line) == 1, "the template's env.py changed: update this fixture"
+    env.write_text(text.replace(line, line + "        transaction_per_migration=True,\n"))
+    return Upgrade(project, _measure_window(pg_server, project))
+
+
+@pytest.fixture(scope="module")
+def references(
+    pg_server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str | None, Snapshot]:
+    """The snapshot of each revision (None: no revision yet), upgrading one at a time.
+
+    In-process (the Python API) rather than 21 CLI runs: the same protocol, a few
+    seconds per worker instead of about fifteen.
+    """
+    project = tmp_path_factory.mktemp("reference") / "project"
+    write_example_project(project, len(REVISIONS))
+    snapshots: dict[str | None, Snapshot] = {}
+    with _fresh_database(pg_server) as url:
+        snapshots[None] = _snapshot(url)
+        for revision in REVISIONS:
+            upgrade(revision, settings=_settings(url, project))
+            snapshots[revision] = _snapshot(url)
+    return snapshots
+
+
+def _kill_at_random(
+    server: Server,
+    subject: Upgrade,
+    references: dict[str | None, Snapshot],
+    seed: int,
+    trial: int,
+) -> Kill:
+    """One trial: kill, check the database the kill left, run again, check the result."""
+    rng = random.Random(seed * 1000 + trial)
+    delay = rng.uniform(0, subject.window)
+    where = (
+        f"seed={seed} trial={trial} delay={delay * 1000:.0f} ms"
+        f" of window={subject.window * 1000:.0f} ms"
+    )
+    with _fresh_database(server) as url:
+        replica = spawn(["upgrade"], cwd=subject.project, database_url=url, LOG_FORMAT="json")
+        seen = _read_until(replica, '"migrate.start"', where)
+        time.sleep(delay)
+        os.kill(replica.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        stderr = "".join(seen) + replica.communicate(timeout=60)[1]
+        where += f", exit {replica.returncode}"
+        # -9: killed; 0: the run had ended just before the kill (the window's far end).
+        assert replica.returncode in (-signal.SIGKILL, 0), f"{where}:\n{stderr}"
+
+        lock_released_after = _wait_for_the_dead_session(url, killed_at, where)
+        revision = _revision(url)
+        where += f", left at {revision or 'no revision'}"
+        if replica.returncode == 0:
+            assert revision == HEAD, where
+        found = _snapshot(url)
+        assert found == references[revision], (
+            f"{where}: not that revision's schema; differs in"
+            f" {_differences(found, references[revision])}"
+        )
+        marked = query(url, "SELECT to_regclass('migrate_lock_environment')") != [(None,)]
+        assert _applied_counts(url) == _expected_counts(revision), where
+
+        # The next run in-process: the protocol the CLI calls, without an interpreter
+        # start per trial (100 of those made this file 2.5 times as slow).
+        again = upgrade(settings=_settings(url, subject.project))
+        pending = REVISIONS[REVISIONS.index(revision) + 1 :] if revision else REVISIONS
+        assert list(again.applied) == pending, where
+        assert _revision(url) == HEAD, where
+        found = _snapshot(url)
+        assert found == references[HEAD], (
+            f"{where}: the next run left another schema; differs in"
+            f" {_differences(found, references[HEAD])}"
+        )
+        assert _applied_counts(url) == _expected_counts(HEAD), where
+    return Kill(where, replica.returncode, revision, lock_released_after, marked)
+
+
+def _assert_most_kills_landed_mid_run(kills: list[Kill]) -> None:
+    # Else the trials prove nothing about interrupted runs: the window would be wrong.
+    mid_run = [kill for kill in kills if kill.mid_run]
+    assert 3 * len(mid_run) >= len(kills), f"too few kills mid-run: {_summary(kills)}"
+
+
+def _measure_window(server: Server, project: Path) -> float:
+    """Seconds from seeing ``migrate.start`` to seeing ``migrate.done`` in a full run."""
+    with _fresh_database(server) as url:
+        replica = spawn(["upgrade"], cwd=project, database_url=url, LOG_FORMAT="json")
+        seen = _read_until(replica, '"migrate.start"', "calibration")
+        started = time.monotonic()
+        seen += _read_until(replica, '"migrate.done"', "calibration")
+        window = time.monotonic() - started
+        stderr = "".join(seen) + replica.communicate(timeout=120)[1]
+        assert replica.returncode == 0, stderr
+        assert _revision(url) == HEAD, stderr
+    # A window shorter than 20 pauses would mean the revisions did not pause.
+    assert window > 20 * PAUSE_SECONDS, f"a full run took only {window:.3f} s"
+    return window
+
+
+def _settings(url: str, project: Path) -> Settings:
+    return Settings(
+        database_url=url,
+        alembic_config=project / "alembic.ini",
+        environment="test",
+        log_level="WARNING",
+    )
+
+
+@contextlib.contextmanager
+def _fresh_database(server: Server) -> Iterator[str]:
+    name = f"t_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(server.admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield server.url(name)
+    finally:
+        with psycopg.connect(server.admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _read_until(replica: subprocess.Popen[str], text: str, where: str) -> list[str]:
+    assert replica.stderr is not None
+    seen: list[str] = []
+    for line in replica.stderr:
+        seen.append(line)
+        if text in line:
+            break
+    assert_no_secret(*seen)
+    assert seen and text in seen[-1], f"{where}: {text} never logged:\n{''.join(seen)}"
+    return seen
+
+
+def _wait_for_the_dead_session(url: str, killed_at: float, where: str) -> float:
+    """Wait until the server has ended the killed replica's session; return how long
+    after the kill its advisory lock was released."""
+    released_after: float | None = None
+    while True:
+        [(sessions, locks)] = query(
+            url,
+            "SELECT (SELECT count(*) FROM pg_stat_activity"
+            "        WHERE datname = current_database() AND pid <> pg_backend_pid()),"
+            " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+            "        AND database = (SELECT oid FROM pg_database"
+            "                        WHERE datname = current_database()))",
+        )
+        elapsed = time.monotonic() - killed_at
+        if locks == 0 and released_after is None:
+            released_after = elapsed
+        if sessions == 0 and released_after is not None:
+            return released_after
+        assert elapsed < RELEASE_BOUND_SECONDS, (
+            f"{where}: {sessions} session(s) and {locks} advisory lock(s) left"
+            f" {elapsed:.1f} s after the kill"
+        )
+        time.sleep(0.005)
+
+
+def _revision(url: str) -> str | None:
+    """The database's revision; None when there is none (no version table, or empty)."""
+    if query(url, "SELECT to_regclass('alembic_version')") == [(None,)]:
+        return None
+    rows = query(url, "SELECT version_num FROM alembic_version")
+    assert len(rows) <= 1, rows
+    return str(rows[0][0]) if rows else None
+
+
+def _applied_counts(url: str) -> dict[str, int]:
+    with psycopg.connect(url, autocommit=True) as connection:
+        if connection.execute("SELECT to_regclass('migration_log')").fetchone() == (None,):
+            return {}
+        return applied_counts(connection)
+
+
+def _expected_counts(revision: str | None) -> dict[str, int]:
+    """Every revision up to ``revision`` once (the baseline logs nothing)."""
+    applied = REVISIONS[1 : REVISIONS.index(revision) + 1] if revision else []
+    return dict.fromkeys(applied, 1)
+
+
+def _snapshot(url: str) -> Snapshot:
+    """The schema and data the revisions made, leaving out what may differ between two
+    databases at the same revision: serial ids (a rolled-back INSERT used some up),
+    migration_log's clock timestamps, and migrate-lock's own bookkeeping tables."""
+    user = "NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
+    catalog = {
+        "relations": "SELECT n.nspname, c.relname, c.relkind FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        f" WHERE n.nspname {user} AND c.relname NOT LIKE %(own)s ORDER BY 1, 2",
+        "columns": "SELECT table_schema, table_name, column_name, data_type, is_nullable,"
+        f" column_default FROM information_schema.columns WHERE table_schema {user}"
+        " AND table_name NOT LIKE %(own)s ORDER BY 1, 2, 3",
+        "indexes": "SELECT schemaname, indexname, indexdef FROM pg_indexes"
+        f" WHERE schemaname {user} AND tablename NOT LIKE %(own)s ORDER BY 1, 2",
+        "constraints": "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid)"
+        " FROM pg_constraint WHERE connamespace::regnamespace::text"
+        f" {user} AND conrelid::regclass::text NOT LIKE %(own)s ORDER BY 1, 2",
+    }
+    with psycopg.connect(url, autocommit=True) as connection:
+        snapshot: Snapshot = {
+            name: connection.execute(sql, {"own": OUR_OWN}).fetchall()
+            for name, sql in catalog.items()
+        }
+        tables = connection.execute(
+            f"SELECT schemaname, tablename FROM pg_tables WHERE schemaname {user}"
+            " AND tablename NOT LIKE %s ORDER BY 1, 2",
+            (OUR_OWN,),
+        ).fetchall()
+        for schema, table in tables:
+            snapshot[f"{schema}.{table}"] = connection.execute(
+                "SELECT count(*), md5(coalesce(string_agg(r, '|' ORDER BY r), '')) FROM"
+                f" (SELECT (to_jsonb(t) - 'id' - 'applied_at')::text AS r"
+                f' FROM "{schema}"."{table}" t) rows'
+            ).fetchall()
+    return snapshot
+
+
+def _differences(found: Snapshot, expected: Snapshot) -> list[str]:
+    return sorted(
+        key for key in found.keys() | expected.keys() if found.get(key) != expected.get(key)
+    )
+
+
+def _report(mode: str, seed: int, kills: list[Kill]) -> None:
+    # Shown with `pytest -rP`: where the kills landed, for the reliability page.
+    print(f"{mode}, seed={seed}: {_summary(kills)}")
+
+
+def _summary(kills: list[Kill]) -> str:
+    mid_run = sum(kill.mid_run for kill in kills)
+    after_head = sum(not kill.mid_run and kill.exit_code != 0 for kill in kills)
+    unmarked = sum(not kill.mid_run and not kill.marked for kill in kills)
+    ended = sum(kill.exit_code == 0 for kill in kills)
+    revisions = Counter(kill.revision or "none" for kill in kills)
+    released = sorted(kill.lock_released_after * 1000 for kill in kills)
+    return (
+        f"{mid_run}/{len(kills)} killed mid-run, {after_head} after head was committed,"
+        f" {ended} after the process ended, {unmarked} at head before the marker was written;"
+        f" left at {dict(sorted(revisions.items()))};"
+        f" lock released after {released[0]:.0f}-{released[-1]:.0f} ms"
+    )
