@@ -301,11 +301,25 @@ def _run_migrations(
         to_rev=list(wanted),
         pending=len(before.pending),
     )
+    table = session.version_table
+    marked = False
+
+    def bookkeeping(revision: str) -> None:
+        # In that revision's own transaction: a kill right after Alembic's commit must
+        # not leave a migrated database without its history or environment marker.
+        nonlocal marked
+        record_history(connection, table, (revision,))
+        if not marked:
+            remember_environment(connection, table, project.settings)
+            marked = True
+
     try:
         if shared is None:
-            applied = run_upgrade(config, connection, target)
+            applied = run_upgrade(config, connection, target, each_applied=bookkeeping)
         else:
-            applied = run_upgrade_in_transaction(config, shared, connection, target)
+            applied = run_upgrade_in_transaction(
+                config, shared, connection, target, each_applied=bookkeeping
+            )
     except MigrateLockError as error:
         raise _with_database_revision(error, session) from None
     after = session.state(wanted, project.scripts)
@@ -316,8 +330,10 @@ def _run_migrations(
             hint="env.py must pass version_table/version_table_schema from "
             "config.attributes to context.configure (see docs/existing-projects.md)",
         )
-    record_history(connection, session.version_table, project.scripts.ancestry(after.current))
-    remember_environment(connection, session.version_table, project.settings)
+    # The ancestors too: those applied before migrate-lock was adopted.
+    record_history(connection, table, project.scripts.ancestry(after.current))
+    if not marked:
+        remember_environment(connection, table, project.settings)
     return after, tuple(applied)
 
 

@@ -72,13 +72,21 @@ def alembic_config(
     return config
 
 
-def run_upgrade(config: Config, connection: psycopg.Connection[Any], target: str) -> list[str]:
+def run_upgrade(
+    config: Config,
+    connection: psycopg.Connection[Any],
+    target: str,
+    *,
+    each_applied: Callable[[str], None] | None = None,
+) -> list[str]:
     """Run ``alembic upgrade target`` on ``connection`` (a psycopg connection we lock on).
 
+    ``each_applied(revision)`` runs on ``connection`` inside each revision's own
+    transaction, after it: whatever it writes commits with that revision, or not at all.
     Returns the revisions applied, in order. Raises MigrationFailed (exit 1) naming
     the revision and the SQL error; everything uncommitted is rolled back.
     """
-    return run_alembic(config, connection, "upgrade", target)
+    return run_alembic(config, connection, "upgrade", target, each_applied=each_applied)
 
 
 def run_alembic(
@@ -88,6 +96,7 @@ def run_alembic(
     target: str,
     *,
     before: Callable[[Connection], None] | None = None,
+    each_applied: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Run ``alembic COMMAND target`` on ``connection``, in one transaction with ``before``.
 
@@ -96,7 +105,7 @@ def run_alembic(
     Returns the revisions run (for a downgrade, the revisions it went down to). Raises
     MigrationFailed (exit 1); everything uncommitted is rolled back.
     """
-    applied, on_version_apply = _recorder()
+    applied, on_version_apply = _recorder(each_applied)
     connection.autocommit = False
     try:
         with sqlalchemy_connection(connection) as shared:
@@ -110,7 +119,12 @@ def run_alembic(
 
 
 def run_upgrade_in_transaction(
-    config: Config, shared: Connection, connection: psycopg.Connection[Any], target: str
+    config: Config,
+    shared: Connection,
+    connection: psycopg.Connection[Any],
+    target: str,
+    *,
+    each_applied: Callable[[str], None] | None = None,
 ) -> list[str]:
     """``alembic upgrade target`` inside the transaction open on ``connection``; no commit.
 
@@ -120,7 +134,7 @@ def run_upgrade_in_transaction(
     transaction began. A revision that needs an ``autocommit_block`` is refused
     (ConfigError, exit 78) and everything is rolled back.
     """
-    applied, on_version_apply = _recorder()
+    applied, on_version_apply = _recorder(each_applied)
     if not shared.in_transaction():
         # Alembic treats a transaction that is already open as the caller's: it
         # neither commits it nor begins one per migration.
@@ -157,7 +171,9 @@ def autocommit_refusal(revision: str | None) -> ConfigError:
     )
 
 
-def _recorder() -> tuple[list[str], Callable[..., None]]:
+def _recorder(
+    each_applied: Callable[[str], None] | None,
+) -> tuple[list[str], Callable[..., None]]:
     applied: list[str] = []
     started = time.monotonic()
 
@@ -174,6 +190,8 @@ def _recorder() -> tuple[list[str], Callable[..., None]]:
             duration_ms=round((time.monotonic() - started) * 1000),
             **({} if direction == "up" else {"direction": direction}),
         )
+        if each_applied is not None and direction == "up":
+            each_applied(revision)  # Alembic calls us inside the revision's transaction
         started = time.monotonic()
 
     return applied, on_version_apply

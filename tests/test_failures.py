@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -10,7 +12,7 @@ import pytest
 
 from migrate_lock.example import write_example_project
 
-from support import assert_one_line_failure, query, run_cli, spawn
+from support import assert_one_line_failure, cli_env, query, run_cli, spawn
 
 FAILING_REVISION = '''"""break on purpose"""
 
@@ -73,6 +75,52 @@ def test_sigkill_in_the_middle_of_a_revision_leaves_nothing_half_applied(
     assert result.returncode == 0, result.stderr
     counts = query(database_url, "SELECT revision, count(*) FROM migration_log GROUP BY 1")
     assert len(counts) == 20 and {count for _, count in counts} == {1}
+
+
+KILLED_RIGHT_AFTER_ALEMBIC_COMMITS = """
+import os, signal, sys
+from migrate_lock import cli, runner
+
+alembic_upgrade = runner.run_upgrade
+
+def upgrade_then_die(*args, **kwargs):
+    alembic_upgrade(*args, **kwargs)  # Alembic has committed when this returns
+    os.kill(os.getpid(), signal.SIGKILL)
+
+runner.run_upgrade = upgrade_then_die
+sys.argv = ["migrate-lock", "upgrade"]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("per_migration", [False, True], ids=["one-transaction", "per-migration"])
+def test_a_kill_just_after_the_commit_leaves_history_and_marker_with_the_revisions(
+    project: Path, database_url: str, per_migration: bool
+) -> None:
+    """Why: a database at head without its environment marker counts as production, and
+    the next start (at head, lock-free) would never write it."""
+    if per_migration:
+        env = project / "migrations" / "env.py"
+        text = env.read_text().replace(
+            "        connection=connection,\n",
+            "        connection=connection,\n        transaction_per_migration=True,\n",
+        )
+        env.write_text(text)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RIGHT_AFTER_ALEMBIC_COMMITS],
+        cwd=project,
+        env=cli_env(database_url),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
+    history = query(database_url, "SELECT revision FROM migrate_lock_history ORDER BY 1")
+    assert [revision for (revision,) in history] == [f"{n:04d}" for n in range(1, 22)]
+    assert query(database_url, "SELECT environment FROM migrate_lock_environment") == [("test",)]
 
 
 def test_unknown_target_revision_is_a_usage_error(project: Path, database_url: str) -> None:
