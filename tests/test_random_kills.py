@@ -16,21 +16,18 @@ has its own seed; a failure names the seed, the trial and the delay.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import signal
 import subprocess
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
 import pytest
-from conftest import Server
+from conftest import Server, fresh_database
 
 from migrate_lock.example import applied_counts, write_example_project
 from migrate_lock.migrate import upgrade
@@ -69,8 +66,6 @@ class Kill:
     exit_code: int
     revision: str | None
     lock_released_after: float
-    #: Whether migrate-lock's bookkeeping after Alembic's commit had run (the marker).
-    marked: bool
 
     @property
     def mid_run(self) -> bool:
@@ -159,7 +154,7 @@ def references(
     project = tmp_path_factory.mktemp("reference") / "project"
     write_example_project(project, len(REVISIONS))
     snapshots: dict[str | None, Snapshot] = {}
-    with _fresh_database(pg_server) as url:
+    with fresh_database(pg_server) as url:
         snapshots[None] = _snapshot(url)
         for revision in REVISIONS:
             upgrade(revision, settings=_settings(url, project))
@@ -181,7 +176,7 @@ def _kill_at_random(
         f"seed={seed} trial={trial} delay={delay * 1000:.0f} ms"
         f" of window={subject.window * 1000:.0f} ms"
     )
-    with _fresh_database(server) as url:
+    with fresh_database(server) as url:
         replica = spawn(["upgrade"], cwd=subject.project, database_url=url, LOG_FORMAT="json")
         seen = _read_until(replica, '"migrate.start"', where)
         time.sleep(delay)
@@ -204,6 +199,10 @@ def _kill_at_random(
         )
         marked = query(url, "SELECT to_regclass('migrate_lock_environment')") != [(None,)]
         assert _applied_counts(url) == _expected_counts(revision), where
+        if revision is not None:
+            # Written in each revision's own transaction: never a revision without them.
+            assert marked, f"{where}: no environment marker"
+            assert (revision,) in query(url, "SELECT revision FROM migrate_lock_history"), where
 
         # The next run in-process: the protocol the CLI calls, without an interpreter
         # start per trial (100 of those made this file 2.5 times as slow).
@@ -217,7 +216,7 @@ def _kill_at_random(
             f" {_differences(found, references[HEAD])}"
         )
         assert _applied_counts(url) == _expected_counts(HEAD), where
-    return Kill(where, replica.returncode, revision, lock_released_after, marked)
+    return Kill(where, replica.returncode, revision, lock_released_after)
 
 
 def _assert_most_kills_landed_mid_run(kills: list[Kill]) -> None:
@@ -228,7 +227,7 @@ def _assert_most_kills_landed_mid_run(kills: list[Kill]) -> None:
 
 def _measure_window(server: Server, project: Path) -> float:
     """Seconds from seeing ``migrate.start`` to seeing ``migrate.done`` in a full run."""
-    with _fresh_database(server) as url:
+    with fresh_database(server) as url:
         replica = spawn(["upgrade"], cwd=project, database_url=url, LOG_FORMAT="json")
         seen = _read_until(replica, '"migrate.start"', "calibration")
         started = time.monotonic()
@@ -249,18 +248,6 @@ def _settings(url: str, project: Path) -> Settings:
         environment="test",
         log_level="WARNING",
     )
-
-
-@contextlib.contextmanager
-def _fresh_database(server: Server) -> Iterator[str]:
-    name = f"t_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(server.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield server.url(name)
-    finally:
-        with psycopg.connect(server.admin_url, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _read_until(replica: subprocess.Popen[str], text: str, where: str) -> list[str]:
@@ -373,13 +360,12 @@ def _report(mode: str, seed: int, kills: list[Kill]) -> None:
 def _summary(kills: list[Kill]) -> str:
     mid_run = sum(kill.mid_run for kill in kills)
     after_head = sum(not kill.mid_run and kill.exit_code != 0 for kill in kills)
-    unmarked = sum(not kill.mid_run and not kill.marked for kill in kills)
     ended = sum(kill.exit_code == 0 for kill in kills)
     revisions = Counter(kill.revision or "none" for kill in kills)
     released = sorted(kill.lock_released_after * 1000 for kill in kills)
     return (
         f"{mid_run}/{len(kills)} killed mid-run, {after_head} after head was committed,"
-        f" {ended} after the process ended, {unmarked} at head before the marker was written;"
+        f" {ended} after the process ended;"
         f" left at {dict(sorted(revisions.items()))};"
         f" lock released after {released[0]:.0f}-{released[-1]:.0f} ms"
     )
