@@ -297,6 +297,25 @@ def test_the_seed_verb_works_through_a_transaction_pooler(
     assert advisory_locks(database_url) == []
 
 
+def test_a_changed_seed_alone_is_applied_through_the_pooler_at_head(
+    project: Path, database_url: str, pooled_url: str
+) -> None:
+    """Why: at head, a changed seed file is still work: it takes the lock, in one transaction."""
+    (project / "migrations" / "versions" / "0022_plans.py").write_text(SEEDED_TABLE)
+    (project / "seeds").mkdir()
+    (project / "seeds" / "plans.csv").write_text("code,name\nfree,Free\n")
+    assert run_cli(["upgrade"], cwd=project, database_url=pooled_url).returncode == 0
+    (project / "seeds" / "plans.csv").write_text("code,name\nfree,Free\nteam,Team\n")
+
+    result = run_cli(["upgrade", "--json"], cwd=project, database_url=pooled_url)
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["seeded"] == ["plans.csv"]
+    assert "lock.scope scope=transaction" in result.stderr
+    assert query(database_url, "SELECT code FROM plans ORDER BY 1") == [("free",), ("team",)]
+    assert advisory_locks(database_url) == []
+
+
 def test_a_downgrade_in_transaction_scope_is_refused_before_touching_anything(
     project: Path, database_url: str
 ) -> None:
