@@ -110,13 +110,10 @@ def _protocol(
     if handover is not None:
         handover()
 
-    def nothing_to_do(state: SchemaState) -> bool:
-        # Seeds count too: at head with a changed seed file is still work to do.
-        return state.ready and not changed_seeds(session.connection, session.version_table, seeds)
-
     state = session.state(wanted, scripts)
     _refuse_unknown(state)
-    if nothing_to_do(state):
+    # Seeds count too: at head with a changed seed file is still work to do.
+    if state.ready and not changed_seeds(session.connection, session.version_table, seeds):
         return _finish(session, "fast_path", state, state, (), 0.0, started)
     if session.lock_scope.transaction:
         return _protocol_in_one_transaction(session, target, wanted, seeds, state, started)
@@ -124,7 +121,7 @@ def _protocol(
         session.connection,
         session.lock_key,
         timeout_seconds=project.settings.migration_lock_timeout_seconds,
-        work_is_done=lambda: nothing_to_do(session.state(wanted, scripts)),
+        work_is_done=lambda: not _work_to_do(session, wanted, seeds),
     )
     if not outcome.acquired:
         after = session.state(wanted, scripts)
@@ -155,7 +152,12 @@ def _protocol_in_one_transaction(
     started: float,
 ) -> UpgradeResult:
     """Steps 2-5 with ``pg_try_advisory_xact_lock``: lock, revisions and seeds commit as one."""
-    from migrate_lock.runner import autocommit_refusal, autocommit_revisions, sqlalchemy_connection
+    from migrate_lock.runner import (
+        autocommit_refusal,
+        autocommit_revisions,
+        commit_error,
+        sqlalchemy_connection,
+    )
 
     project = session.project
     scripts = project.scripts
@@ -177,9 +179,12 @@ def _protocol_in_one_transaction(
 
         def commit() -> None:
             announce_done(connection, session.lock_key)  # delivered at commit
-            if shared.in_transaction():
-                shared.commit()
-            connection.commit()  # ends the transaction and with it the lock
+            try:
+                if shared.in_transaction():
+                    shared.commit()
+                connection.commit()  # ends the transaction and with it the lock
+            except Exception as error:  # noqa: BLE001 - SQLAlchemy's or psycopg's, same meaning
+                raise commit_error(error, connection) from None
 
         try:
             log.info(

@@ -246,7 +246,12 @@ def _run_on(
 def migration_error(error: BaseException) -> Exception:
     """Turn what a revision raised into one line: the revision, the SQL error, what next."""
     revision, doc = _failing_revision(error.__traceback__)
-    where = f"revision {revision}" + (f" ({doc})" if doc else "") if revision else "env.py"
+    # No revision frame: env.py itself, or the commit at its end (a deferred constraint).
+    where = (
+        f"revision {revision}" + (f" ({doc})" if doc else "")
+        if revision
+        else "env.py or its commit"
+    )
     sql = _sql_error(error)
     sqlstate = getattr(sql, "sqlstate", None) if sql is not None else None
     # Our own helpers (run_sql_file) already said where: keep their words.
@@ -260,6 +265,21 @@ def migration_error(error: BaseException) -> Exception:
     if sqlstate == _QUERY_CANCELED:
         hint = "raise DDL_STATEMENT_TIMEOUT if this statement needs longer"
     return MigrationFailed(f"{where} failed: {detail}; rolled back", hint=hint)
+
+
+def commit_error(error: BaseException, connection: psycopg.Connection[Any]) -> MigrateLockError:
+    """Why a COMMIT failed, in one line: the connection went, or the server refused it."""
+    if connection.broken or connection.closed:
+        return ConnectionLost(
+            "lost the database connection while committing; if the commit did not reach the "
+            "server, it rolled everything back",
+            hint="retry when the database is back",
+        )
+    # A deferred constraint, say: every revision ran, and the server rolled it all back.
+    return MigrationFailed(
+        f"the commit failed: {_describe(error, _sql_error(error))}; rolled back",
+        hint="fix the revision or seed file that breaks the constraint and run again",
+    )
 
 
 class _OwnConnectionOpened(Exception):

@@ -77,6 +77,28 @@ def downgrade() -> None:
     pass
 '''
 
+DEFERRED_VIOLATION = '''"""a deferred foreign key, broken: only the commit notices"""
+
+from alembic import op
+
+revision = "0022"
+down_revision = "0021"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute(
+        "CREATE TABLE fixtures (league_id integer REFERENCES leagues (id)"
+        " DEFERRABLE INITIALLY DEFERRED)"
+    )
+    op.execute("INSERT INTO fixtures VALUES (999)")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE fixtures")
+'''
+
 
 @pytest.fixture
 def pooled_url(pg_server: Server, database_url: str) -> Iterator[str]:
@@ -210,6 +232,22 @@ def test_an_autocommit_block_the_source_scan_misses_is_refused_and_rolled_back(
     line = assert_one_line_failure(result, 78)
     assert "revision 0022 uses autocommit_block" in line
     assert catalog_snapshot(database_url) == before  # 0002-0021 rolled back with it
+
+
+def test_a_commit_that_fails_in_transaction_scope_is_one_line_and_rolls_everything_back(
+    project: Path, database_url: str
+) -> None:
+    """Why: a deferred constraint fails at COMMIT, after every revision ran without error."""
+    (project / "migrations" / "versions" / "0022_fixtures.py").write_text(DEFERRED_VIOLATION)
+
+    result = run_cli(
+        ["upgrade"], cwd=project, database_url=database_url, MIGRATION_LOCK_SCOPE="transaction"
+    )
+
+    line = assert_one_line_failure(result, 1)
+    assert "the commit failed: [23503]" in line
+    assert query(database_url, "SELECT to_regclass('alembic_version')") == [(None,)]
+    assert advisory_locks(database_url) == []
 
 
 def test_transaction_scope_applies_transaction_per_migration_projects_all_or_nothing(
