@@ -313,7 +313,7 @@ def _run_migrations(
         # In that revision's own transaction: a kill right after Alembic's commit must
         # not leave a migrated database without its history or environment marker.
         nonlocal marked
-        record_history(connection, table, (revision,))
+        record_history(connection, table, (revision,), create=not marked)
         if not marked:
             remember_environment(connection, table, project.settings)
             marked = True

@@ -71,17 +71,25 @@ def seen_revisions(
 
 
 def record_history(
-    connection: psycopg.Connection[Any], table: VersionTable, revisions: Iterable[str]
+    connection: psycopg.Connection[Any],
+    table: VersionTable,
+    revisions: Iterable[str],
+    *,
+    create: bool = True,
 ) -> None:
-    """Remember that the database has been at (or past) each of ``revisions``."""
+    """Remember that the database has been at (or past) each of ``revisions``.
+
+    ``create=False``: the table is known to exist (spares a catalog lookup and a notice).
+    """
     # Keyed by version table too: two applications may share a schema.
-    connection.execute(
-        f"CREATE TABLE IF NOT EXISTS {table.history_qualified} ("
-        " version_table text NOT NULL,"
-        " revision text NOT NULL,"
-        " first_applied_at timestamptz NOT NULL DEFAULT now(),"
-        " PRIMARY KEY (version_table, revision))"
-    )
+    if create:
+        connection.execute(
+            f"CREATE TABLE IF NOT EXISTS {table.history_qualified} ("
+            " version_table text NOT NULL,"
+            " revision text NOT NULL,"
+            " first_applied_at timestamptz NOT NULL DEFAULT now(),"
+            " PRIMARY KEY (version_table, revision))"
+        )
     connection.execute(
         f"INSERT INTO {table.history_qualified} (version_table, revision)"
         " SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
