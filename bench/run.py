@@ -7,7 +7,8 @@ Starts its own embedded PostgreSQL, generates example projects, and measures:
 - N = 1, 8, 32 replicas started at the same instant at head (warm), and cold (an empty
   database, 20 revisions; migrate-lock only: bare Alembic replicas race and fail);
 - at head with M = 20, 200, 1000 revisions;
-- hand-off: from the migrating replica's `migrate.done` to each waiter's continue.
+- hand-off: from the migrating replica's `migrate.done` to each waiter's continue;
+- cold and hand-off again with MIGRATION_LOCK_SCOPE=transaction (what pooler safety costs).
 Prints the ratios the performance issue sets as targets and writes bench/results/run.json.
 """
 
@@ -69,9 +70,11 @@ def main() -> None:
                 "warm_migrate_lock": bench.crowd(MIGRATE_LOCK, projects[20], warm[20], n),
                 "warm_alembic": bench.crowd(ALEMBIC, projects[20], warm[20], n),
                 "cold_migrate_lock": bench.cold(projects[20], n),
+                "cold_transaction_scope": bench.cold(projects[20], n, "transaction"),
             }
         results["replicas"] = crowd
         results["handoff_ms"] = bench.handoff(8)
+        results["handoff_transaction_scope_ms"] = bench.handoff(8, "transaction")
 
     ratios = _ratios(results, sizes, replicas)
     results["ratios"] = ratios
@@ -135,11 +138,17 @@ class _Bench:
             cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
         return {"cpu_s": statistics.median(cpu), "wall_s": statistics.median(wall)}
 
-    def crowd(self, command: list[str], project: Path, url: str, count: int) -> dict[str, object]:
+    def crowd(
+        self, command: list[str], project: Path, url: str, count: int, scope: str = "auto"
+    ) -> dict[str, object]:
         started = time.perf_counter()
         processes = [
             subprocess.Popen(
-                command, cwd=project, env=_env(url), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+                command,
+                cwd=project,
+                env=_env(url, scope),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
             )
             for _ in range(count)
         ]
@@ -149,19 +158,19 @@ class _Bench:
             process.communicate()
         return {"wall_s": wall, "exit_codes": sorted(set(codes)), "all_ok": set(codes) == {0}}
 
-    def cold(self, project: Path, count: int) -> dict[str, object]:
+    def cold(self, project: Path, count: int, scope: str = "auto") -> dict[str, object]:
         self.databases += 1
         url = self.database(f"cold_{count}_{self.databases}")
-        result = self.crowd(MIGRATE_LOCK, project, url, count)
+        result = self.crowd(MIGRATE_LOCK, project, url, count, scope)
         with psycopg.connect(url) as connection:
             counts = applied_counts(connection)
         result["exactly_once"] = len(counts) == 20 and set(counts.values()) == {1}
         return result
 
-    def handoff(self, count: int) -> dict[str, float]:
+    def handoff(self, count: int, scope: str = "auto") -> dict[str, float]:
         project = self.project(20, slow=1.0)
-        url = self.database("handoff")
-        env = {**_env(url), "LOG_FORMAT": "json"}
+        url = self.database(f"handoff_{scope}")
+        env = _env(url, scope)
         processes = [
             subprocess.Popen(
                 MIGRATE_LOCK,
@@ -189,8 +198,14 @@ class _Bench:
         return {"median": statistics.median(delays), "max": max(delays), "waiters": len(delays)}
 
 
-def _env(url: str) -> dict[str, str]:
-    return {**os.environ, "DATABASE_URL": url, "LOG_FORMAT": "json", "ENVIRONMENT": "development"}
+def _env(url: str, scope: str = "auto") -> dict[str, str]:
+    return {
+        **os.environ,
+        "DATABASE_URL": url,
+        "LOG_FORMAT": "json",
+        "ENVIRONMENT": "development",
+        "MIGRATION_LOCK_SCOPE": scope,
+    }
 
 
 def _machine() -> dict[str, object]:
@@ -215,6 +230,9 @@ def _ratios(results: dict[str, object], sizes: list[int], replicas: list[int]) -
         / crowd[top]["warm_alembic"]["wall_s"],
         f"at_head_{sizes[-1]}_vs_20_revisions": at_head[sizes[-1]]["migrate_lock"]["cpu_s"]
         / at_head[20]["migrate_lock"]["cpu_s"],
+        # Not a target: what the pooler-safe scope costs against the session scope.
+        f"cold_{top}_transaction_vs_session_scope": crowd[top]["cold_transaction_scope"]["wall_s"]
+        / crowd[top]["cold_migrate_lock"]["wall_s"],
     }
     return ratios
 
@@ -228,14 +246,19 @@ def _print(results: dict[str, object], sizes: list[int], replicas: list[int]) ->
             print(f"  M={m:<5} {tool:<14}               {row['cpu_s']:.3f}    {row['wall_s']:.3f}")
     print("\nN replicas at once                    wall s   exit codes")
     for n, row in results["replicas"].items():  # type: ignore[attr-defined]
-        for case in ("warm_migrate_lock", "warm_alembic", "cold_migrate_lock"):
+        for case in (
+            "warm_migrate_lock",
+            "warm_alembic",
+            "cold_migrate_lock",
+            "cold_transaction_scope",
+        ):
             data = row[case]
             once = f"  exactly once: {data['exactly_once']}" if "exactly_once" in data else ""
             print(
                 f"  N={n:<3} {case:<20}          {data['wall_s']:.3f}   {data['exit_codes']}{once}"
             )
-    handoff = results["handoff_ms"]
-    print(f"\nhand-off (holder's commit -> waiter continues): {handoff}")
+    print(f"\nhand-off (holder's commit -> waiter continues): {results['handoff_ms']}")
+    print(f"  in the transaction scope (polling): {results['handoff_transaction_scope_ms']}")
     print("\nratios (targets: at-head CPU <= 0.30, warm <= 0.35, cold <= 0.50, M=1000 <= 1.10):")
     for name, value in results["ratios"].items():  # type: ignore[attr-defined]
         print(f"  {name:<40} {value:.2f}")

@@ -25,7 +25,7 @@ from migrate_lock import rules
 from migrate_lock.dsn import DatabaseUrl, parse_database_url
 from migrate_lock.errors import LockTimeout, MigrateLockError
 from migrate_lock.guard import check_database_urls
-from migrate_lock.lock import lock_key, release, wait_for_lock
+from migrate_lock.lock import lock_key, release, wait_for_lock, wait_for_transaction_lock
 from migrate_lock.logs import log
 from migrate_lock.manifest import read_manifest, script_files
 from migrate_lock.outcome import Role, UpgradeResult
@@ -84,16 +84,24 @@ def fast_upgrade(overrides: Mapping[str, Any] | None = None) -> UpgradeResult | 
 
 
 class Handover:
-    """The lock, held on the lean connection until the full path is ready to take it."""
+    """The lock, held on the lean connection until the full path is ready to take it.
 
-    def __init__(self, connection: LeanConnection, key: int) -> None:
+    In the transaction scope the lean connection holds it inside an open transaction
+    (which also keeps a pooler from giving that server connection to anyone else).
+    """
+
+    def __init__(self, connection: LeanConnection, key: int, *, in_transaction: bool) -> None:
         self.connection = connection
         self.key = key
+        self.in_transaction = in_transaction
 
     def release(self) -> None:
         """Let go of the lock (the full path takes it next) and close the connection."""
         if not self.connection.closed:
-            release(self.connection, self.key)  # type: ignore[arg-type]
+            if self.in_transaction:
+                self.connection.execute("ROLLBACK")  # ends the transaction, and the lock
+            else:
+                release(self.connection, self.key)  # type: ignore[arg-type]
             self.connection.close()
 
 
@@ -192,9 +200,9 @@ def _check_or_wait(
         port=url.port,
         probe=lambda: (connection, server_port(db)),
     )
-    if scope.transaction:
-        return None  # the transaction lock is taken by the full path, on its connection
-    outcome = wait_for_lock(
+    log.info("lock.scope", scope=scope.scope, reason=scope.reason)
+    # Waiting here, not in the full path: most replicas never need Alembic at all.
+    outcome = (wait_for_transaction_lock if scope.transaction else wait_for_lock)(
         db,
         key,
         timeout_seconds=settings.migration_lock_timeout_seconds,
@@ -202,7 +210,7 @@ def _check_or_wait(
     )
     if outcome.acquired:
         log.info("lock.acquired", lock_key=key, wait_ms=round(outcome.waited_seconds * 1000))
-        return Handover(connection, key)
+        return Handover(connection, key, in_transaction=scope.transaction)
     return _done("waited", heads, key, outcome.waited_seconds, started)
 
 

@@ -31,6 +31,8 @@ HOLDER_REPORT_INTERVAL_SECONDS = 5.0
 #: Polling backoff: from the first to the longest pause between two attempts.
 FIRST_POLL_SECONDS = 0.05
 MAX_POLL_SECONDS = 1.0
+#: Without NOTIFY (the transaction scope) polling is the only wake-up: poll more often.
+MAX_POLL_SECONDS_WITHOUT_NOTIFY = 0.25
 
 _APPLICATION_NAME_PREFIX = "migrate-lock: migrating since "
 
@@ -83,24 +85,28 @@ def try_acquire_in_transaction(connection: psycopg.Connection[Any], key: int) ->
     The lock lives as long as that transaction: committing or rolling it back (or
     losing the connection) releases it, so no pooled backend can keep it.
     """
+    classid, objid = _split(key)
     connection.execute("BEGIN")
     try:
         # Advisory locks are re-entrant per backend: on a pooled backend where some
         # client left a session lock, our attempt would "succeed". That lock is
-        # someone else's (stuck, or a session-scoped tool's between transactions).
-        stuck = holds(connection, key)
-        row = (
-            None
-            if stuck
-            else connection.execute("SELECT pg_try_advisory_xact_lock(%s)", (key,)).fetchone()
-        )
+        # someone else's (stuck, or a session-scoped tool's between transactions):
+        # NULL. CASE evaluates the attempt only when the backend holds nothing.
+        row = connection.execute(
+            "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
+            " AND granted AND pid = pg_backend_pid() AND classid::bigint = %s"
+            " AND objid::bigint = %s AND objsubid = 1)"
+            " THEN NULL ELSE pg_try_advisory_xact_lock(%s) END",
+            (classid, objid, key),
+        ).fetchone()
     except BaseException:
         if not connection.closed and not connection.broken:
-            connection.rollback()
+            connection.execute("ROLLBACK")
         raise
     if row and row[0]:
         return True
     connection.execute("ROLLBACK")
+    stuck = row is not None and row[0] is None
     if stuck:
         _report_stuck_once(key)
     return False
@@ -266,7 +272,7 @@ def wait_for_transaction_lock(
     """``wait_for_lock`` for the transaction scope; acquired, the transaction stays open.
 
     No LISTEN: behind a pooler it would land on some pooled backend and stay there,
-    so the hand-off relies on polling alone (at most MAX_POLL_SECONDS late).
+    so the hand-off relies on polling alone (at most MAX_POLL_SECONDS_WITHOUT_NOTIFY late).
     ``work_is_done`` runs in autocommit between attempts, outside any transaction.
     """
     return _poll(
@@ -276,6 +282,7 @@ def wait_for_transaction_lock(
         work_is_done,
         attempt=lambda: try_acquire_in_transaction(connection, key),
         sleep=time.sleep,
+        longest_pause=MAX_POLL_SECONDS_WITHOUT_NOTIFY,
     )
 
 
@@ -292,6 +299,7 @@ def _poll(
     *,
     attempt: Callable[[], bool],
     sleep: Callable[[float], None],
+    longest_pause: float = MAX_POLL_SECONDS,
 ) -> WaitOutcome:
     started = time.monotonic()
     deadline = started + timeout_seconds
@@ -326,7 +334,7 @@ def _poll(
         # Jitter (half to all of the pause) keeps many replicas from polling in lockstep.
         longest = min(pause, deadline - now)
         sleep(max(0.0, random.uniform(longest / 2, longest)))  # noqa: S311
-        pause = min(pause * 1.6, MAX_POLL_SECONDS)
+        pause = min(pause * 1.6, longest_pause)
 
 
 def _wait_for_notify(connection: psycopg.Connection[Any], seconds: float) -> None:
