@@ -305,7 +305,7 @@ def _no_autocommit_blocks() -> Iterator[None]:
     def refuse(self: MigrationContext) -> Iterator[None]:
         import inspect
 
-        revision, _ = _failing_revision_of_frames(inspect.currentframe())
+        revision, _ = _calling_revision(inspect.currentframe())
         raise _AutocommitBlock(revision)
 
     MigrationContext.autocommit_block = refuse  # type: ignore[assignment,method-assign]
@@ -362,14 +362,12 @@ def _rollback_quietly(connection: Connection) -> None:
         log.debug("migrate.rollback_failed", error=type(error).__name__)
 
 
-def _failing_revision_of_frames(frame: FrameType | None) -> tuple[str | None, str | None]:
+def _calling_revision(frame: FrameType | None) -> tuple[str | None, str | None]:
     # The innermost calling frame that belongs to a revision module names the revision.
     while frame is not None:
-        module_globals = frame.f_globals
-        revision = module_globals.get("revision")
-        if isinstance(revision, str) and "down_revision" in module_globals:
-            doc = (module_globals.get("__doc__") or "").strip().splitlines()
-            return revision, doc[0] if doc else None
+        found = _revision_of(frame)
+        if found[0] is not None:
+            return found
         frame = frame.f_back
     return None, None
 
@@ -378,13 +376,19 @@ def _failing_revision(trace: TracebackType | None) -> tuple[str | None, str | No
     # The innermost frame that belongs to a revision module names the revision.
     found: tuple[str | None, str | None] = (None, None)
     while trace is not None:
-        module_globals = trace.tb_frame.f_globals
-        revision = module_globals.get("revision")
-        if isinstance(revision, str) and "down_revision" in module_globals:
-            doc = (module_globals.get("__doc__") or "").strip().splitlines()
-            found = (revision, doc[0] if doc else None)
+        here = _revision_of(trace.tb_frame)
+        found = here if here[0] is not None else found
         trace = trace.tb_next
     return found
+
+
+def _revision_of(frame: FrameType) -> tuple[str | None, str | None]:
+    module_globals = frame.f_globals
+    revision = module_globals.get("revision")
+    if isinstance(revision, str) and "down_revision" in module_globals:
+        doc = (module_globals.get("__doc__") or "").strip().splitlines()
+        return revision, doc[0] if doc else None
+    return None, None
 
 
 def _sql_error(error: BaseException) -> BaseException | None:
