@@ -35,6 +35,12 @@ MAX_POLL_SECONDS = 1.0
 MAX_POLL_SECONDS_WITHOUT_NOTIFY = 0.25
 
 _APPLICATION_NAME_PREFIX = "migrate-lock: migrating since "
+#: True when this backend holds the key (params: its two halves, see ``_split``).
+_THIS_BACKEND_HOLDS = (
+    "EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+    " AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s"
+    " AND objsubid = 1)"
+)
 
 
 def lock_key(database: str, schema: str, version_table: str) -> int:
@@ -93,10 +99,8 @@ def try_acquire_in_transaction(connection: psycopg.Connection[Any], key: int) ->
         # someone else's (stuck, or a session-scoped tool's between transactions):
         # NULL. CASE evaluates the attempt only when the backend holds nothing.
         row = connection.execute(
-            "SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory'"
-            " AND granted AND pid = pg_backend_pid() AND classid::bigint = %s"
-            " AND objid::bigint = %s AND objsubid = 1)"
-            " THEN NULL ELSE pg_try_advisory_xact_lock(%s) END",
+            f"SELECT CASE WHEN {_THIS_BACKEND_HOLDS} THEN NULL"
+            " ELSE pg_try_advisory_xact_lock(%s) END",
             (classid, objid, key),
         ).fetchone()
     except BaseException:
@@ -172,13 +176,7 @@ def clear_lock_query(key: int) -> str:
 
 def holds(connection: psycopg.Connection[Any], key: int) -> bool:
     """Whether this very session holds the lock (the ownership check after acquiring)."""
-    classid, objid = _split(key)
-    row = connection.execute(
-        "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-        " AND pid = pg_backend_pid() AND classid::bigint = %s AND objid::bigint = %s"
-        " AND objsubid = 1",
-        (classid, objid),
-    ).fetchone()
+    row = connection.execute(f"SELECT {_THIS_BACKEND_HOLDS}", _split(key)).fetchone()
     return bool(row and row[0])
 
 
