@@ -195,7 +195,7 @@ def holding_migration_lock(session: DatabaseSession) -> Iterator[float]:
             "this command needs a session-scoped migration lock, and the lock scope is "
             f"transaction ({session.lock_scope.reason}); nothing was changed",
             hint="run it with MIGRATION_DATABASE_URL set to a direct connection to PostgreSQL, "
-            "not through a pooler, and MIGRATION_LOCK_SCOPE=session (or auto)",
+            "not through a pooler, and MIGRATION_LOCK_SCOPE=session",
         )
     outcome = wait_for_lock(
         connection,

@@ -75,7 +75,8 @@ def parse_database_url(
     query = dict(parse_qsl(parts.query, keep_blank_values=True))
     password = unquote(parts.password) if parts.password is not None else query.get("password")
     database = unquote(parts.path.lstrip("/")) or query.get("dbname", "")
-    host = parts.hostname or query.get("host", "")
+    # libpq lets ?host= and ?port= override the authority part: so do we.
+    host = query.get("host") or parts.hostname or ""
     rest = text.split("://", 1)[1]
     (libpq_check or _check_with_libpq)("postgresql://" + rest, variable)
     sslmode = query.get("sslmode")
@@ -97,7 +98,7 @@ def parse_database_url(
         password=password,
         database=database,
         host=host,
-        port=port if port is not None else _int_or_none(query.get("port")),
+        port=_int_or_none(query.get("port")) if "port" in query else port,
     )
 
 

@@ -97,11 +97,16 @@ class Handover:
 
     def release(self) -> None:
         """Let go of the lock (the full path takes it next) and close the connection."""
-        if not self.connection.closed:
+        if self.connection.closed:
+            return
+        try:
             if self.in_transaction:
                 self.connection.execute("ROLLBACK")  # ends the transaction, and the lock
             else:
                 release(self.connection, self.key)  # type: ignore[arg-type]
+        except LeanUnavailable:
+            pass  # the connection died (a timeout, a terminated backend): the lock went with it
+        finally:
             self.connection.close()
 
 
@@ -209,7 +214,13 @@ def _check_or_wait(
         work_is_done=lambda: at_heads(database_revisions(db, table)),
     )
     if outcome.acquired:
-        log.info("lock.acquired", lock_key=key, wait_ms=round(outcome.waited_seconds * 1000))
+        log.info(
+            "lock.acquired",
+            lock_key=key,
+            wait_ms=round(outcome.waited_seconds * 1000),
+            attempts=outcome.attempts,
+            **({"scope": "transaction"} if scope.transaction else {}),
+        )
         return Handover(connection, key, in_transaction=scope.transaction)
     return _done("waited", heads, key, outcome.waited_seconds, started)
 

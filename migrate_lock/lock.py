@@ -92,7 +92,9 @@ def try_acquire_in_transaction(connection: psycopg.Connection[Any], key: int) ->
     losing the connection) releases it, so no pooled backend can keep it.
     """
     classid, objid = _split(key)
-    connection.execute("BEGIN")
+    # READ COMMITTED whatever the default: the work after the lock must see what the
+    # previous holder committed, and this statement's snapshot predates that commit.
+    connection.execute("BEGIN ISOLATION LEVEL READ COMMITTED")
     try:
         # Advisory locks are re-entrant per backend: on a pooled backend where some
         # client left a session lock, our attempt would "succeed". That lock is

@@ -13,7 +13,9 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
+from migrate_lock.csv_seed import SeedError
 from migrate_lock.errors import (
+    ConfigError,
     ConnectionLost,
     MigrateLockError,
     MigrationFailed,
@@ -164,6 +166,15 @@ def _protocol_in_one_transaction(
     needing_autocommit = autocommit_revisions(scripts, state.pending)
     if needing_autocommit:
         raise autocommit_refusal(needing_autocommit[0])
+    if project.settings.backup_before_upgrade:
+        # pg_dump's session settings would stay on pooled server connections, and it
+        # may need the very pooled connection our open transaction holds.
+        raise ConfigError(
+            "BACKUP_BEFORE_UPGRADE (--backup-first) cannot run in the transaction lock "
+            f"scope ({session.lock_scope.reason}); nothing was run",
+            hint="set MIGRATION_DATABASE_URL to a direct connection to PostgreSQL and "
+            "MIGRATION_LOCK_SCOPE=session, or take the backup separately (migrate-lock backup)",
+        )
     connection = session.connection
     # SQLAlchemy's first connect ends in a ROLLBACK: make its connection before the lock.
     with sqlalchemy_connection(connection) as shared:
@@ -208,6 +219,20 @@ def _protocol_in_one_transaction(
             if not connection.closed and not connection.broken:
                 connection.rollback()  # a no-op after the commit
                 log.info("lock.released", lock_key=session.lock_key, scope="transaction")
+
+
+def _refuse_early_commit(session: DatabaseSession, culprit: str) -> None:
+    """Stop if the transaction that holds the transaction-scoped lock has already ended."""
+    from psycopg.pq import TransactionStatus
+
+    if session.connection.info.transaction_status != TransactionStatus.INTRANS:
+        raise MigrationFailed(
+            f"{culprit} ended the transaction that holds the migration lock (a COMMIT in a "
+            "revision or in env.py), so the lock was released early; migrate-lock stopped",
+            hint="in the transaction lock scope everything must run in one transaction: "
+            "remove the COMMIT, or migrate over a direct connection (MIGRATION_DATABASE_URL) "
+            "with MIGRATION_LOCK_SCOPE=session",
+        )
 
 
 def _work_to_do(session: DatabaseSession, wanted: tuple[str, ...], seeds: list[SeedFile]) -> bool:
@@ -276,11 +301,22 @@ def _migrate_holding_lock(
     applied: tuple[str, ...] = ()
     if not before.ready:
         after, applied = _run_migrations(session, target, wanted, before, shared)
-    seeded = tuple(
-        result.name
-        for result in apply_seeds(connection, session.version_table, due, force=True)
-        if result.action == "applied"
-    )
+    if shared is not None:
+        _refuse_early_commit(session, "env.py")
+    try:
+        seeded = tuple(
+            result.name
+            for result in apply_seeds(connection, session.version_table, due, force=True)
+            if result.action == "applied"
+        )
+    except SeedError as error:
+        if shared is None or not applied:
+            raise
+        raise SeedError(
+            f"{error.message}; the revisions of this upgrade were rolled back with them "
+            "(one transaction)",
+            hint=error.hint,
+        ) from None
     if commit is not None:
         commit()
     return _finish(session, "migrated", before, after, applied, waited, started, seeded)
@@ -313,6 +349,8 @@ def _run_migrations(
         # In that revision's own transaction: a kill right after Alembic's commit must
         # not leave a migrated database without its history or environment marker.
         nonlocal marked
+        if shared is not None:
+            _refuse_early_commit(session, f"revision {revision}")
         record_history(connection, table, (revision,), create=not marked)
         if not marked:
             remember_environment(connection, table, project.settings)

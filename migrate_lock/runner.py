@@ -150,14 +150,37 @@ def run_upgrade_in_transaction(
 
 
 def autocommit_revisions(scripts: Scripts, revisions: Iterable[str]) -> list[str]:
-    """Which of ``revisions`` use ``autocommit_block`` (read from their source files)."""
+    """Which of ``revisions`` use ``autocommit_block`` outside ``downgrade()``.
+
+    Read from the code (not comments or strings); a call the scan cannot see (made
+    from another module) is refused while running instead.
+    """
     found = []
     for revision in revisions:
         script = scripts.script.get_revision(revision)
         path = Path(script.path) if script is not None else None
-        if path is not None and path.is_file() and "autocommit_block" in path.read_text("utf-8"):
+        if path is not None and path.is_file() and _uses_autocommit_block(path.read_text("utf-8")):
             found.append(revision)
     return found
+
+
+def _uses_autocommit_block(source: str) -> bool:
+    import ast
+
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return False  # Alembic reports it, with the file and line
+    downgrade = [
+        node for node in tree.body if isinstance(node, ast.FunctionDef) and node.name == "downgrade"
+    ]
+    skipped = {id(inner) for node in downgrade for inner in ast.walk(node)}
+    return any(
+        (isinstance(node, ast.Attribute) and node.attr == "autocommit_block")
+        or (isinstance(node, ast.Name) and node.id == "autocommit_block")
+        for node in ast.walk(tree)
+        if id(node) not in skipped
+    )
 
 
 def autocommit_refusal(revision: str | None) -> ConfigError:
@@ -167,7 +190,7 @@ def autocommit_refusal(revision: str | None) -> ConfigError:
         f"{which} uses autocommit_block (e.g. CREATE INDEX CONCURRENTLY), which cannot run "
         "inside the single transaction the transaction-scoped lock needs; nothing was run",
         hint="set MIGRATION_DATABASE_URL to a direct connection to PostgreSQL, not through "
-        "the pooler, and MIGRATION_LOCK_SCOPE=session (or auto); see docs/how-the-lock-works.md",
+        "the pooler, and MIGRATION_LOCK_SCOPE=session; see docs/how-the-lock-works.md",
     )
 
 
@@ -191,7 +214,10 @@ def _recorder(
             **({} if direction == "up" else {"direction": direction}),
         )
         if each_applied is not None and direction == "up":
-            each_applied(revision)  # Alembic calls us inside the revision's transaction
+            try:
+                each_applied(revision)  # Alembic calls us inside the revision's transaction
+            except MigrateLockError as error:
+                raise _HookFailed(error) from None
         started = time.monotonic()
 
     return applied, on_version_apply
@@ -230,6 +256,9 @@ def _run_on(
     except _AutocommitBlock:
         _rollback_quietly(shared)
         raise
+    except _HookFailed as failed:
+        _rollback_quietly(shared)
+        raise failed.error from None
     except Exception as error:  # noqa: BLE001 - a revision may raise anything; all roll back
         if connection.broken or connection.closed:
             # A restart or failover, not the revision's fault: the server rolled it back.
@@ -246,11 +275,12 @@ def _run_on(
 def migration_error(error: BaseException) -> Exception:
     """Turn what a revision raised into one line: the revision, the SQL error, what next."""
     revision, doc = _failing_revision(error.__traceback__)
-    # No revision frame: env.py itself, or the commit at its end (a deferred constraint).
+    # No revision frame: env.py itself, Alembic's version-table UPDATE after a revision
+    # (a serialization failure), or the commit at the end (a deferred constraint).
     where = (
         f"revision {revision}" + (f" ({doc})" if doc else "")
         if revision
-        else "env.py or its commit"
+        else "env.py, Alembic's version table update or the commit"
     )
     sql = _sql_error(error)
     sqlstate = getattr(sql, "sqlstate", None) if sql is not None else None
@@ -286,12 +316,24 @@ class _OwnConnectionOpened(Exception):
     """env.py connected through an engine of its own."""
 
 
-class _AutocommitBlock(Exception):
-    """A revision asked for autocommit inside the transaction scope's one transaction."""
+class _AutocommitBlock(BaseException):
+    """A revision asked for autocommit inside the transaction scope's one transaction.
+
+    A BaseException, so that a revision's own ``except Exception`` cannot swallow it
+    and let the upgrade commit without what the block would have done.
+    """
 
     def __init__(self, revision: str | None) -> None:
         super().__init__(revision)
         self.revision = revision
+
+
+class _HookFailed(BaseException):
+    """Our own ``each_applied`` refused to go on: its error is reported as it is."""
+
+    def __init__(self, error: MigrateLockError) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 @contextmanager

@@ -189,8 +189,17 @@ def seed(
         if not outcome.acquired:
             return SeedRun([SeedResult(f.name, "skipped", f.checksum) for f in files], False)
         if in_transaction:
-            with committed_under_transaction_lock(session.connection, session.lock_key):
-                results = apply_seeds(session.connection, table, files, force=force, prune=prune)
+            try:
+                with committed_under_transaction_lock(session.connection, session.lock_key):
+                    results = apply_seeds(
+                        session.connection, table, files, force=force, prune=prune
+                    )
+            except SeedError:
+                raise
+            except Exception as error:  # noqa: BLE001 - the COMMIT: a deferred constraint, say
+                from migrate_lock.runner import commit_error
+
+                raise commit_error(error, session.connection) from None
             return SeedRun(results, dry_run=False)
         try:
             results = apply_seeds(session.connection, table, files, force=force, prune=prune)

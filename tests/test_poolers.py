@@ -100,6 +100,81 @@ def downgrade() -> None:
 '''
 
 
+EARLY_COMMIT = '''"""commits on purpose, the old ALTER TYPE ... ADD VALUE trick"""
+
+from alembic import op
+
+revision = "0022"
+down_revision = "0021"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("COMMIT")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+AFTER_EARLY_COMMIT = '''"""must not run once the lock is gone"""
+
+from alembic import op
+
+revision = "0023"
+down_revision = "0022"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("CREATE TABLE unlocked (id integer)")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE unlocked")
+'''
+
+ISOLATION_PROBE = '''"""records the isolation level the revisions run in"""
+
+from alembic import op
+
+revision = "0022"
+down_revision = "0021"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("CREATE TABLE isolation AS SELECT current_setting('transaction_isolation') AS level")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE isolation")
+'''
+
+MENTIONS_AUTOCOMMIT = '''"""mentions autocommit_block without using it on the way up"""
+
+from alembic import op
+
+revision = "0022"
+down_revision = "0021"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # Not op.get_context().autocommit_block(): plain CREATE INDEX is fine here.
+    op.execute("CREATE INDEX leagues_name ON leagues (name)")
+
+
+def downgrade() -> None:
+    with op.get_context().autocommit_block():
+        op.execute("DROP INDEX CONCURRENTLY leagues_name")
+'''
+
+
 @pytest.fixture
 def pooled_url(pg_server: Server, database_url: str) -> Iterator[str]:
     """``database_url``, but through PgBouncer with a transaction pool of POOL_SIZE."""
@@ -181,6 +256,7 @@ def test_auto_scope_detects_pgbouncer_by_the_port_the_server_sees(
         ("postgresql://u:p@db.example.com:6432/app", "PgBouncer"),
         ("postgresql://u:p@ep-cool-1234-pooler.eu.aws.neon.tech/app", "pooler"),
         ("postgresql://u:p@aws-0-eu-west-1.pooler.supabase.com:5432/app", "pooler"),
+        ("postgresql://u:p@db:5432/app?host=db.internal&port=6432", "PgBouncer"),
     ],
 )
 def test_auto_scope_reads_a_pooler_from_the_url(url: str, says: str) -> None:
@@ -371,3 +447,92 @@ def test_a_downgrade_in_transaction_scope_is_refused_before_touching_anything(
     line = assert_one_line_failure(result, 78)
     assert "session-scoped migration lock" in line and "MIGRATION_DATABASE_URL" in line
     assert catalog_snapshot(database_url) == before
+
+
+def test_a_revision_that_commits_stops_the_upgrade_before_the_next_revision(
+    project: Path, database_url: str
+) -> None:
+    """Why: a COMMIT ends the transaction, and with it the lock; the rest would run unlocked."""
+    versions = project / "migrations" / "versions"
+    (versions / "0022_commits.py").write_text(EARLY_COMMIT)
+    (versions / "0023_after.py").write_text(AFTER_EARLY_COMMIT)
+
+    result = run_cli(
+        ["upgrade"], cwd=project, database_url=database_url, MIGRATION_LOCK_SCOPE="transaction"
+    )
+
+    line = assert_one_line_failure(result, 1)
+    assert "revision 0022 ended the transaction that holds the migration lock" in line
+    assert query(database_url, "SELECT to_regclass('unlocked')") == [(None,)]
+    assert advisory_locks(database_url) == []
+
+
+def test_the_locked_transaction_reads_committed_whatever_the_database_default(
+    project: Path, database_url: str
+) -> None:
+    """Why: a repeatable-read snapshot from before the lock would miss the last holder's work."""
+    name = database_url.rsplit("/", 1)[1]
+    query(
+        database_url,
+        f"ALTER DATABASE \"{name}\" SET default_transaction_isolation = 'serializable'",
+    )
+    (project / "migrations" / "versions" / "0022_isolation.py").write_text(ISOLATION_PROBE)
+
+    result = run_cli(
+        ["upgrade"], cwd=project, database_url=database_url, MIGRATION_LOCK_SCOPE="transaction"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert query(database_url, "SELECT level FROM isolation") == [("read committed",)]
+
+
+def test_a_revision_that_only_mentions_autocommit_block_is_not_refused(
+    project: Path, database_url: str
+) -> None:
+    """Why: a comment, or a downgrade that needs autocommit, must not block the upgrade."""
+    (project / "migrations" / "versions" / "0022_index.py").write_text(MENTIONS_AUTOCOMMIT)
+
+    result = run_cli(
+        ["upgrade"], cwd=project, database_url=database_url, MIGRATION_LOCK_SCOPE="transaction"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert query(database_url, "SELECT to_regclass('leagues_name')") == [("leagues_name",)]
+
+
+def test_a_backup_before_upgrade_is_refused_in_transaction_scope(
+    project: Path, database_url: str
+) -> None:
+    """Why: pg_dump's session settings would stay on pooled server connections."""
+    before = catalog_snapshot(database_url)
+
+    result = run_cli(
+        ["upgrade"],
+        cwd=project,
+        database_url=database_url,
+        MIGRATION_LOCK_SCOPE="transaction",
+        BACKUP_BEFORE_UPGRADE="true",
+    )
+
+    line = assert_one_line_failure(result, 78)
+    assert "BACKUP_BEFORE_UPGRADE" in line and "MIGRATION_DATABASE_URL" in line
+    assert catalog_snapshot(database_url) == before
+
+
+def test_a_lean_holder_whose_connection_dies_during_the_hand_over_does_not_fail_the_run(
+    project: Path, database_url: str
+) -> None:
+    """Why: the lock went with that connection; the full path simply takes it again."""
+    name = database_url.rsplit("/", 1)[1]
+    query(
+        database_url,
+        f"ALTER DATABASE \"{name}\" SET idle_in_transaction_session_timeout = '100ms'",
+    )
+    run_cli(["freeze"], cwd=project, database_url=None)
+
+    result = run_cli(
+        ["upgrade"], cwd=project, database_url=database_url, MIGRATION_LOCK_SCOPE="transaction"
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
