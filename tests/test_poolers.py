@@ -536,3 +536,26 @@ def test_a_lean_holder_whose_connection_dies_during_the_hand_over_does_not_fail_
 
     assert result.returncode == 0, result.stderr
     assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
+
+
+def test_a_seed_run_whose_commit_fails_in_transaction_scope_is_one_line(
+    project: Path, database_url: str
+) -> None:
+    """Why: a deferred constraint that a seed row breaks fails at COMMIT, not at the row."""
+    fixtures = DEFERRED_VIOLATION.replace(
+        '    op.execute("INSERT INTO fixtures VALUES (999)")\n', ""
+    ).replace("(league_id integer", "(id integer PRIMARY KEY, league_id integer")
+    (project / "migrations" / "versions" / "0022_fixtures.py").write_text(fixtures)
+    upgraded = run_cli(["upgrade"], cwd=project, database_url=database_url)
+    assert upgraded.returncode == 0, upgraded.stderr
+    (project / "seeds").mkdir()
+    (project / "seeds" / "fixtures.csv").write_text("id,league_id\n1,999\n")
+
+    result = run_cli(
+        ["seed"], cwd=project, database_url=database_url, MIGRATION_LOCK_SCOPE="transaction"
+    )
+
+    line = assert_one_line_failure(result, 1)
+    assert "the commit failed: [23503]" in line
+    assert query(database_url, "SELECT count(*) FROM fixtures") == [(0,)]
+    assert advisory_locks(database_url) == []
