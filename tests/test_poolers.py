@@ -22,157 +22,58 @@ from support import assert_one_line_failure, catalog_snapshot, query, run_cli, s
 
 POOL_SIZE = 4
 
-SEEDED_TABLE = '''"""plans, seeded"""
 
-from alembic import op
-
-revision = "0022"
-down_revision = "0021"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("CREATE TABLE plans (code text PRIMARY KEY, name text NOT NULL)")
-
-
-def downgrade() -> None:
-    op.execute("DROP TABLE plans")
-'''
-
-CONCURRENT_INDEX = '''"""an index built concurrently"""
-
-from alembic import op
-
-revision = "0022"
-down_revision = "0021"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    with op.get_context().{call}():
-        op.execute("CREATE INDEX CONCURRENTLY leagues_name ON leagues (name)")
-
-
-def downgrade() -> None:
-    op.execute("DROP INDEX leagues_name")
-'''
-
-FAILING = '''"""fails on purpose"""
-
-from alembic import op
-
-revision = "0022"
-down_revision = "0021"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("SELECT 1 / 0")
-
-
-def downgrade() -> None:
-    pass
-'''
-
-DEFERRED_VIOLATION = '''"""a deferred foreign key, broken: only the commit notices"""
-
-from alembic import op
-
-revision = "0022"
-down_revision = "0021"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute(
-        "CREATE TABLE fixtures (league_id integer REFERENCES leagues (id)"
-        " DEFERRABLE INITIALLY DEFERRED)"
+def revision_file(doc: str, upgrade: str, downgrade: str = "pass", number: int = 22) -> str:
+    """A revision after the example's head (0021): ``upgrade``/``downgrade`` are bodies."""
+    return (
+        f'"""{doc}"""\n\nfrom alembic import op\n\n'
+        f'revision = "{number:04d}"\ndown_revision = "{number - 1:04d}"\n'
+        "branch_labels = None\ndepends_on = None\n\n\n"
+        f"def upgrade() -> None:\n{upgrade}\n\n\ndef downgrade() -> None:\n    {downgrade}\n"
     )
-    op.execute("INSERT INTO fixtures VALUES (999)")
 
 
-def downgrade() -> None:
-    op.execute("DROP TABLE fixtures")
-'''
-
-
-EARLY_COMMIT = '''"""commits on purpose, the old ALTER TYPE ... ADD VALUE trick"""
-
-from alembic import op
-
-revision = "0022"
-down_revision = "0021"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("COMMIT")
-
-
-def downgrade() -> None:
-    pass
-'''
-
-AFTER_EARLY_COMMIT = '''"""must not run once the lock is gone"""
-
-from alembic import op
-
-revision = "0023"
-down_revision = "0022"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("CREATE TABLE unlocked (id integer)")
-
-
-def downgrade() -> None:
-    op.execute("DROP TABLE unlocked")
-'''
-
-ISOLATION_PROBE = '''"""records the isolation level the revisions run in"""
-
-from alembic import op
-
-revision = "0022"
-down_revision = "0021"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.execute("CREATE TABLE isolation AS SELECT current_setting('transaction_isolation') AS level")
-
-
-def downgrade() -> None:
-    op.execute("DROP TABLE isolation")
-'''
-
-MENTIONS_AUTOCOMMIT = '''"""mentions autocommit_block without using it on the way up"""
-
-from alembic import op
-
-revision = "0022"
-down_revision = "0021"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    # Not op.get_context().autocommit_block(): plain CREATE INDEX is fine here.
-    op.execute("CREATE INDEX leagues_name ON leagues (name)")
-
-
-def downgrade() -> None:
-    with op.get_context().autocommit_block():
-        op.execute("DROP INDEX CONCURRENTLY leagues_name")
-'''
+SEEDED_TABLE = revision_file(
+    "plans, seeded",
+    '    op.execute("CREATE TABLE plans (code text PRIMARY KEY, name text NOT NULL)")',
+    'op.execute("DROP TABLE plans")',
+)
+CONCURRENT_INDEX = revision_file(
+    "an index built concurrently",
+    "    with op.get_context().{call}():\n"
+    '        op.execute("CREATE INDEX CONCURRENTLY leagues_name ON leagues (name)")',
+    'op.execute("DROP INDEX leagues_name")',
+)
+FAILING = revision_file("fails on purpose", '    op.execute("SELECT 1 / 0")')
+DEFERRED_VIOLATION = revision_file(
+    "a deferred foreign key, broken: only the commit notices",
+    '    op.execute("CREATE TABLE fixtures (league_id integer REFERENCES leagues (id)'
+    ' DEFERRABLE INITIALLY DEFERRED)")\n'
+    '    op.execute("INSERT INTO fixtures VALUES (999)")',
+    'op.execute("DROP TABLE fixtures")',
+)
+EARLY_COMMIT = revision_file(
+    "commits on purpose, the old ALTER TYPE ... ADD VALUE trick", '    op.execute("COMMIT")'
+)
+AFTER_EARLY_COMMIT = revision_file(
+    "must not run once the lock is gone",
+    '    op.execute("CREATE TABLE unlocked (id integer)")',
+    'op.execute("DROP TABLE unlocked")',
+    number=23,
+)
+ISOLATION_PROBE = revision_file(
+    "records the isolation level the revisions run in",
+    '    op.execute("CREATE TABLE isolation AS'
+    " SELECT current_setting('transaction_isolation') AS level\")",
+    'op.execute("DROP TABLE isolation")',
+)
+MENTIONS_AUTOCOMMIT = revision_file(
+    "mentions autocommit_block without using it on the way up",
+    "    # Not op.get_context().autocommit_block(): plain CREATE INDEX is fine here.\n"
+    '    op.execute("CREATE INDEX leagues_name ON leagues (name)")',
+    "with op.get_context().autocommit_block():\n"
+    '        op.execute("DROP INDEX CONCURRENTLY leagues_name")',
+)
 
 
 @pytest.fixture
@@ -542,9 +443,11 @@ def test_a_seed_run_whose_commit_fails_in_transaction_scope_is_one_line(
     project: Path, database_url: str
 ) -> None:
     """Why: a deferred constraint that a seed row breaks fails at COMMIT, not at the row."""
-    fixtures = DEFERRED_VIOLATION.replace(
-        '    op.execute("INSERT INTO fixtures VALUES (999)")\n', ""
-    ).replace("(league_id integer", "(id integer PRIMARY KEY, league_id integer")
+    fixtures = revision_file(
+        "a deferred foreign key",
+        '    op.execute("CREATE TABLE fixtures (id integer PRIMARY KEY, league_id integer'
+        ' REFERENCES leagues (id) DEFERRABLE INITIALLY DEFERRED)")',
+    )
     (project / "migrations" / "versions" / "0022_fixtures.py").write_text(fixtures)
     upgraded = run_cli(["upgrade"], cwd=project, database_url=database_url)
     assert upgraded.returncode == 0, upgraded.stderr
