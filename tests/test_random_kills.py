@@ -22,6 +22,7 @@ import signal
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,10 +30,12 @@ import psycopg
 import pytest
 from conftest import Server, fresh_database
 
+from migrate_lock.dsn import parse_database_url
 from migrate_lock.example import applied_counts, write_example_project
 from migrate_lock.migrate import upgrade
 from migrate_lock.settings import Settings
 
+from pgbouncer import pgbouncer
 from support import assert_no_secret, query, spawn
 
 REVISIONS = [f"{number:04d}" for number in range(1, 22)]
@@ -40,6 +43,8 @@ HEAD = REVISIONS[-1]
 PAUSE_SECONDS = 0.005
 BATCHES = 5
 TRIALS_PER_BATCH = 10
+#: Batches of the same trials behind a real PgBouncer (transaction pooling).
+POOLED_BATCHES = 2
 #: How long the server may take to notice the dead client and end its session. A
 #: session killed mid-statement is noticed when the statement ends (a few ms here) or
 #: at the latest by client_connection_check_interval (2 s, set by prepare_session).
@@ -52,10 +57,20 @@ Snapshot = dict[str, object]
 
 @dataclass(frozen=True)
 class Upgrade:
-    """A project to migrate, and how long its full run lasts after ``migrate.start``."""
+    """A project to migrate, and how long its full run lasts after ``migrate.start``.
+
+    With ``pooler_port``, the killed replica connects through that PgBouncer.
+    """
 
     project: Path
     window: float
+    pooler_port: int | None = None
+
+    def replica_url(self, url: str) -> str:
+        if self.pooler_port is None:
+            return url
+        direct = parse_database_url(url)
+        return url.replace(f"@{direct.host}:{direct.port}/", f"@127.0.0.1:{self.pooler_port}/")
 
 
 @dataclass(frozen=True)
@@ -115,6 +130,29 @@ def test_a_migrator_killed_with_a_transaction_per_migration_leaves_a_whole_revis
     assert between, f"seed={seed}: no kill left an intermediate revision: {_summary(kills)}"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("pooled_batch", range(POOLED_BATCHES), ids=lambda b: f"batch{b}")
+def test_a_migrator_killed_behind_pgbouncer_leaves_no_revision_or_head_and_no_lock(
+    pg_server: Server,
+    behind_pgbouncer: Upgrade,
+    references: dict[str | None, Snapshot],
+    pooled_batch: int,
+) -> None:
+    """Why: behind a transaction pooler the lock is the transaction's, and the pooler, not
+    the server, sees the client die; nothing may stay locked or half applied. The project
+    asks for transaction_per_migration: the transaction scope runs it as one transaction."""
+    seed = 7_300 + pooled_batch
+    kills = [
+        _kill_at_random(pg_server, behind_pgbouncer, references, seed, trial)
+        for trial in range(TRIALS_PER_BATCH)
+    ]
+
+    _report("behind PgBouncer, transaction scope", seed, kills)
+    for kill in kills:
+        assert kill.revision in (None, HEAD), f"{kill.where}: the run was half applied"
+    _assert_most_kills_landed_mid_run(kills)
+
+
 @pytest.fixture(params=range(BATCHES), ids=lambda batch: f"batch{batch}")
 def batch(request: pytest.FixtureRequest) -> int:
     """Batches of trials, so pytest-xdist spreads them over its workers."""
@@ -140,6 +178,13 @@ def per_migration(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -
     assert text.count(line) == 1, "the template's env.py changed: update this fixture"
     env.write_text(text.replace(line, line + "        transaction_per_migration=True,\n"))
     return Upgrade(project, _measure_window(pg_server, project))
+
+
+@pytest.fixture(scope="module")
+def behind_pgbouncer(per_migration: Upgrade, pg_server: Server) -> Iterator[Upgrade]:
+    """The per-migration project, its replicas connecting through a transaction pool of 4."""
+    with pgbouncer(pg_server.admin_url, pool_size=4) as (port, _log):
+        yield Upgrade(per_migration.project, per_migration.window, pooler_port=port)
 
 
 @pytest.fixture(scope="module")
@@ -177,7 +222,12 @@ def _kill_at_random(
         f" of window={subject.window * 1000:.0f} ms"
     )
     with fresh_database(server) as url:
-        replica = spawn(["upgrade"], cwd=subject.project, database_url=url, LOG_FORMAT="json")
+        replica = spawn(
+            ["upgrade"],
+            cwd=subject.project,
+            database_url=subject.replica_url(url),
+            LOG_FORMAT="json",
+        )
         seen = _read_until(replica, '"migrate.start"', where)
         time.sleep(delay)
         os.kill(replica.pid, signal.SIGKILL)
@@ -186,8 +236,12 @@ def _kill_at_random(
         where += f", exit {replica.returncode}"
         # -9: killed; 0: the run had ended just before the kill (the window's far end).
         assert replica.returncode in (-signal.SIGKILL, 0), f"{where}:\n{stderr}"
+        if subject.pooler_port is not None:  # auto saw the pooler
+            assert '"scope": "transaction"' in stderr, f"{where}:\n{stderr}"
 
-        lock_released_after = _wait_for_the_dead_session(url, killed_at, where)
+        lock_released_after = _wait_for_the_dead_session(
+            url, killed_at, where, pooled=subject.pooler_port is not None
+        )
         revision = _revision(url)
         where += f", left at {revision or 'no revision'}"
         if replica.returncode == 0:
@@ -262,15 +316,19 @@ def _read_until(replica: subprocess.Popen[str], text: str, where: str) -> list[s
     return seen
 
 
-def _wait_for_the_dead_session(url: str, killed_at: float, where: str) -> float:
-    """Wait until the server has ended the killed replica's session; return how long
-    after the kill its advisory lock was released."""
+def _wait_for_the_dead_session(url: str, killed_at: float, where: str, *, pooled: bool) -> float:
+    """Wait until the server has ended the killed replica's session (behind a pooler: its
+    transaction, as the pooler keeps idle server connections); return how long after the
+    kill its advisory lock was released."""
+    sessions_left = (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND pid <> pg_backend_pid()" + (" AND state <> 'idle'" if pooled else "")
+    )
     released_after: float | None = None
     while True:
         [(sessions, locks)] = query(
             url,
-            "SELECT (SELECT count(*) FROM pg_stat_activity"
-            "        WHERE datname = current_database() AND pid <> pg_backend_pid()),"
+            f"SELECT ({sessions_left}),"
             " (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
             "        AND database = (SELECT oid FROM pg_database"
             "                        WHERE datname = current_database()))",
