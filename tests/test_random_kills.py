@@ -7,11 +7,13 @@ checks from another connection that the lock went with the session and that the
 database is exactly at some revision (that revision's schema and data, each revision
 logged once); then the next run must apply exactly the rest.
 
-Every revision pauses ``PAUSE_SECONDS`` after its first statement, so that a uniformly
-random delay lands in any revision: in a statement, between two, between revisions, in
-the commit. The delay is drawn from [0, window], the window being a full run's time from
-``migrate.start`` to ``migrate.done``, measured once per worker and mode. Each batch
-has its own seed; a failure names the seed, the trial and the delay.
+Every revision pauses ``PAUSE_SECONDS`` after its first statement. A trial waits for a
+random number (0 to 21) of ``migrate.revision`` events, then a random part of one
+revision's time (a full run's time from ``migrate.start`` to ``migrate.done``, measured
+once per worker and mode, over 21): so the kill lands in any revision, in a statement,
+between two, between revisions, in the bookkeeping or the commit, paced by the run itself
+however loaded the machine is. Each batch has its own seed; a failure names the seed, the
+trial and where it killed.
 """
 
 from __future__ import annotations
@@ -216,9 +218,13 @@ def _kill_at_random(
 ) -> Kill:
     """One trial: kill, check the database the kill left, run again, check the result."""
     rng = random.Random(seed * 1000 + trial)
-    delay = rng.uniform(0, subject.window)
+    # Paced by the run itself (its migrate.revision events), so a loaded machine that
+    # slows the run down (or a calibration that ran slower than the trials) cannot push
+    # the kills past its end: wait for ``applied`` revisions, then a random part of one.
+    applied = rng.randrange(len(REVISIONS) + 1)
+    delay = rng.uniform(0, subject.window / len(REVISIONS))
     where = (
-        f"seed={seed} trial={trial} delay={delay * 1000:.0f} ms"
+        f"seed={seed} trial={trial} after {applied} revisions + {delay * 1000:.0f} ms"
         f" of window={subject.window * 1000:.0f} ms"
     )
     with fresh_database(server) as url:
@@ -229,6 +235,8 @@ def _kill_at_random(
             LOG_FORMAT="json",
         )
         seen = _read_until(replica, '"migrate.start"', where)
+        for _ in range(applied):
+            seen += _read_until(replica, '"migrate.revision"', where)
         time.sleep(delay)
         os.kill(replica.pid, signal.SIGKILL)
         killed_at = time.monotonic()
