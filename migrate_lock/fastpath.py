@@ -31,7 +31,7 @@ from migrate_lock.manifest import read_manifest, script_files
 from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.pq import LeanConnection, LeanUnavailable, conninfo_is_valid
 from migrate_lock.revisions import VersionTable, current_schema, database_revisions
-from migrate_lock.scope import choose_scope, server_port
+from migrate_lock.scope import choose_scope
 from migrate_lock.seed import changed_seeds, discover, seeds_dir
 
 _FLOAT = re.compile(r"^\s*\d+(\.\d+)?\s*$")
@@ -203,9 +203,8 @@ def _check_or_wait(
         settings.migration_lock_scope,
         host=url.host,
         port=url.port,
-        probe=lambda: (connection, server_port(db)),
+        connection=connection,
     )
-    log.info("lock.scope", scope=scope.scope, reason=scope.reason)
     # Waiting here, not in the full path: most replicas never need Alembic at all.
     outcome = (wait_for_transaction_lock if scope.transaction else wait_for_lock)(
         db,

@@ -114,8 +114,7 @@ def _protocol(
 
     state = session.state(wanted, scripts)
     _refuse_unknown(state)
-    # Seeds count too: at head with a changed seed file is still work to do.
-    if state.ready and not changed_seeds(session.connection, session.version_table, seeds):
+    if _nothing_to_do(session, state, seeds):
         return _finish(session, "fast_path", state, state, (), 0.0, started)
     if session.lock_scope.transaction:
         return _protocol_in_one_transaction(session, target, wanted, seeds, state, started)
@@ -123,7 +122,7 @@ def _protocol(
         session.connection,
         session.lock_key,
         timeout_seconds=project.settings.migration_lock_timeout_seconds,
-        work_is_done=lambda: not _work_to_do(session, wanted, seeds),
+        work_is_done=lambda: _nothing_to_do(session, session.state(wanted, scripts), seeds),
     )
     if not outcome.acquired:
         after = session.state(wanted, scripts)
@@ -182,7 +181,7 @@ def _protocol_in_one_transaction(
             connection,
             session.lock_key,
             timeout_seconds=project.settings.migration_lock_timeout_seconds,
-            work_is_done=lambda: not _work_to_do(session, wanted, seeds),
+            work_is_done=lambda: _nothing_to_do(session, session.state(wanted, scripts), seeds),
         )
         if not outcome.acquired:
             after = session.state(wanted, scripts)
@@ -235,9 +234,9 @@ def _refuse_early_commit(session: DatabaseSession, culprit: str) -> None:
         )
 
 
-def _work_to_do(session: DatabaseSession, wanted: tuple[str, ...], seeds: list[SeedFile]) -> bool:
-    state = session.state(wanted, session.project.scripts)
-    return not state.ready or bool(changed_seeds(session.connection, session.version_table, seeds))
+def _nothing_to_do(session: DatabaseSession, state: SchemaState, seeds: list[SeedFile]) -> bool:
+    # Seeds count too: at head with a changed seed file is still work to do.
+    return state.ready and not changed_seeds(session.connection, session.version_table, seeds)
 
 
 def upgrade_sql(

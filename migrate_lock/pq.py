@@ -101,6 +101,11 @@ class LeanConnection:
             select.select([lib.PQsocket(self._handle)], [], [], remaining)
 
     @property
+    def info(self) -> LeanConnection:
+        """Like psycopg's ``connection.info``: ``host`` and ``port``."""
+        return self
+
+    @property
     def host(self) -> str:
         """Where we connected: a host name or address, or a socket directory."""
         value = self._lib.PQhost(self._handle)

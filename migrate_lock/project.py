@@ -25,7 +25,7 @@ from migrate_lock.revisions import (
     load_scripts,
     seen_revisions,
 )
-from migrate_lock.scope import ScopeChoice, choose_scope, server_port
+from migrate_lock.scope import ScopeChoice, choose_scope
 from migrate_lock.settings import Settings, load_settings
 from migrate_lock.state import SchemaState, compare
 
@@ -124,14 +124,12 @@ class DatabaseSession:
     def lock_scope(self) -> ScopeChoice:
         """Session or transaction lock (MIGRATION_LOCK_SCOPE; ``auto`` looks for a pooler)."""
         url = self.project.url
-        choice = choose_scope(
+        return choose_scope(
             self.project.settings.migration_lock_scope,
             host=url.host,
             port=url.port,
-            probe=lambda: (self.connection.info, server_port(self.connection)),
+            connection=self.connection,
         )
-        log.info("lock.scope", scope=choice.scope, reason=choice.reason)
-        return choice
 
     def current(self) -> tuple[str, ...] | None:
         return database_revisions(self.connection, self.version_table)

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from migrate_lock.logs import log
+
 LockScope = Literal["session", "transaction"]
 
 #: Ports that, in a URL, mean a pooler: the transaction scope is the safe guess.
@@ -79,26 +81,24 @@ def relayed(client: Connected, server_port: int | None) -> str | None:
     return None
 
 
-def choose_scope(
-    setting: str,
-    *,
-    host: str,
-    port: int | None,
-    probe: Any,
-) -> ScopeChoice:
-    """The scope for ``setting`` (session, transaction or auto).
+def choose_scope(setting: str, *, host: str, port: int | None, connection: Any) -> ScopeChoice:
+    """The scope for ``setting`` (session, transaction or auto), logged as ``lock.scope``.
 
-    ``probe()`` returns ``(client, server_port)`` for the connection check; it runs
-    only for ``auto`` when the URL is silent.
+    ``host``/``port`` are the URL's; ``connection`` (psycopg's, or the lean one: both
+    have ``info.host``, ``info.port`` and ``execute``) is asked only for ``auto`` when
+    the URL is silent.
     """
+    choice = _choose(setting, host, port, connection)
+    log.info("lock.scope", scope=choice.scope, reason=choice.reason)
+    return choice
+
+
+def _choose(setting: str, host: str, port: int | None, connection: Any) -> ScopeChoice:
     if setting == "session":
         return ScopeChoice("session", "MIGRATION_LOCK_SCOPE=session")
     if setting == "transaction":
         return ScopeChoice("transaction", "MIGRATION_LOCK_SCOPE=transaction")
-    hint = pooler_in_url(host, port)
-    if hint is None:
-        client, server_port = probe()
-        hint = relayed(client, server_port)
+    hint = pooler_in_url(host, port) or relayed(connection.info, server_port(connection))
     if hint is not None:
         return ScopeChoice("transaction", f"auto: a pooler may sit in between ({hint})")
     return ScopeChoice("session", "auto: a direct connection to PostgreSQL")
