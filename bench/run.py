@@ -30,8 +30,8 @@ from pathlib import Path
 
 import psycopg
 
-from migrate_lock.embedded import EmbeddedPostgres
-from migrate_lock.example import applied_counts, write_example_project
+from migrate_lock.sandbox.embedded import EmbeddedPostgres
+from migrate_lock.sandbox.example import applied_counts, write_example_project
 
 MIGRATE_LOCK = [sys.executable, "-m", "migrate_lock", "upgrade"]
 ALEMBIC = [sys.executable, "-m", "alembic", "upgrade", "head"]

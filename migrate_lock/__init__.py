@@ -26,11 +26,11 @@ _EXPORTS = {
     "Status": "migrate_lock.inspection",
     "SchemaState": "migrate_lock.state",
     "init_project": "migrate_lock.scaffold",
-    "run_demo": "migrate_lock.demo",
+    "run_demo": "migrate_lock.sandbox.demo",
     "load_settings": "migrate_lock.settings",
     "Settings": "migrate_lock.settings",
     "lock_key": "migrate_lock.lock",
-    "EmbeddedPostgres": "migrate_lock.embedded",
+    "EmbeddedPostgres": "migrate_lock.sandbox.embedded",
     "MigrateLockError": "migrate_lock.errors",
     "ExitCode": "migrate_lock.errors",
     "protect": "migrate_lock.guard",
@@ -85,15 +85,15 @@ __all__ = [
 
 if TYPE_CHECKING:
     from migrate_lock.backup import BackupResult, RestoreResult, backup, restore
-    from migrate_lock.demo import run_demo
     from migrate_lock.destructive import DestructiveResult, downgrade, init_db, reset, stamp
-    from migrate_lock.embedded import EmbeddedPostgres
     from migrate_lock.errors import ExitCode, MigrateLockError
     from migrate_lock.guard import Protection, protect, set_environment, show_environment
     from migrate_lock.inspection import Status, current, heads, history, schema_state, status
     from migrate_lock.lock import lock_key
     from migrate_lock.migrate import upgrade, upgrade_sql
     from migrate_lock.outcome import UpgradeResult
+    from migrate_lock.sandbox.demo import run_demo
+    from migrate_lock.sandbox.embedded import EmbeddedPostgres
     from migrate_lock.scaffold import init_project
     from migrate_lock.settings import Settings, load_settings
     from migrate_lock.state import SchemaState

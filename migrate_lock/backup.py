@@ -355,7 +355,7 @@ def _default_bin_dirs() -> list[Path]:
     if on_path:
         directories.append(Path(on_path).parent)
     with contextlib.suppress(ConfigError):
-        from migrate_lock.embedded import EmbeddedPostgres
+        from migrate_lock.sandbox.embedded import EmbeddedPostgres
 
         directories.append(EmbeddedPostgres().bin_dir)
     return directories

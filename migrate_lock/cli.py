@@ -142,7 +142,7 @@ def upgrade(
         handover = None
         if revision == "heads" and not sql:
             # Lean first: at head (or after waiting for another replica) nothing heavy loads.
-            from migrate_lock.fastpath import Handover, fast_upgrade
+            from migrate_lock.lean.fastpath import Handover, fast_upgrade
 
             fast = fast_upgrade({**ctx.obj, "migration_lock_timeout_seconds": lock_timeout})
             if isinstance(fast, Handover):
@@ -270,7 +270,7 @@ def seed(
     ctx: click.Context, dry_run: bool, force: bool, prune: bool, as_json: bool, confirm: str | None
 ) -> None:
     """Apply changed seed files (reference data) under the migration lock."""
-    from migrate_lock.seed import seed as run_seed
+    from migrate_lock.seeds.apply import seed as run_seed
 
     run = _run(
         lambda: run_seed(
@@ -308,7 +308,7 @@ def init(path: Path) -> None:
 @click.option("--replicas", type=click.IntRange(1, 64), default=8, show_default=True)
 def demo(replicas: int) -> None:
     """Start N replicas at once on an embedded PostgreSQL and show that one migrates."""
-    from migrate_lock.demo import run_demo
+    from migrate_lock.sandbox.demo import run_demo
 
     report = _run(lambda: run_demo(replicas=replicas))
     sys.exit(0 if report.exactly_once else int(ExitCode.MIGRATION_FAILED))
@@ -332,7 +332,7 @@ def smoke(
     ctx: click.Context, server_url: str | None, replicas: int, skip: tuple[str, ...], as_json: bool
 ) -> None:
     """CI checks on a scratch database (embedded PostgreSQL without a URL). Exit 1 if any fails."""
-    from migrate_lock.smoke import smoke as run_smoke
+    from migrate_lock.checks.smoke import smoke as run_smoke
 
     report = _run(
         lambda: run_smoke(
@@ -360,7 +360,7 @@ def smoke(
 @click.pass_context
 def lint(ctx: click.Context, rev_range: str | None, as_json: bool) -> None:
     """Check each revision's SQL with Squawk (offline). Exit 1 when anything is found."""
-    from migrate_lock.lint import lint as run_lint
+    from migrate_lock.checks.lint import lint as run_lint
 
     report = _run(lambda: run_lint(rev_range, settings=_settings(ctx)))
     if as_json:
@@ -381,7 +381,7 @@ def lint(ctx: click.Context, rev_range: str | None, as_json: bool) -> None:
 @click.pass_context
 def plan(ctx: click.Context, as_json: bool, no_sql: bool) -> None:
     """What `upgrade` would do now: pending revisions, their SQL and risks. Changes nothing."""
-    from migrate_lock.plan import plan as make_plan
+    from migrate_lock.checks.plan import plan as make_plan
 
     result = _run(lambda: make_plan(settings=_settings(ctx)))
     if as_json:

@@ -28,7 +28,7 @@ from migrate_lock.interrupts import signals_raise
 from migrate_lock.logs import log
 
 if TYPE_CHECKING:
-    from migrate_lock.fastpath import Handover
+    from migrate_lock.lean.fastpath import Handover
     from migrate_lock.settings import Settings
 
 #: ENTRYPOINT_PASSTHROUGH's default; settings.py and docker-entrypoint.sh say the same.
@@ -104,8 +104,8 @@ def _migrate_unless_told_not_to(
 
 def _lean_outcome(program: str, flags: Mapping[str, Any]) -> bool | Handover:
     # True: nothing to do; False: not sure; a Handover: not sure, and we hold the lock.
-    from migrate_lock import fastpath
-    from migrate_lock.pq import LeanUnavailable
+    from migrate_lock.lean import fastpath
+    from migrate_lock.lean.pq import LeanUnavailable
 
     try:
         settings = fastpath.lean_settings(os.environ, fastpath.read_dotenv(Path(".env")), flags)

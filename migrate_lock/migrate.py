@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TextIO
 
-from migrate_lock.csv_seed import SeedError
 from migrate_lock.errors import (
     ConfigError,
     ConnectionLost,
@@ -35,7 +34,8 @@ from migrate_lock.logs import log
 from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.project import DatabaseSession, Project
 from migrate_lock.revisions import record_history
-from migrate_lock.seed import SeedFile, apply_seeds, changed_seeds, discover, seeds_dir
+from migrate_lock.seeds.apply import SeedFile, apply_seeds, changed_seeds, discover, seeds_dir
+from migrate_lock.seeds.csv_merge import SeedError
 from migrate_lock.settings import Settings
 from migrate_lock.state import SchemaState
 

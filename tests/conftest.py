@@ -18,8 +18,8 @@ import psycopg
 import pytest
 
 from migrate_lock.dsn import parse_database_url, with_database
-from migrate_lock.embedded import EmbeddedPostgres
-from migrate_lock.example import write_example_project
+from migrate_lock.sandbox.embedded import EmbeddedPostgres
+from migrate_lock.sandbox.example import write_example_project
 
 from support import TEST_PASSWORD
 

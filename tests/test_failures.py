@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate_lock.example import write_example_project
+from migrate_lock.sandbox.example import write_example_project
 
 from support import assert_one_line_failure, cli_env, query, run_cli, spawn
 

@@ -9,10 +9,10 @@ import psycopg
 import pytest
 from pydantic import AliasChoices
 
-from migrate_lock.example import write_example_project
-from migrate_lock.fastpath import SETTINGS, lean_settings
+from migrate_lock.lean.fastpath import SETTINGS, lean_settings
+from migrate_lock.lean.pq import LeanUnavailable
 from migrate_lock.lock import lock_key
-from migrate_lock.pq import LeanUnavailable
+from migrate_lock.sandbox.example import write_example_project
 from migrate_lock.settings import Settings
 
 from support import assert_one_line_failure, query, run_cli, spawn

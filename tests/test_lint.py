@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from migrate_lock.lint import split_revisions
+from migrate_lock.checks.lint import split_revisions
 from migrate_lock.scaffold import init_project
 
 from support import assert_one_line_failure, run_cli

@@ -33,8 +33,8 @@ import pytest
 from conftest import Server, fresh_database
 
 from migrate_lock.dsn import parse_database_url
-from migrate_lock.example import applied_counts, write_example_project
 from migrate_lock.migrate import upgrade
+from migrate_lock.sandbox.example import applied_counts, write_example_project
 from migrate_lock.settings import Settings
 
 from pgbouncer import pgbouncer

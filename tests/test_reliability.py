@@ -15,9 +15,9 @@ import psycopg
 import pytest
 from conftest import Server
 
-from migrate_lock.embedded import EmbeddedPostgres
-from migrate_lock.example import write_example_project
 from migrate_lock.lock import lock_key
+from migrate_lock.sandbox.embedded import EmbeddedPostgres
+from migrate_lock.sandbox.example import write_example_project
 
 from support import TEST_PASSWORD, query, run_cli, spawn
 

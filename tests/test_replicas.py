@@ -7,8 +7,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from migrate_lock.example import applied_counts
 from migrate_lock.lock import lock_key
+from migrate_lock.sandbox.example import applied_counts
 
 from support import query, spawn
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from migrate_lock.example import write_example_project
 from migrate_lock.lock import lock_key
+from migrate_lock.sandbox.example import write_example_project
 
 from support import cli_env, query, run_cli, spawn
 

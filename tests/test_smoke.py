@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import Server
 
-from migrate_lock.example import write_example_project
+from migrate_lock.sandbox.example import write_example_project
 
 from support import assert_one_line_failure, catalog_snapshot, query, run_cli
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from migrate_lock.sql_file import split_statements
+from migrate_lock.seeds.sql_file import split_statements
 
 
 def statements(text: str) -> list[tuple[str, int]]:

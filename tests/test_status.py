@@ -7,8 +7,8 @@ from pathlib import Path
 
 import psycopg
 
-from migrate_lock.example import write_example_project
 from migrate_lock.lock import lock_key
+from migrate_lock.sandbox.example import write_example_project
 from migrate_lock.settings import load_settings
 
 from support import query, run_cli

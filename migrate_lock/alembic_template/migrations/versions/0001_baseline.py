@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from migrate_lock.seed import run_sql_file
+from migrate_lock.seeds.sql_file import run_sql_file
 
 revision: str = "0001"
 down_revision: str | Sequence[str] | None = None

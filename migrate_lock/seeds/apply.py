@@ -2,7 +2,7 @@
 
 A seeds folder (``SEEDS_DIR``, default ``seeds/`` beside ``alembic.ini``) holds
 ``*.sql`` files (idempotent SQL) and ``*.csv`` files (upserted by primary key, see
-csv_seed.py), applied in name order in ONE transaction. A table of ours remembers
+csv_merge.py), applied in name order in ONE transaction. A table of ours remembers
 each file's checksum: unchanged files are skipped, changed ones applied again.
 """
 
@@ -15,9 +15,9 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from migrate_lock.csv_seed import Counts, SeedError, upsert_csv
 from migrate_lock.logs import log
-from migrate_lock.sql_file import run_sql_file
+from migrate_lock.seeds.csv_merge import Counts, SeedError, upsert_csv
+from migrate_lock.seeds.sql_file import run_sql_file
 
 if TYPE_CHECKING:
     import psycopg

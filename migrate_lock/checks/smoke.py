@@ -214,7 +214,7 @@ class _SmokeRun:
         )
 
     def check_seeds(self, url: DatabaseUrl) -> Check:
-        from migrate_lock.seed import apply_seeds, changed_seeds, discover, seeds_dir
+        from migrate_lock.seeds.apply import apply_seeds, changed_seeds, discover, seeds_dir
 
         settings = self.project.settings
         files = discover(seeds_dir(settings.seeds_dir, settings.alembic_config))
@@ -599,7 +599,7 @@ def _server(settings: Settings) -> Iterator[tuple[DatabaseUrl, str]]:
         yield url, url.masked
         return
     from migrate_lock.dsn import parse_database_url
-    from migrate_lock.embedded import EmbeddedPostgres
+    from migrate_lock.sandbox.embedded import EmbeddedPostgres
 
     started = time.monotonic()
     with EmbeddedPostgres() as server:

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from migrate_lock.embedded import EmbeddedPostgres
-from migrate_lock.example import applied_counts, write_example_project
+from migrate_lock.sandbox.embedded import EmbeddedPostgres
+from migrate_lock.sandbox.example import applied_counts, write_example_project
 
 
 @dataclass(frozen=True)

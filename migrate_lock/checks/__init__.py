@@ -1,0 +1,1 @@
+"""CI checks on a project's revisions: ``smoke``, ``lint`` and ``plan``."""
