@@ -26,9 +26,9 @@ from pathlib import Path
 
 import psycopg
 
-from migrate_lock.revisions import VersionTable
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.seeds.apply import SeedFile, apply_seeds
+from migrate_lock.version_table import VersionTable
 
 TABLE = "CREATE TABLE bench_rows (id bigint PRIMARY KEY, name text NOT NULL, score int NOT NULL, note text)"
 

@@ -40,7 +40,7 @@ from migrate_lock.guard import (
     write_marker,
 )
 from migrate_lock.logs import log
-from migrate_lock.revisions import VersionTable, current_schema, database_revisions
+from migrate_lock.version_table import VersionTable, current_schema, database_revisions
 
 if TYPE_CHECKING:
     import psycopg

@@ -30,7 +30,7 @@ from migrate_lock.guard import (
 from migrate_lock.lock import announce_done, holds, release, wait_for_lock
 from migrate_lock.logs import log
 from migrate_lock.project import DatabaseSession, Project
-from migrate_lock.revisions import record_history
+from migrate_lock.version_table import record_history
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData

@@ -41,8 +41,8 @@ if TYPE_CHECKING:
     import psycopg
 
     from migrate_lock.project import DatabaseSession
-    from migrate_lock.revisions import VersionTable
     from migrate_lock.settings import Settings
+    from migrate_lock.version_table import VersionTable
 
 #: Our marker table, in the version table's schema (one row).
 MARKER_TABLE = "migrate_lock_environment"
@@ -277,7 +277,7 @@ def delete_marker(connection: psycopg.Connection[Any], table: VersionTable) -> N
 
 def protection(session: DatabaseSession) -> Protection:
     """How the session's database is guarded (reads the marker; changes nothing)."""
-    from migrate_lock.revisions import database_revisions
+    from migrate_lock.version_table import database_revisions
 
     table = session.version_table
     return Protection(
@@ -498,7 +498,7 @@ def _environment_variable() -> str | None:
 def _sqlalchemy_protection(connection: Any, local: str | None) -> Protection:
     from sqlalchemy import text
 
-    from migrate_lock.revisions import VersionTable
+    from migrate_lock.version_table import VersionTable
 
     schema = (
         os.environ.get("VERSION_TABLE_SCHEMA")

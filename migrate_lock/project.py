@@ -17,17 +17,16 @@ from migrate_lock.dsn import DatabaseUrl
 from migrate_lock.errors import ConfigError
 from migrate_lock.lock import lock_key
 from migrate_lock.logs import log
-from migrate_lock.revisions import (
-    Scripts,
-    VersionTable,
-    current_schema,
-    database_revisions,
-    load_scripts,
-    seen_revisions,
-)
+from migrate_lock.revisions import Scripts, load_scripts
 from migrate_lock.scope import ScopeChoice, choose_scope
 from migrate_lock.settings import Settings, load_settings
 from migrate_lock.state import SchemaState, compare
+from migrate_lock.version_table import (
+    VersionTable,
+    current_schema,
+    database_revisions,
+    seen_revisions,
+)
 
 if TYPE_CHECKING:
     import psycopg

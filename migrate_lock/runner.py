@@ -26,7 +26,8 @@ from migrate_lock.errors import (
     TemporaryError,
 )
 from migrate_lock.logs import log
-from migrate_lock.revisions import Scripts, VersionTable
+from migrate_lock.revisions import Scripts
+from migrate_lock.version_table import VersionTable
 
 if TYPE_CHECKING:
     import psycopg

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+if TYPE_CHECKING:
+    from migrate_lock.errors import UnknownDatabaseRevision
 from migrate_lock.revisions import Scripts
 
 Status = Literal["at_head", "ahead", "behind", "unknown"]
@@ -58,3 +60,15 @@ def compare(
     if pending:
         return SchemaState("behind", at, target, pending, ())
     return SchemaState("at_head" if set(at) == set(target) else "ahead", at, target, (), ())
+
+
+def require_known(state: SchemaState) -> None:
+    """Raise UnknownDatabaseRevision (exit 5) when the database is at a revision this code
+    does not know (one wording for every verb)."""
+    if state.status == "unknown":
+        raise UnknownDatabaseRevision(
+            f"the database is at revision {', '.join(state.unknown)}, which this code does not "
+            "know and which was never at this code's heads",
+            hint="deploy the code that has that revision, or check DATABASE_URL points at the "
+            "right database",
+        )

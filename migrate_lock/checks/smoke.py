@@ -313,7 +313,7 @@ class _SmokeRun:
         )
 
     def check_concurrency(self, url: DatabaseUrl) -> Check:
-        from migrate_lock.revisions import database_revisions
+        from migrate_lock.version_table import database_revisions
 
         processes = [self._spawn_upgrade(url) for _ in range(self.replicas)]
         outputs = self._outputs(processes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import importlib.util
+import math
 import re
 import select
 import time
@@ -54,8 +55,9 @@ class LeanConnection:
             raise LeanUnavailable("connection failed")
         return cls(lib, handle)
 
-    def execute(self, query: str, params: Sequence[object] = ()) -> _Result:
+    def execute(self, query: str, params: Sequence[object] | None = None) -> _Result:
         lib = self._lib
+        params = params or ()
         counter = iter(range(1, len(params) + 1))
         text = _PLACEHOLDER.sub(lambda _: f"${next(counter)}", query)
         values = (ctypes.c_char_p * max(1, len(params)))(*[_text(p) for p in params])
@@ -81,10 +83,12 @@ class LeanConnection:
         finally:
             lib.PQclear(result)
 
-    def notifies(self, *, timeout: float, stop_after: int | None = None) -> Iterator[bytes]:
-        """Yield the channel of each NOTIFY received within ``timeout`` seconds."""
+    def notifies(
+        self, *, timeout: float | None = None, stop_after: int | None = None
+    ) -> Iterator[bytes]:
+        """Yield the channel of each NOTIFY received within ``timeout`` seconds (None: no end)."""
         lib = self._lib
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + (math.inf if timeout is None else timeout)
         received = 0
         while True:
             if not lib.PQconsumeInput(self._handle):
@@ -98,7 +102,9 @@ class LeanConnection:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            select.select([lib.PQsocket(self._handle)], [], [], remaining)
+            select.select(
+                [lib.PQsocket(self._handle)], [], [], None if math.isinf(remaining) else remaining
+            )
 
     @property
     def info(self) -> LeanConnection:

@@ -22,8 +22,8 @@ from migrate_lock.seeds.sql_file import run_sql_file
 if TYPE_CHECKING:
     import psycopg
 
-    from migrate_lock.revisions import VersionTable
     from migrate_lock.settings import Settings
+    from migrate_lock.version_table import VersionTable
 
 __all__ = ["SeedError", "SeedFile", "SeedResult", "SeedRun", "run_sql_file", "seed"]
 
