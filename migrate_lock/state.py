@@ -10,9 +10,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from migrate_lock.errors import UnknownDatabaseRevision
+
 if TYPE_CHECKING:
-    from migrate_lock.errors import UnknownDatabaseRevision
-from migrate_lock.revisions import Scripts
+    from migrate_lock.revisions import Scripts
 
 Status = Literal["at_head", "ahead", "behind", "unknown"]
 
