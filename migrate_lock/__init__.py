@@ -33,9 +33,9 @@ _EXPORTS = {
     "EmbeddedPostgres": "migrate_lock.sandbox.embedded",
     "MigrateLockError": "migrate_lock.errors",
     "ExitCode": "migrate_lock.errors",
-    "protect": "migrate_lock.guard",
-    "show_environment": "migrate_lock.guard",
-    "set_environment": "migrate_lock.guard",
+    "protect": "migrate_lock.protect",
+    "show_environment": "migrate_lock.environment",
+    "set_environment": "migrate_lock.environment",
     "Protection": "migrate_lock.guard",
     "downgrade": "migrate_lock.destructive",
     "stamp": "migrate_lock.destructive",
@@ -86,12 +86,14 @@ __all__ = [
 if TYPE_CHECKING:
     from migrate_lock.backup import BackupResult, RestoreResult, backup, restore
     from migrate_lock.destructive import DestructiveResult, downgrade, init_db, reset, stamp
+    from migrate_lock.environment import set_environment, show_environment
     from migrate_lock.errors import ExitCode, MigrateLockError
-    from migrate_lock.guard import Protection, protect, set_environment, show_environment
+    from migrate_lock.guard import Protection
     from migrate_lock.inspection import Status, current, heads, history, schema_state, status
     from migrate_lock.lock import lock_key
     from migrate_lock.migrate import upgrade, upgrade_sql
     from migrate_lock.outcome import UpgradeResult
+    from migrate_lock.protect import protect
     from migrate_lock.sandbox.demo import run_demo
     from migrate_lock.sandbox.embedded import EmbeddedPostgres
     from migrate_lock.scaffold import init_project

@@ -569,7 +569,7 @@ def env() -> None:
 @click.pass_context
 def env_show(ctx: click.Context, as_json: bool) -> None:
     """Print the database's marker, the local ENVIRONMENT and the verdict."""
-    from migrate_lock.guard import show_environment
+    from migrate_lock.environment import show_environment
 
     _report_environment(_run(lambda: show_environment(settings=_settings(ctx))), as_json)
 
@@ -581,7 +581,7 @@ def env_show(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def env_set(ctx: click.Context, name: str, confirm: str | None, as_json: bool) -> None:
     """Mark the database as NAME. Lowering the protection is destructive."""
-    from migrate_lock.guard import set_environment
+    from migrate_lock.environment import set_environment
 
     result = _run(
         lambda: set_environment(name, settings=_settings(ctx, confirm_destructive=confirm))

@@ -21,7 +21,6 @@ from migrate_lock.errors import ConfigError, MigrationFailed, Refused, UsageErro
 from migrate_lock.guard import (
     Protection,
     check_startup,
-    ddl_confirmed,
     read_marker,
     remember_environment,
     require_confirmation,
@@ -30,6 +29,7 @@ from migrate_lock.guard import (
 from migrate_lock.lock import announce_done, holds, release, wait_for_lock
 from migrate_lock.logs import log
 from migrate_lock.project import DatabaseSession, Project
+from migrate_lock.protect import ddl_confirmed
 from migrate_lock.version_table import record_history
 
 if TYPE_CHECKING:

@@ -16,33 +16,34 @@ Three things live here, all about not wrecking a database by mistake:
   ``CONFIRM_DESTRUCTIVE=DBNAME``. ``CONFIRM_DESTRUCTIVE=true`` is accepted only for a
   database that is not (and is not treated as) production.
 
-And ``protect(metadata)``, which makes an application's own ``create_all()`` and
-``drop_all()`` raise outside development and test.
+The verbs that show and move the marker are in environment.py; ``protect(metadata)``,
+which makes an application's own ``create_all()`` and ``drop_all()`` raise outside
+development and test, is in protect.py (it needs SQLAlchemy).
 
-Nothing here imports pydantic, SQLAlchemy or Alembic at module level: the at-head
-fast path runs the start-up checks too.
+Light on purpose (no psycopg, pydantic, SQLAlchemy or Alembic import): the at-head
+path runs the start-up checks too.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
-from contextvars import ContextVar
+import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit
 
 from migrate_lock.dsn import parse_database_url
-from migrate_lock.errors import ConfigError, Refused, UsageError
+from migrate_lock.errors import ConfigError, Refused
 from migrate_lock.logs import log
 from migrate_lock.rules import ENVIRONMENTS
+from migrate_lock.version_table import VersionTable, database_revisions
 
 if TYPE_CHECKING:
     import psycopg
 
+    from migrate_lock.lean.abc import LockConnection
     from migrate_lock.project import DatabaseSession
     from migrate_lock.settings import Settings
-    from migrate_lock.version_table import VersionTable
 
 #: Our marker table, in the version table's schema (one row).
 MARKER_TABLE = "migrate_lock_environment"
@@ -58,10 +59,6 @@ PLACEHOLDER_PASSWORDS = frozenset(
 )
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 _CONFIRM_YES = "true"
-
-# Set while migrate-lock itself runs create_all (init-db, after confirmation), so that an
-# application module that called protect() on import does not refuse our own call.
-_DDL_CONFIRMED: ContextVar[bool] = ContextVar("migrate_lock_ddl_confirmed", default=False)
 
 
 # --- start-up checks --------------------------------------------------------------------
@@ -122,8 +119,6 @@ def _url_problems(variable: str, raw: str, *, allow_localhost: bool) -> list[str
         where = "the local socket" if hosts == [""] else "localhost"
         problems.append(f"{variable} points at {where} ({url.masked})")
     if url.password is not None:
-        from urllib.parse import unquote, urlsplit
-
         user = unquote(urlsplit(url.libpq).username or "")
         if url.password == "":
             problems.append(f"{variable} has an empty password ({url.masked})")
@@ -139,8 +134,6 @@ def _not_here(conninfo: str, variable: str) -> None:
 def _is_local(host: str) -> bool:
     # An empty host is libpq's default: the server's socket on this machine. An explicit
     # socket directory (/cloudsql/…) is a deliberate choice and not refused.
-    import ipaddress
-
     name = host.strip().strip("[]").lower()
     if not name:
         return True
@@ -230,7 +223,7 @@ def marker_table(table: VersionTable) -> str:
     return f'"{table.schema}"."{MARKER_TABLE}"'
 
 
-def read_marker(connection: psycopg.Connection[Any], table: VersionTable) -> Marker | None:
+def read_marker(connection: LockConnection, table: VersionTable) -> Marker | None:
     """The database's marker, or None when there is none."""
     row = connection.execute("SELECT to_regclass(%s)", (marker_table(table),)).fetchone()
     if not row or row[0] is None:
@@ -248,8 +241,6 @@ def write_marker(
     connection: psycopg.Connection[Any], table: VersionTable, environment: str, *, how: str
 ) -> None:
     """Record ``environment`` as the database's (creating our table if needed)."""
-    import socket
-
     allowed = ", ".join(f"'{name}'" for name in ENVIRONMENTS)
     with connection.transaction():
         connection.execute(
@@ -268,7 +259,7 @@ def write_marker(
         )
 
 
-def delete_marker(connection: psycopg.Connection[Any], table: VersionTable) -> None:
+def delete_marker(connection: LockConnection, table: VersionTable) -> None:
     """Remove the marker (restore: the restored database keeps the target's absence)."""
     row = connection.execute("SELECT to_regclass(%s)", (marker_table(table),)).fetchone()
     if row and row[0] is not None:
@@ -277,8 +268,6 @@ def delete_marker(connection: psycopg.Connection[Any], table: VersionTable) -> N
 
 def protection(session: DatabaseSession) -> Protection:
     """How the session's database is guarded (reads the marker; changes nothing)."""
-    from migrate_lock.version_table import database_revisions
-
     table = session.version_table
     return Protection(
         database=session.database_name,
@@ -388,134 +377,3 @@ def _fields(guard: Protection) -> dict[str, Any]:
         "marker": guard.marker.environment if guard.marker else None,
         "local": guard.local,
     }
-
-
-# --- env show / env set -----------------------------------------------------------------
-
-
-def show_environment(*, settings: Settings | None = None) -> Protection:
-    """``migrate-lock env show``: the marker, the local ENVIRONMENT, and the verdict."""
-    from migrate_lock.project import Project
-
-    project = Project(settings)
-    with project.session(application_name="migrate-lock env") as session:
-        return protection(session)
-
-
-def set_environment(name: str, *, settings: Settings | None = None) -> Protection:
-    """``migrate-lock env set NAME``: mark the database as ``name``.
-
-    Raising protection is always allowed; lowering it (from production or staging,
-    or from no marker on a migrated database) is a destructive operation and needs
-    the same confirmation as a downgrade.
-    """
-    from migrate_lock.project import Project
-
-    wanted = name.strip().lower()
-    if wanted not in RANK:
-        raise UsageError(
-            f"unknown environment {name!r}", hint=f"use one of {', '.join(ENVIRONMENTS)}"
-        )
-    project = Project(settings)
-    check_startup(project.settings)
-    with project.session(application_name="migrate-lock env") as session:
-        before = protection(session)
-        if RANK[wanted] < RANK[before.effective]:
-            require_confirmation(session, f"env set {wanted} (lowering the protection)")
-        write_marker(session.connection, session.version_table, wanted, how="env set")
-        log.info(
-            "guard.marked",
-            environment=wanted,
-            previous=before.marker.environment if before.marker else None,
-            how="env set",
-        )
-        return protection(session)
-
-
-# --- protect(metadata) ------------------------------------------------------------------
-
-
-def protect(metadata: Any, *, environment: str | None = None) -> None:
-    """Make ``metadata.create_all()`` and ``drop_all()`` raise outside development and test.
-
-    ``environment`` defaults to ENVIRONMENT (or APP_ENV) at the time of the call to
-    ``create_all``; on PostgreSQL the database's marker counts too, as for every
-    guardrail (the stricter wins; a migrated database without a marker is production).
-    The error (``migrate_lock.errors.Refused``) names the safe alternative:
-    ``migrate-lock upgrade``. Uses SQLAlchemy's DDL events; calling it twice is harmless.
-    """
-    from sqlalchemy import event
-
-    def refuse_create(target: Any, connection: Any, **_: Any) -> None:
-        _refuse_ddl("metadata.create_all()", connection, environment)
-
-    def refuse_drop(target: Any, connection: Any, **_: Any) -> None:
-        _refuse_ddl("metadata.drop_all()", connection, environment)
-
-    if getattr(metadata, "_migrate_lock_protected", False):
-        return
-    event.listen(metadata, "before_create", refuse_create)
-    event.listen(metadata, "before_drop", refuse_drop)
-    metadata._migrate_lock_protected = True
-
-
-@contextmanager
-def ddl_confirmed() -> Iterator[None]:
-    """Let a protected metadata's create_all run (init-db, after its own confirmation)."""
-    token = _DDL_CONFIRMED.set(True)
-    try:
-        yield
-    finally:
-        _DDL_CONFIRMED.reset(token)
-
-
-def _refuse_ddl(what: str, connection: Any, environment: str | None) -> None:
-    if _DDL_CONFIRMED.get():
-        return
-    local = environment if environment is not None else _environment_variable()
-    if local is not None and local not in RANK:
-        raise ConfigError(f"ENVIRONMENT is invalid (got {local!r}): use one of {ENVIRONMENTS}")
-    if connection.dialect.name == "postgresql":
-        guard = _sqlalchemy_protection(connection, local)
-    else:  # no marker to read: ENVIRONMENT alone decides
-        name = str(connection.engine.url.database or connection.dialect.name)
-        guard = Protection(database=name, marker=None, local=local, migrated=False)
-    if not guard.protected:
-        return
-    raise Refused(
-        f"{what} is refused: {guard.describe()} and its schema is managed by migrations",
-        hint="run `migrate-lock upgrade` to create or change tables (or `migrate-lock init-db` "
-        "for a brand-new database); create_all/drop_all run only with ENVIRONMENT=development "
-        "or test",
-    )
-
-
-def _environment_variable() -> str | None:
-    value = os.environ.get("ENVIRONMENT") or os.environ.get("APP_ENV")
-    return value.strip().lower() or None if value else None
-
-
-def _sqlalchemy_protection(connection: Any, local: str | None) -> Protection:
-    from sqlalchemy import text
-
-    from migrate_lock.version_table import VersionTable
-
-    schema = (
-        os.environ.get("VERSION_TABLE_SCHEMA")
-        or connection.execute(text("SELECT current_schema()")).scalar_one_or_none()
-    )
-    table = VersionTable(
-        str(schema or "public"), os.environ.get("VERSION_TABLE", "alembic_version")
-    )
-    database, migrated, has_marker = connection.execute(
-        text("SELECT current_database(), to_regclass(:v) IS NOT NULL, to_regclass(:m) IS NOT NULL"),
-        {"v": table.qualified, "m": marker_table(table)},
-    ).one()
-    marker = None
-    if has_marker:
-        row = connection.execute(
-            text(f"SELECT environment, set_at::text, set_by FROM {marker_table(table)} LIMIT 1")
-        ).first()
-        if row is not None and row[0] in RANK:
-            marker = Marker(str(row[0]), str(row[1]), str(row[2]))
-    return Protection(database=str(database), marker=marker, local=local, migrated=bool(migrated))

@@ -1,0 +1,55 @@
+"""``migrate-lock env show`` and ``env set``: the database's environment marker, as verbs.
+
+The marker itself, and what it protects, is guard.py's.
+"""
+
+from __future__ import annotations
+
+from migrate_lock.errors import UsageError
+from migrate_lock.guard import (
+    RANK,
+    Protection,
+    check_startup,
+    protection,
+    require_confirmation,
+    write_marker,
+)
+from migrate_lock.logs import log
+from migrate_lock.project import Project
+from migrate_lock.rules import ENVIRONMENTS
+from migrate_lock.settings import Settings
+
+
+def show_environment(*, settings: Settings | None = None) -> Protection:
+    """``migrate-lock env show``: the marker, the local ENVIRONMENT, and the verdict."""
+    project = Project(settings)
+    with project.session(application_name="migrate-lock env") as session:
+        return protection(session)
+
+
+def set_environment(name: str, *, settings: Settings | None = None) -> Protection:
+    """``migrate-lock env set NAME``: mark the database as ``name``.
+
+    Raising protection is always allowed; lowering it (from production or staging,
+    or from no marker on a migrated database) is a destructive operation and needs
+    the same confirmation as a downgrade.
+    """
+    wanted = name.strip().lower()
+    if wanted not in RANK:
+        raise UsageError(
+            f"unknown environment {name!r}", hint=f"use one of {', '.join(ENVIRONMENTS)}"
+        )
+    project = Project(settings)
+    check_startup(project.settings)
+    with project.session(application_name="migrate-lock env") as session:
+        before = protection(session)
+        if RANK[wanted] < RANK[before.effective]:
+            require_confirmation(session, f"env set {wanted} (lowering the protection)")
+        write_marker(session.connection, session.version_table, wanted, how="env set")
+        log.info(
+            "guard.marked",
+            environment=wanted,
+            previous=before.marker.environment if before.marker else None,
+            how="env set",
+        )
+        return protection(session)
