@@ -23,6 +23,17 @@ from migrate_lock.sandbox.example import write_example_project
 
 from support import TEST_PASSWORD
 
+#: The fixtures that start or use PostgreSQL: a unit test (``-m unit``) may not ask for them.
+DATABASE_FIXTURES = frozenset({"pg_server", "database_url"})
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Keep the unit tier in-process: fail a unit test that would start the server."""
+    uses = DATABASE_FIXTURES.intersection(getattr(item, "fixturenames", ()))
+    if item.get_closest_marker("unit") and uses:
+        pytest.fail(f"a unit test may not use the database ({', '.join(sorted(uses))})")
+
 
 @dataclass(frozen=True)
 class Server:
@@ -36,6 +47,7 @@ class Server:
 
 @pytest.fixture(scope="session")
 def pg_server() -> Iterator[Server]:
+    """The server, started on first use only: the unit tier never starts it."""
     given = os.environ.get("MIGRATE_LOCK_TEST_DATABASE_URL")
     if given:
         yield Server(given, parse_database_url(given).password, None)

@@ -1,0 +1,1 @@
+"""The unit tier: in-process tests of pure logic, no database (``pytest -m unit``)."""

@@ -1,0 +1,119 @@
+"""Splitting SQL files: only top-level semicolons end a statement."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from migrate_lock.seeds.sql_file import split_statements
+
+pytestmark = pytest.mark.unit
+
+
+def statements(text: str) -> list[tuple[str, int]]:
+    return [(statement.sql, statement.line) for statement in split_statements(text)]
+
+
+def test_semicolons_inside_strings_identifiers_and_comments_do_not_split() -> None:
+    """A split inside a string would run half a statement and fail at the wrong line."""
+    text = (
+        "INSERT INTO t VALUES ('a;b', 'it''s; fine');\n"
+        'SELECT 1 AS "odd;name"; -- trailing; comment\n'
+        "/* block; /* nested; */ still */ SELECT E'\\';';\n"
+    )
+    assert [line for _, line in statements(text)] == [1, 2, 3]
+    assert statements(text)[0][0] == "INSERT INTO t VALUES ('a;b', 'it''s; fine')"
+
+
+def test_dollar_quoted_function_bodies_stay_whole() -> None:
+    """Function bodies are full of semicolons; they must reach the server in one piece."""
+    text = (
+        "CREATE FUNCTION f() RETURNS int AS $body$\nBEGIN\n  RETURN 1;\nEND;\n$body$"
+        " LANGUAGE plpgsql;\nSELECT $$;$$;\n"
+    )
+    found = statements(text)
+    assert len(found) == 2
+    assert found[0][0].endswith("LANGUAGE plpgsql")
+    assert found[1] == ("SELECT $$;$$", 6)
+
+
+def test_statement_line_is_where_its_code_starts_after_comments() -> None:
+    """A failure is reported by line: it must point at the code, not the comment above it."""
+    text = "SELECT 1;\n\n-- why\n/* more */\nSELECT 2;\n-- only a comment at the end\n"
+    assert statements(text) == [("SELECT 1", 1), ("-- why\n/* more */\nSELECT 2", 5)]
+
+
+def test_a_backslash_does_not_escape_a_quote_in_a_standard_string() -> None:
+    """standard_conforming_strings is on: 'C:\\' ends at its quote, and the next ';' splits."""
+    assert statements("SELECT 'C:\\temp\\'; SELECT 2;") == [
+        ("SELECT 'C:\\temp\\'", 1),
+        ("SELECT 2", 1),
+    ]
+
+
+def test_a_backslash_escapes_a_quote_only_in_an_e_string() -> None:
+    """E'it\\'s;' is one string; a type name ending in e before a quote is not an E-string."""
+    assert len(statements("SELECT E'it\\'s; fine';")) == 1
+    assert len(statements("SELECT type'x\\'; SELECT 2;")) == 2
+
+
+def test_positional_parameters_are_not_dollar_quotes() -> None:
+    """$1 in a PREPARE must not start a dollar-quoted body that swallows the rest."""
+    assert statements("PREPARE p AS SELECT $1;\nEXECUTE p(1);") == [
+        ("PREPARE p AS SELECT $1", 1),
+        ("EXECUTE p(1)", 2),
+    ]
+
+
+def test_an_unterminated_string_keeps_the_rest_as_one_statement() -> None:
+    """The server then reports the syntax error at the right line, instead of us guessing."""
+    assert statements("SELECT 1;\nSELECT 'oops;\nSELECT 3;") == [
+        ("SELECT 1", 1),
+        ("SELECT 'oops;\nSELECT 3;", 2),
+    ]
+
+
+def test_a_file_of_only_comments_has_no_statements() -> None:
+    """An empty seed (comments only) runs nothing instead of sending an empty query."""
+    assert statements("-- nothing yet;\n/* later; */\n;\n") == []
+
+
+words = st.from_regex(r"[a-z0-9_ ]{0,12}", fullmatch=True)
+anything = st.text(max_size=12)
+tags = st.from_regex(r"[a-z_]{0,4}", fullmatch=True)
+
+
+@st.composite
+def fragments(draw: st.DrawFn) -> str:
+    """A piece of a statement that may hide a semicolon (or a quote) from a naive split."""
+    kind = draw(st.sampled_from(["word", "string", "identifier", "dollar", "line", "block"]))
+    text = draw(anything)
+    if kind == "string":
+        return " '" + text.replace("'", "''") + "'"
+    if kind == "identifier":
+        return ' "' + text.replace('"', '""') + '"'
+    if kind == "dollar":
+        tag = "$" + draw(tags) + "$"
+        return " " + tag + text.replace("$", "") + tag
+    if kind == "line":
+        return " --" + text.replace("\n", " ").replace("\r", " ") + "\n"
+    if kind == "block":
+        return " /*" + text.replace("*", "").replace("/", "") + "*/"
+    return " " + draw(words)
+
+
+@given(st.lists(st.lists(fragments(), max_size=6), min_size=1, max_size=6), st.data())
+def test_any_mix_of_quotes_and_comments_splits_only_between_statements(
+    bodies: list[list[str]], data: st.DataObject
+) -> None:
+    """Whatever the strings and comments hold, each statement comes back whole, at its line."""
+    expected: list[tuple[str, int]] = []
+    text = ""
+    for body in bodies:
+        text += data.draw(st.sampled_from(["", "\n", "\n\n  "]))
+        statement = "SELECT 1" + "".join(body)
+        expected.append((statement.strip(), text.count("\n") + 1))
+        text += statement + ";"
+
+    assert statements(text) == expected
