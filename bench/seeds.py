@@ -27,7 +27,8 @@ from pathlib import Path
 import psycopg
 
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
-from migrate_lock.seeds.apply import SeedFile, apply_seeds
+from migrate_lock.seeds.apply import apply_seeds
+from migrate_lock.seeds.files import SeedFile
 from migrate_lock.version_table import VersionTable
 
 TABLE = "CREATE TABLE bench_rows (id bigint PRIMARY KEY, name text NOT NULL, score int NOT NULL, note text)"

@@ -33,8 +33,9 @@ from migrate_lock.lock import (
 from migrate_lock.logs import log
 from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.project import DatabaseSession, Project
-from migrate_lock.seeds.apply import SeedFile, apply_seeds, changed_seeds, discover, seeds_dir
+from migrate_lock.seeds.apply import apply_seeds
 from migrate_lock.seeds.csv_merge import SeedError
+from migrate_lock.seeds.files import SeedFile, changed_seeds, discover, seeds_dir
 from migrate_lock.settings import Settings
 from migrate_lock.state import SchemaState
 from migrate_lock.version_table import record_history

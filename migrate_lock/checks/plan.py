@@ -82,7 +82,7 @@ def plan(*, settings: Settings | None = None) -> Plan:
     does not know, and the usual connection and configuration errors.
     """
     from migrate_lock.migrate import _refuse_unknown  # one wording for "unknown revision"
-    from migrate_lock.seeds.apply import changed_seeds, discover, seeds_dir
+    from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
 
     project = Project(settings)
     settings = project.settings

@@ -214,7 +214,8 @@ class _SmokeRun:
         )
 
     def check_seeds(self, url: DatabaseUrl) -> Check:
-        from migrate_lock.seeds.apply import apply_seeds, changed_seeds, discover, seeds_dir
+        from migrate_lock.seeds.apply import apply_seeds
+        from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
 
         settings = self.project.settings
         files = discover(seeds_dir(settings.seeds_dir, settings.alembic_config))

@@ -31,7 +31,7 @@ from migrate_lock.logs import log
 from migrate_lock.manifest import read_manifest, script_files
 from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.scope import choose_scope
-from migrate_lock.seeds.apply import changed_seeds, discover, seeds_dir
+from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
 from migrate_lock.version_table import VersionTable, current_schema, database_revisions
 
 _FLOAT = re.compile(r"^\s*\d+(\.\d+)?\s*$")

@@ -8,46 +8,26 @@ each file's checksum: unchanged files are skipped, changed ones applied again.
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import asdict, dataclass, field
-from functools import cached_property
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+import psycopg
+
+from migrate_lock.guard import check_startup, require_confirmation
 from migrate_lock.logs import log
+from migrate_lock.project import Project
 from migrate_lock.seeds.csv_merge import Counts, SeedError, upsert_csv
+from migrate_lock.seeds.files import SeedFile, changed_seeds, discover, seeds_dir, tracking_table
 from migrate_lock.seeds.sql_file import run_sql_file
 
 if TYPE_CHECKING:
-    import psycopg
-
     from migrate_lock.settings import Settings
     from migrate_lock.version_table import VersionTable
 
 __all__ = ["SeedError", "SeedFile", "SeedResult", "SeedRun", "run_sql_file", "seed"]
 
-#: Our record of applied seed files, in the version table's schema.
-SEEDS_TABLE = "migrate_lock_seeds"
-
 Action = Literal["applied", "skipped", "would_apply"]
-
-
-@dataclass(frozen=True)
-class SeedFile:
-    """One seed file, read once: its bytes are what is checksummed and what is applied."""
-
-    name: str
-    path: Path
-    data: bytes = field(repr=False)
-
-    @cached_property
-    def checksum(self) -> str:
-        return "sha256:" + hashlib.sha256(self.data).hexdigest()
-
-    @property
-    def kind(self) -> Literal["csv", "sql"]:
-        return "csv" if self.name.endswith(".csv") else "sql"
 
 
 @dataclass(frozen=True)
@@ -75,33 +55,6 @@ class SeedRun:
         return {"dry_run": self.dry_run, "seeds": [asdict(result) for result in self.results]}
 
 
-def seeds_dir(configured: Path | None, alembic_config: Path) -> Path:
-    """Where the seed files are: SEEDS_DIR, else ``seeds/`` beside alembic.ini."""
-    return configured if configured is not None else alembic_config.parent / "seeds"
-
-
-def discover(directory: Path) -> list[SeedFile]:
-    """The seed files in ``directory``, in name order (none if it does not exist)."""
-    if not directory.is_dir():
-        return []
-    paths = sorted(
-        path
-        for path in directory.iterdir()
-        if path.is_file() and path.suffix in (".csv", ".sql") and not path.name.startswith(".")
-    )
-    return [SeedFile(path.name, path, path.read_bytes()) for path in paths]
-
-
-def changed_seeds(
-    connection: psycopg.Connection[Any], table: VersionTable, files: list[SeedFile]
-) -> list[SeedFile]:
-    """The files whose checksum differs from the one recorded when last applied."""
-    if not files:
-        return []
-    applied = _recorded_checksums(connection, table)
-    return [file for file in files if applied.get(file.name) != file.checksum]
-
-
 def apply_seeds(
     connection: psycopg.Connection[Any],
     table: VersionTable,
@@ -116,8 +69,6 @@ def apply_seeds(
     A dry run computes the same counts and rolls everything back. Raises SeedError
     (exit 1) naming file, line and column; then nothing of this run is applied.
     """
-    import psycopg
-
     due = files if force else changed_seeds(connection, table, files)
     due_names = {file.name for file in due}
     results: list[SeedResult] = []
@@ -154,7 +105,6 @@ def seed(
 
     A dry run takes no lock and changes nothing.
     """
-    from migrate_lock.guard import check_startup, require_confirmation
     from migrate_lock.lock import (
         announce_done,
         committed_under_transaction_lock,
@@ -162,7 +112,6 @@ def seed(
         wait_for_lock,
         wait_for_transaction_lock,
     )
-    from migrate_lock.project import Project
 
     project = Project(settings)
     check_startup(project.settings)
@@ -217,8 +166,6 @@ def _apply_one(
     prune: bool,
     dry_run: bool,
 ) -> SeedResult:
-    import psycopg
-
     started = time.monotonic()
     try:
         if file.kind == "csv":
@@ -246,23 +193,9 @@ def _apply_one(
     return result
 
 
-def _tracking(table: VersionTable) -> str:
-    return f'"{table.schema}"."{SEEDS_TABLE}"'
-
-
-def _recorded_checksums(connection: psycopg.Connection[Any], table: VersionTable) -> dict[str, str]:
-    row = connection.execute("SELECT to_regclass(%s)", (_tracking(table),)).fetchone()
-    if not row or row[0] is None:
-        return {}
-    rows = connection.execute(
-        f"SELECT name, checksum FROM {_tracking(table)} WHERE version_table = %s", (table.name,)
-    ).fetchall()
-    return {str(name): str(checksum) for name, checksum in rows}
-
-
 def _ensure_table(connection: psycopg.Connection[Any], table: VersionTable) -> None:
     connection.execute(
-        f"CREATE TABLE IF NOT EXISTS {_tracking(table)} ("
+        f"CREATE TABLE IF NOT EXISTS {tracking_table(table)} ("
         " version_table text NOT NULL,"
         " name text NOT NULL,"
         " checksum text NOT NULL,"
@@ -277,7 +210,7 @@ def _ensure_table(connection: psycopg.Connection[Any], table: VersionTable) -> N
 
 def _record(connection: psycopg.Connection[Any], table: VersionTable, result: SeedResult) -> None:
     connection.execute(
-        f"INSERT INTO {_tracking(table)}"
+        f"INSERT INTO {tracking_table(table)}"
         " (version_table, name, checksum, inserted, updated, unchanged, deleted)"
         " VALUES (%s, %s, %s, %s, %s, %s, %s)"
         " ON CONFLICT (version_table, name) DO UPDATE SET checksum = EXCLUDED.checksum,"

@@ -1,0 +1,81 @@
+"""Seed files as found on disk, and which of them changed since last applied.
+
+Light on purpose (standard library only, the connection typed on ``lean.abc``): the at-head
+path asks ``changed_seeds`` on its lean connection before it may say "nothing to do".
+Applying them is seeds/apply.py's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from migrate_lock.lean.abc import LockConnection
+    from migrate_lock.version_table import VersionTable
+
+#: Our record of applied seed files, in the version table's schema.
+SEEDS_TABLE = "migrate_lock_seeds"
+
+
+@dataclass(frozen=True)
+class SeedFile:
+    """One seed file, read once: its bytes are what is checksummed and what is applied."""
+
+    name: str
+    path: Path
+    data: bytes = field(repr=False)
+
+    @cached_property
+    def checksum(self) -> str:
+        return "sha256:" + hashlib.sha256(self.data).hexdigest()
+
+    @property
+    def kind(self) -> Literal["csv", "sql"]:
+        return "csv" if self.name.endswith(".csv") else "sql"
+
+
+def seeds_dir(configured: Path | None, alembic_config: Path) -> Path:
+    """Where the seed files are: SEEDS_DIR, else ``seeds/`` beside alembic.ini."""
+    return configured if configured is not None else alembic_config.parent / "seeds"
+
+
+def discover(directory: Path) -> list[SeedFile]:
+    """The seed files in ``directory``, in name order (none if it does not exist)."""
+    if not directory.is_dir():
+        return []
+    paths = sorted(
+        path
+        for path in directory.iterdir()
+        if path.is_file() and path.suffix in (".csv", ".sql") and not path.name.startswith(".")
+    )
+    return [SeedFile(path.name, path, path.read_bytes()) for path in paths]
+
+
+def changed_seeds(
+    connection: LockConnection, table: VersionTable, files: list[SeedFile]
+) -> list[SeedFile]:
+    """The files whose checksum differs from the one recorded when last applied."""
+    if not files:
+        return []
+    applied = _recorded_checksums(connection, table)
+    return [file for file in files if applied.get(file.name) != file.checksum]
+
+
+def tracking_table(table: VersionTable) -> str:
+    """The qualified name of our seeds table beside ``table``."""
+    return f'"{table.schema}"."{SEEDS_TABLE}"'
+
+
+def _recorded_checksums(connection: LockConnection, table: VersionTable) -> dict[str, str]:
+    row = connection.execute("SELECT to_regclass(%s)", (tracking_table(table),)).fetchone()
+    if not row or row[0] is None:
+        return {}
+    rows = connection.execute(
+        f"SELECT name, checksum FROM {tracking_table(table)} WHERE version_table = %s",
+        (table.name,),
+    ).fetchall()
+    return {str(name): str(checksum) for name, checksum in rows}
