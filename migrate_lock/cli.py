@@ -251,7 +251,7 @@ def history(ctx: click.Context) -> None:
 @click.pass_context
 def freeze(ctx: click.Context) -> None:
     """Write the heads manifest (for the Dockerfile): replicas at head then skip Alembic."""
-    from migrate_lock.manifest import freeze as write_manifest
+    from migrate_lock.freeze import freeze as write_manifest
 
     manifest = _run(lambda: write_manifest(settings=_settings(ctx)))
     click.echo(f"wrote {manifest.path} (heads: {', '.join(manifest.heads)})")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from migrate_lock.manifest import MANIFEST_NAME, read_manifest, script_files
+from migrate_lock.lean.manifest import MANIFEST_NAME, read_manifest, script_files
 
 from support import run_cli
 

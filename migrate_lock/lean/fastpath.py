@@ -25,10 +25,10 @@ from migrate_lock import rules
 from migrate_lock.dsn import DatabaseUrl, parse_database_url
 from migrate_lock.errors import LockTimeout, MigrateLockError
 from migrate_lock.guard import check_database_urls
+from migrate_lock.lean.manifest import read_manifest, script_files
 from migrate_lock.lean.pq import LeanConnection, LeanUnavailable, conninfo_is_valid
 from migrate_lock.lock import lock_key, release, wait_for_lock, wait_for_transaction_lock
 from migrate_lock.logs import log
-from migrate_lock.manifest import read_manifest, script_files
 from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.scope import choose_scope
 from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from migrate_lock.manifest import MANIFEST_NAME, ScriptFiles, script_files
+from migrate_lock.lean.manifest import MANIFEST_NAME, ScriptFiles, script_files
 
 pytestmark = pytest.mark.unit
 

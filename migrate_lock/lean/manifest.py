@@ -6,6 +6,9 @@ every revision id, and a fingerprint of every revision file. A replica that star
 reads the manifest and re-computes the fingerprint (a read of the revision files,
 no imports); only when they match are the heads trusted. A missing or stale
 manifest is never wrong, only slower: the caller falls back to Alembic.
+
+Reading it is part of the at-head path (standard library only); writing it needs
+Alembic's view of the scripts and is freeze.py's.
 """
 
 from __future__ import annotations
@@ -16,16 +19,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from migrate_lock.errors import ConfigError
 from migrate_lock.logs import log
 
-if TYPE_CHECKING:
-    from migrate_lock.settings import Settings
-
 MANIFEST_NAME = "migrate-lock.heads.json"
-_FORMAT = 1
+#: The manifest's format version; a manifest of another format is ignored.
+MANIFEST_FORMAT = 1
 _SEPARATORS = {"os": os.pathsep, "space": " ", "newline": "\n", ":": ":", ";": ";", ",": ","}
 
 
@@ -125,7 +124,7 @@ def read_manifest(files: ScriptFiles) -> Manifest | None:
     except (OSError, ValueError):
         log.warning("heads.manifest_unreadable", path=str(path))
         return None
-    if not isinstance(data, dict) or data.get("format") != _FORMAT:
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         return None
     # Unchanged sizes and modification times mean unchanged files (a build image, a
     # checkout left alone); anything else is settled by the content fingerprint.
@@ -142,41 +141,3 @@ def read_manifest(files: ScriptFiles) -> Manifest | None:
         fingerprint=str(data["fingerprint"]),
         path=path,
     )
-
-
-def freeze(*, settings: Settings | None = None) -> Manifest:
-    """Write the heads manifest for the project of ``settings`` (alembic.ini, scripts)."""
-    from migrate_lock.project import Project
-
-    project = Project(settings)
-    files = script_files(project.settings.alembic_config)
-    if files is None:
-        raise ConfigError(
-            f"cannot locate the revision files from {project.settings.alembic_config}",
-            hint="freeze needs a filesystem script_location (not package:resource)",
-        )
-    scripts = project.scripts
-    revisions = sorted(s.revision for s in scripts.script.walk_revisions("base", "heads"))
-    manifest = Manifest(
-        heads=scripts.heads(),
-        revisions=frozenset(revisions),
-        fingerprint=files.fingerprint(),
-        path=files.manifest_path,
-    )
-    payload = {
-        "format": _FORMAT,
-        "heads": list(manifest.heads),
-        "revisions": revisions,
-        "fingerprint": manifest.fingerprint,
-        "stats": files.stats(),
-    }
-    temporary = manifest.path.with_suffix(".tmp")
-    temporary.write_text(json.dumps(payload, indent=1) + "\n")
-    temporary.replace(manifest.path)
-    log.info(
-        "heads.frozen",
-        path=str(manifest.path),
-        heads=list(manifest.heads),
-        revisions=len(revisions),
-    )
-    return manifest
