@@ -14,9 +14,9 @@ from migrate_lock.guard import (
     require_confirmation,
     write_marker,
 )
+from migrate_lock.lean.settings_schema import ENVIRONMENTS
 from migrate_lock.logs import log
 from migrate_lock.project import Project
-from migrate_lock.rules import ENVIRONMENTS
 from migrate_lock.settings import Settings
 
 

@@ -34,8 +34,8 @@ from urllib.parse import unquote, urlsplit
 
 from migrate_lock.dsn import parse_database_url
 from migrate_lock.errors import ConfigError, Refused
+from migrate_lock.lean.settings_schema import ENVIRONMENTS
 from migrate_lock.logs import log
-from migrate_lock.rules import ENVIRONMENTS
 from migrate_lock.version_table import VersionTable, database_revisions
 
 if TYPE_CHECKING:

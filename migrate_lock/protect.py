@@ -17,7 +17,7 @@ from sqlalchemy import event, text
 
 from migrate_lock.errors import ConfigError, Refused
 from migrate_lock.guard import RANK, Marker, Protection, marker_table
-from migrate_lock.rules import ENVIRONMENTS
+from migrate_lock.lean.settings_schema import ENVIRONMENTS
 from migrate_lock.version_table import VersionTable
 
 # Set while migrate-lock itself runs create_all (init-db, after confirmation), so that an

@@ -7,13 +7,9 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pydantic import AliasChoices
 
-from migrate_lock.lean.fastpath import SETTINGS, lean_settings
-from migrate_lock.lean.pq import LeanUnavailable
 from migrate_lock.lock import lock_key
 from migrate_lock.sandbox.example import write_example_project
-from migrate_lock.settings import Settings
 
 from support import assert_one_line_failure, query, run_cli, spawn
 
@@ -110,30 +106,6 @@ def test_an_invalid_setting_still_fails_fast_at_head(
     )
     line = assert_one_line_failure(result, 78)
     assert variable in line
-
-
-def test_fast_path_knows_every_setting_the_settings_model_reads() -> None:
-    """Why: a setting the fast path did not check could be invalid and go unnoticed."""
-    model: set[str] = set()
-    for info in Settings.model_fields.values():
-        alias = info.validation_alias
-        model.update(alias.choices if isinstance(alias, AliasChoices) else [alias])  # type: ignore[arg-type]
-    assert set(SETTINGS) == model
-
-
-def test_environment_beats_dotenv_and_the_first_alias_wins() -> None:
-    settings = lean_settings(
-        {"APP_ENV": "staging", "ENVIRONMENT": "Production"},
-        {"ENVIRONMENT": "development", "SEED_ON_UPGRADE": "no"},
-        {},
-    )
-    assert settings.environment == "production"
-    assert settings.seed_on_upgrade is False
-
-
-def test_a_value_the_fast_path_is_unsure_of_sends_it_to_the_full_path() -> None:
-    with pytest.raises(LeanUnavailable):
-        lean_settings({"DB_CONNECT_TIMEOUT_SECONDS": "1e3"}, {}, {})
 
 
 @pytest.mark.slow

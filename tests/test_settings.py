@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,8 @@ from migrate_lock.dsn import mask_url_text, parse_database_url
 from migrate_lock.errors import ConfigError
 from migrate_lock.logs import EventLog
 from migrate_lock.settings import load_settings
+
+from support import assert_no_secret, assert_one_line_failure, cli_env, run_cli
 
 
 @pytest.mark.parametrize(
@@ -88,3 +92,51 @@ def test_a_well_known_password_does_not_garble_log_lines() -> None:
     log.add_secret("postgres")
     log.info("db.retry", url="postgresql://postgres:***@localhost/postgres")
     assert '"postgresql://postgres:***@localhost/postgres"' in stream.getvalue()
+
+
+def run_as_operator(
+    args: list[str], *, cwd: Path, database_url: str, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``migrate-lock ARGS`` without the suite's ``ENVIRONMENT=test``: the test sets its own."""
+    env = cli_env(database_url)
+    del env["ENVIRONMENT"]
+    env.update(extra)
+    result = subprocess.run(
+        [sys.executable, "-m", "migrate_lock", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert_no_secret(result.stdout, result.stderr)
+    return result
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["without_manifest", "with_manifest"])
+def test_a_lowercase_environment_name_is_read_with_or_without_a_heads_manifest(
+    project: Path, database_url: str, frozen: bool
+) -> None:
+    """Why: ``environment=production`` was ignored by the at-head path alone: a localhost URL
+    was refused (exit 78) without a manifest and accepted (exit 0) with one."""
+    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
+    if frozen:
+        assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    result = run_as_operator(
+        ["upgrade"], cwd=project, database_url=database_url, environment="production"
+    )
+    line = assert_one_line_failure(result, 78)
+    assert "production refuses" in line
+
+
+@pytest.mark.parametrize("verb", [["upgrade"], ["run", "--", "true"]], ids=["upgrade", "run"])
+def test_a_path_in_entrypoint_passthrough_is_refused_at_head_with_a_manifest(
+    project: Path, database_url: str, verb: list[str]
+) -> None:
+    """Why: the at-head path accepted ``/bin/sh`` that the settings model refuses."""
+    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
+    assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    result = run_cli(verb, cwd=project, database_url=database_url, ENTRYPOINT_PASSTHROUGH="/bin/sh")
+    line = assert_one_line_failure(result, 78)
+    assert "ENTRYPOINT_PASSTHROUGH is invalid" in line
