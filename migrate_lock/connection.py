@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+
+import psycopg
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_random_exponential,
+)
 
 from migrate_lock.dsn import DatabaseUrl, mask_url_text
 from migrate_lock.errors import ConfigError, DatabaseUnavailable
 from migrate_lock.logs import log
-
-if TYPE_CHECKING:
-    import psycopg
 
 #: Client-side TCP keepalives, so a vanished server (or a holder's vanished network)
 #: is noticed in about 10 + 3 * 5 = 25 seconds instead of the kernel's two hours.
@@ -62,15 +67,6 @@ def connect(
     Raises ConfigError (78) for permanent failures and DatabaseUnavailable (75) when
     the budget is spent.
     """
-    import psycopg
-    from tenacity import (
-        RetryCallState,
-        Retrying,
-        retry_if_exception_type,
-        stop_after_delay,
-        wait_random_exponential,
-    )
-
     log.add_secret(url.password)
     deadline = time.monotonic() + timeout_seconds
     attempts = 0

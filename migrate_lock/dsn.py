@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 from migrate_lock.errors import ConfigError
+from migrate_lock.lean.pq import LeanUnavailable, conninfo_error
 
 #: Schemes we accept. Any ``postgresql+driver`` is accepted too, since applications
 #: often share one DATABASE_URL between SQLAlchemy (asyncpg, psycopg2) and us.
@@ -48,7 +49,8 @@ def parse_database_url(
 ) -> DatabaseUrl:
     """Validate ``raw`` and return its three forms; raise ConfigError naming ``variable``.
 
-    ``libpq_check(conninfo, variable)`` validates with libpq; psycopg's parser by default.
+    ``libpq_check(conninfo, variable)`` validates with libpq; by default libpq's
+    own parser (lean/pq.py), as psycopg would.
     """
     text = raw.strip()
     if "://" not in text:
@@ -127,15 +129,15 @@ def with_database(url: DatabaseUrl, database: str) -> DatabaseUrl:
 
 def _check_with_libpq(text: str, variable: str) -> None:
     # libpq's own parser rejects what it would later fail on (bad options, bad escapes),
-    # so the operator hears about it now, as a configuration error.
-    from psycopg import ProgrammingError
-    from psycopg.conninfo import conninfo_to_dict
-
+    # so the operator hears about it now, as a configuration error. Asked through
+    # lean/pq.py, so that validating a URL never loads psycopg.
     try:
-        conninfo_to_dict(text)
-    except ProgrammingError as error:
-        detail = mask_url_text(str(error).splitlines()[0])
+        error = conninfo_error(text)
+    except LeanUnavailable:
+        return  # no libpq to ask here: connecting will say what is wrong
+    if error is not None:
+        detail = mask_url_text((error.splitlines() or [""])[0])
         raise ConfigError(
             f"{variable} is malformed: {detail}",
             hint="use postgresql://USER:PASSWORD@HOST:5432/DBNAME",
-        ) from None
+        )

@@ -155,15 +155,23 @@ class _Result:
 
 def conninfo_is_valid(conninfo: str) -> bool:
     """libpq's own parser accepts ``conninfo`` (what psycopg's conninfo_to_dict checks)."""
+    return conninfo_error(conninfo) is None
+
+
+def conninfo_error(conninfo: str) -> str | None:
+    """Why libpq's parser rejects ``conninfo`` (the text psycopg's ProgrammingError
+    carries), or None when it accepts it. Raises LeanUnavailable without a libpq."""
     lib = _libpq()
     error = ctypes.c_void_p()
     options = lib.PQconninfoParse(conninfo.encode(), ctypes.byref(error))
+    message = ""
     if error.value:
+        message = ctypes.string_at(error.value).decode("utf8", "replace")
         lib.PQfreemem(error)
     if not options:
-        return False
+        return message or "invalid connection string"
     lib.PQconninfoFree(options)
-    return True
+    return None
 
 
 def _value(text: str, kind: int) -> object:
