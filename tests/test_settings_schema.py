@@ -195,7 +195,7 @@ def overrides(draw: st.DrawFn) -> dict[str, Any]:
 
 
 @settings(
-    max_examples=300,
+    max_examples=200,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
@@ -240,7 +240,7 @@ _ODD_LINE = st.tuples(
 ).map("".join)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(_PLAIN_LINE, _PLAIN_LINE, _PLAIN_LINE, _ODD_LINE), max_size=6))
 def test_the_lean_dotenv_reader_reads_what_python_dotenv_reads_or_defers(
     lines: list[str],

@@ -38,7 +38,8 @@ from typing import Any, Literal, get_args
 Environment = Literal["development", "test", "staging", "production"]
 LogFormat = Literal["auto", "json", "text"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
-LockScope = Literal["auto", "session", "transaction"]
+#: MIGRATION_LOCK_SCOPE as set (scope.LockScope is the scope it resolves to).
+ScopeSetting = Literal["auto", "session", "transaction"]
 #: The environments, mildest first (the database marker's CHECK constraint lists them).
 ENVIRONMENTS: tuple[str, ...] = get_args(Environment)
 
@@ -299,9 +300,9 @@ class LeanSettings:
         doc="How long `upgrade` waits for the migration lock before giving up with exit 75 "
         "and naming the holder. `0` means one attempt. CLI: `upgrade --lock-timeout`.",
     )
-    migration_lock_scope: LockScope = setting(
+    migration_lock_scope: ScopeSetting = setting(
         "MIGRATION_LOCK_SCOPE",
-        kind=_choice(LockScope),
+        kind=_choice(ScopeSetting),
         default="auto",
         doc="How the lock is held. `session`: a session advisory lock on a direct connection "
         "(LISTEN/NOTIFY hand-off, `autocommit_block` revisions allowed). `transaction`: "
