@@ -25,6 +25,8 @@ from typing import Any, Literal
 
 from migrate_lock.errors import ConfigError, MigrationFailed
 from migrate_lock.logs import log
+from migrate_lock.migrate import upgrade_sql
+from migrate_lock.project import Project
 from migrate_lock.settings import Settings
 
 Kind = Literal["destructive", "lock-heavy", "advice"]
@@ -124,8 +126,6 @@ def lint(rev_range: str | None = None, *, settings: Settings | None = None) -> L
     ConfigError (exit 78) when Squawk is missing; findings are in the report (the CLI
     exits 1 when there are any).
     """
-    from migrate_lock.project import Project
-
     project = Project(settings)
     revisions = render_revisions(project.settings, rev_range or "heads")
     excluded = excluded_rules(project.settings)
@@ -144,8 +144,6 @@ def lint(rev_range: str | None = None, *, settings: Settings | None = None) -> L
 
 def render_revisions(settings: Settings, target: str) -> list[RevisionSql]:
     """The offline SQL of every revision ``upgrade TARGET --sql`` would run, one per revision."""
-    from migrate_lock.migrate import upgrade_sql
-
     buffer = io.StringIO()
     upgrade_sql(target, settings=settings, output=buffer)
     return split_revisions(buffer.getvalue())

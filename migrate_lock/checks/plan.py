@@ -19,7 +19,9 @@ from migrate_lock.checks.lint import (
     run_squawk,
 )
 from migrate_lock.logs import log
+from migrate_lock.migrate import _refuse_unknown
 from migrate_lock.project import Project
+from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
 from migrate_lock.settings import Settings
 
 
@@ -81,9 +83,6 @@ def plan(*, settings: Settings | None = None) -> Plan:
     Raises UnknownDatabaseRevision (exit 5) when the database is at a revision this code
     does not know, and the usual connection and configuration errors.
     """
-    from migrate_lock.migrate import _refuse_unknown  # one wording for "unknown revision"
-    from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
-
     project = Project(settings)
     settings = project.settings
     scripts = project.scripts

@@ -28,16 +28,26 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-from migrate_lock.dsn import DatabaseUrl, with_database
+import psycopg
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.environment import EnvironmentContext
+from psycopg import sql
+from sqlalchemy import create_engine, pool
+
+from migrate_lock.connection import connect
+from migrate_lock.dsn import DatabaseUrl, parse_database_url, with_database
 from migrate_lock.errors import ConfigError, MigrateLockError, UsageError
 from migrate_lock.logs import log
+from migrate_lock.migrate import upgrade
 from migrate_lock.project import Project
+from migrate_lock.runner import run_alembic
+from migrate_lock.sandbox.embedded import EmbeddedPostgres
+from migrate_lock.seeds.apply import apply_seeds
+from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
 from migrate_lock.settings import Settings, load_settings
-
-if TYPE_CHECKING:
-    import psycopg
+from migrate_lock.version_table import database_revisions
 
 Outcome = Literal["passed", "failed", "skipped"]
 
@@ -179,8 +189,6 @@ class _SmokeRun:
         )
 
     def check_upgrade(self, url: DatabaseUrl) -> Check:
-        from migrate_lock.migrate import upgrade
-
         try:
             result = upgrade("heads", settings=self.settings_for(url))
         except MigrateLockError as error:
@@ -214,9 +222,6 @@ class _SmokeRun:
         )
 
     def check_seeds(self, url: DatabaseUrl) -> Check:
-        from migrate_lock.seeds.apply import apply_seeds
-        from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
-
         settings = self.project.settings
         files = discover(seeds_dir(settings.seeds_dir, settings.alembic_config))
         if not files:
@@ -270,8 +275,6 @@ class _SmokeRun:
         return Check("at_head", "passed", f"a re-run at head exits 0 ({role}, nothing applied)")
 
     def check_stairway(self, url: DatabaseUrl) -> Check:
-        from migrate_lock.runner import run_alembic
-
         project = self.project_for(url)
         scripts = project.scripts
         order = [s.revision for s in scripts.script.walk_revisions("base", "heads")][::-1]
@@ -314,8 +317,6 @@ class _SmokeRun:
         )
 
     def check_concurrency(self, url: DatabaseUrl) -> Check:
-        from migrate_lock.version_table import database_revisions
-
         processes = [self._spawn_upgrade(url) for _ in range(self.replicas)]
         outputs = self._outputs(processes)
         problems: list[str] = []
@@ -363,9 +364,6 @@ class _SmokeRun:
 
     def scratch(self, suffix: str) -> DatabaseUrl:
         """Create an empty database on the server (dropped by drop_scratch_databases)."""
-        import psycopg
-        from psycopg import sql
-
         name = f"{self.prefix}_{suffix}"
         with self._maintenance() as connection:
             try:
@@ -385,7 +383,6 @@ class _SmokeRun:
     def drop_scratch_databases(self) -> None:
         if not self.created:
             return
-        from psycopg import sql
 
         with self._maintenance() as connection:
             for name in self.created:
@@ -402,8 +399,6 @@ class _SmokeRun:
 
     @contextlib.contextmanager
     def _maintenance(self) -> Iterator[psycopg.Connection[Any]]:
-        from migrate_lock.connection import connect
-
         connection = connect(
             self.server_url,
             timeout_seconds=self.project.settings.db_connect_timeout_seconds,
@@ -492,10 +487,6 @@ def compare_models(project: Project) -> list[str] | None:
     (``include_object``, ``compare_type``, …) apply. None when env.py passes no
     ``target_metadata``; otherwise one line per difference (our own tables left out).
     """
-    from alembic.autogenerate import compare_metadata
-    from alembic.runtime.environment import EnvironmentContext
-    from sqlalchemy import create_engine, pool
-
     found: dict[str, Any] = {}
 
     def capture(revision: Any, context: Any) -> list[Any]:
@@ -573,8 +564,6 @@ def describe_difference(diff: Any) -> str | None:
 
 def table_fingerprints(connection: psycopg.Connection[Any]) -> dict[str, tuple[int, str]]:
     """Row count and a content hash of every user table (ours left out)."""
-    from psycopg import sql
-
     tables = connection.execute(
         "SELECT schemaname, tablename FROM pg_tables"
         " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
@@ -599,8 +588,6 @@ def _server(settings: Settings) -> Iterator[tuple[DatabaseUrl, str]]:
         log.add_secret(url.password)
         yield url, url.masked
         return
-    from migrate_lock.dsn import parse_database_url
-    from migrate_lock.sandbox.embedded import EmbeddedPostgres
 
     started = time.monotonic()
     with EmbeddedPostgres() as server:

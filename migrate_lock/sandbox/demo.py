@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+import psycopg
+
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.sandbox.example import applied_counts, write_example_project
 
@@ -58,8 +60,6 @@ def run_demo(
     *, replicas: int = 8, revisions: int = 8, slow_seconds: float = 1.0, out: TextIO | None = None
 ) -> DemoReport:
     """Run the demo and print its table to ``out`` (stdout by default)."""
-    import psycopg
-
     out = out or sys.stdout
     with tempfile.TemporaryDirectory(prefix="migrate-lock-demo-") as workdir:
         project = Path(workdir) / "project"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import pwd
 import secrets
 import shutil
 import socket
@@ -159,7 +160,6 @@ class EmbeddedPostgres:
 def _server_user(bin_dir: Path) -> tuple[int, int] | None:
     if os.geteuid() != 0:
         return None
-    import pwd
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -12,13 +12,13 @@ import csv
 import io
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from psycopg.pq import TransactionStatus
 
 from migrate_lock.errors import MigrationFailed
-
-if TYPE_CHECKING:
-    import psycopg
-    from psycopg import sql
 
 #: ``leagues.csv``, ``sports.leagues.csv``, optionally ordered: ``10_leagues.csv``.
 _NAME = re.compile(r"^(?:\d+[_-])?(?:(?P<schema>[^.]+)\.)?(?P<table>[^.]+)\.csv$")
@@ -80,9 +80,6 @@ def upsert_csv(
     dry_run: bool = False,
 ) -> Counts:
     """Merge the CSV ``data`` into its table; with ``prune``, delete rows not in it."""
-    from psycopg import sql
-    from psycopg.pq import TransactionStatus
-
     text = _decode(file_name, data)
     table = _resolve(connection, file_name)
     header = _header(file_name, text)
@@ -142,9 +139,6 @@ def _copy_into_empty_table(
     Returns the rows inserted, or None when the table is not empty or the COPY failed
     (rolled back to a savepoint: the staging path then says exactly what is wrong).
     """
-    import psycopg
-    from psycopg import sql
-
     empty = connection.execute(
         sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(table.identifier)
     ).fetchone()
@@ -179,8 +173,6 @@ def _decode(file_name: str, data: bytes) -> str:
 
 
 def _resolve(connection: psycopg.Connection[Any], file_name: str) -> _Table:
-    from psycopg import sql
-
     schema, table = target_table(file_name)
     display = f"{schema}.{table}" if schema else table
     row = connection.execute(
@@ -266,9 +258,6 @@ def _copy(
     stage: sql.Identifier,
     cols: sql.Composable,
 ) -> None:
-    import psycopg
-    from psycopg import sql
-
     statement = sql.SQL("COPY {} ({}) FROM STDIN WITH (FORMAT csv, HEADER true)").format(
         stage, cols
     )
@@ -298,8 +287,6 @@ def _check_not_null(
     header: list[str],
     columns: dict[str, _Column],
 ) -> None:
-    from psycopg import sql
-
     not_null = [name for name in header if columns[name].not_null]
     if not not_null:
         return
@@ -319,8 +306,6 @@ def _check_not_null(
 def _check_duplicates(
     connection: psycopg.Connection[Any], file_name: str, stage: sql.Identifier, keys: list[str]
 ) -> None:
-    from psycopg import sql
-
     key_cols = sql.SQL(", ").join(sql.Identifier(name) for name in keys)
     rows = connection.execute(
         sql.SQL(
@@ -337,8 +322,6 @@ def _check_duplicates(
 
 
 def _key_match(keys: list[str], left: str, right: str) -> sql.Composable:
-    from psycopg import sql
-
     return sql.SQL(" AND ").join(
         sql.SQL("{}.{} = {}.{}").format(
             sql.Identifier(left), sql.Identifier(key), sql.Identifier(right), sql.Identifier(key)
@@ -348,8 +331,6 @@ def _key_match(keys: list[str], left: str, right: str) -> sql.Composable:
 
 
 def _row(alias: str, names: list[str]) -> sql.Composable:
-    from psycopg import sql
-
     return sql.SQL("ROW({})").format(
         sql.SQL(", ").join(
             sql.SQL("{}.{}").format(sql.Identifier(alias), sql.Identifier(n)) for n in names
@@ -365,8 +346,6 @@ def _preview(
     keys: list[str],
     prune: bool,
 ) -> Counts:
-    from psycopg import sql
-
     values = [name for name in header if name not in keys] or keys
     row = connection.execute(
         sql.SQL(
@@ -403,8 +382,6 @@ def _merge(
     keys: list[str],
     columns: dict[str, _Column],
 ) -> Counts:
-    from psycopg import sql
-
     cols = sql.SQL(", ").join(sql.Identifier(name) for name in header)
     overriding = (
         sql.SQL(" OVERRIDING SYSTEM VALUE")
@@ -451,8 +428,6 @@ def _merge(
 def _prune(
     connection: psycopg.Connection[Any], table: _Table, stage: sql.Identifier, keys: list[str]
 ) -> int:
-    from psycopg import sql
-
     cursor = connection.execute(
         sql.SQL(
             "DELETE FROM {table} t WHERE NOT EXISTS (SELECT 1 FROM {stage} s WHERE {match})"
@@ -465,7 +440,6 @@ def _advance_sequences(
     connection: psycopg.Connection[Any], table: _Table, header: list[str]
 ) -> None:
     # Rows seeded with explicit ids must not collide with the next id the app inserts.
-    from psycopg import sql
 
     for name in header:
         row = connection.execute(

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alembic import context, op
+
 from migrate_lock.errors import ConfigError, MigrationFailed
 
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
@@ -81,8 +83,6 @@ def run_sql_file(path: Path | str, connection: Any = None) -> int:
 
 def _executor(connection: Any) -> Any:
     if connection is None:
-        from alembic import context, op
-
         if context.is_offline_mode():
             return op.execute
         connection = op.get_bind()
