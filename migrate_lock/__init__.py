@@ -5,6 +5,8 @@ The public API is importable from here; heavy modules load only when used::
     import migrate_lock
     result = migrate_lock.upgrade()              # under the lock, like the CLI
     state = migrate_lock.schema_state()          # for a /readyz handler
+    with migrate_lock.migration_lock() as hold:  # your own code under the same lock
+        ...
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "upgrade": "migrate_lock.migrate",
-    "upgrade_sql": "migrate_lock.migrate",
+    "upgrade_sql": "migrate_lock.protocol",
+    "migration_lock": "migrate_lock.project",
+    "run": "migrate_lock.entrypoint",
+    "seed": "migrate_lock.seeds.apply",
+    "freeze": "migrate_lock.freeze",
+    "smoke": "migrate_lock.checks.smoke",
+    "lint": "migrate_lock.checks.lint",
+    "plan": "migrate_lock.checks.plan",
     "UpgradeResult": "migrate_lock.outcome",
     "status": "migrate_lock.inspection",
     "schema_state": "migrate_lock.inspection",
@@ -64,19 +73,26 @@ __all__ = [
     "backup",
     "current",
     "downgrade",
+    "freeze",
     "heads",
     "history",
     "init_db",
     "init_project",
+    "lint",
     "load_settings",
     "lock_key",
+    "migration_lock",
+    "plan",
     "protect",
     "reset",
     "restore",
+    "run",
     "run_demo",
     "schema_state",
+    "seed",
     "set_environment",
     "show_environment",
+    "smoke",
     "stamp",
     "status",
     "upgrade",
@@ -85,18 +101,26 @@ __all__ = [
 
 if TYPE_CHECKING:
     from migrate_lock.backup import BackupResult, RestoreResult, backup, restore
+    from migrate_lock.checks.lint import lint
+    from migrate_lock.checks.plan import plan
+    from migrate_lock.checks.smoke import smoke
     from migrate_lock.destructive import DestructiveResult, downgrade, init_db, reset, stamp
+    from migrate_lock.entrypoint import run
     from migrate_lock.environment import set_environment, show_environment
     from migrate_lock.errors import ExitCode, MigrateLockError
+    from migrate_lock.freeze import freeze
     from migrate_lock.guard import Protection
     from migrate_lock.inspection import Status, current, heads, history, schema_state, status
     from migrate_lock.lock import lock_key
-    from migrate_lock.migrate import upgrade, upgrade_sql
+    from migrate_lock.migrate import upgrade
     from migrate_lock.outcome import UpgradeResult
+    from migrate_lock.project import migration_lock
     from migrate_lock.protect import protect
+    from migrate_lock.protocol import upgrade_sql
     from migrate_lock.sandbox.demo import run_demo
     from migrate_lock.sandbox.embedded import EmbeddedPostgres
     from migrate_lock.scaffold import init_project
+    from migrate_lock.seeds.apply import seed
     from migrate_lock.settings import Settings, load_settings
     from migrate_lock.state import SchemaState
 

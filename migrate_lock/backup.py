@@ -29,6 +29,11 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import psycopg
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from migrate_lock.connection import connect
 from migrate_lock.dsn import DatabaseUrl, with_database
 from migrate_lock.errors import BackupFailed, ConfigError, UsageError
 from migrate_lock.guard import (
@@ -40,11 +45,11 @@ from migrate_lock.guard import (
     write_marker,
 )
 from migrate_lock.logs import log
+from migrate_lock.project import Project
+from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.version_table import VersionTable, current_schema, database_revisions
 
 if TYPE_CHECKING:
-    import psycopg
-
     from migrate_lock.project import DatabaseSession
     from migrate_lock.settings import Settings
 
@@ -126,8 +131,6 @@ def backup(
     fails or the file does not verify (nothing is left behind), ConfigError (78) when
     no client tool is as new as the server.
     """
-    from migrate_lock.project import Project
-
     project = Project(settings)
     check_startup(project.settings)
     with project.session(application_name="migrate-lock backup") as session:
@@ -280,9 +283,6 @@ def restore(
     scratch database takes its name. The environment marker of the database restored
     into is kept. Needs CREATEDB and ownership of the database.
     """
-    from migrate_lock.destructive import holding_migration_lock
-    from migrate_lock.project import Project
-
     started = time.monotonic()
     project = Project(settings)
     check_startup(project.settings)
@@ -296,7 +296,7 @@ def restore(
         marker = read_marker(session.connection, session.version_table)
         maintenance = _maintenance_connection(project.url, project.settings)
         try:
-            with holding_migration_lock(session):
+            with session.migration_lock(needs_session_scope="restore"):
                 scratch = _create_scratch(session.connection, target)
                 try:
                     _restore_into(client, project.url, scratch, file, no_owner, no_privileges)
@@ -355,8 +355,6 @@ def _default_bin_dirs() -> list[Path]:
     if on_path:
         directories.append(Path(on_path).parent)
     with contextlib.suppress(ConfigError):
-        from migrate_lock.sandbox.embedded import EmbeddedPostgres
-
         directories.append(EmbeddedPostgres().bin_dir)
     return directories
 
@@ -380,7 +378,6 @@ def _client_in(directory: Path) -> PgClient | None:
 
 def _libpq_target(url: DatabaseUrl, application_name: str) -> tuple[str, dict[str, str]]:
     # The password goes in the environment, never on a command line others can read.
-    from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
     params = {key: str(value) for key, value in conninfo_to_dict(url.libpq).items()}
     password = params.pop("password", None)
@@ -479,7 +476,6 @@ def _fsync(path: Path) -> None:
 
 def _maintenance_connection(url: DatabaseUrl, settings: Settings) -> psycopg.Connection[Any]:
     # The swap renames and drops the database, which no session of it can do.
-    from migrate_lock.connection import connect
 
     last: ConfigError | None = None
     for name in _MAINTENANCE_DATABASES:
@@ -501,8 +497,6 @@ def _maintenance_connection(url: DatabaseUrl, settings: Settings) -> psycopg.Con
 
 
 def _create_scratch(connection: psycopg.Connection[Any], target: str) -> str:
-    from psycopg import sql
-
     scratch = f"{target[:30]}_restore_{secrets.token_hex(4)}"
     version = connection.info.server_version
     locale_column = (
@@ -564,8 +558,6 @@ def _restore_into(
 def _check_scratch(
     url: DatabaseUrl, scratch: str, session: DatabaseSession, marker: Marker | None
 ) -> tuple[tuple[str, ...], int, int]:
-    from migrate_lock.connection import connect
-
     settings = session.project.settings
     with connect(
         with_database(url, scratch),
@@ -601,7 +593,6 @@ def _copy_database_properties(
 ) -> None:
     # What lives on the database object itself and is not in a pg_dump archive: owner,
     # privileges, per-database settings, connection limit and comment.
-    from psycopg import sql
 
     database = sql.Identifier(target)
     row = connection.execute(
@@ -666,9 +657,6 @@ def _swap(
     scratch: str,
     keep_previous: bool,
 ) -> str | None:
-    import psycopg
-    from psycopg import sql
-
     old = sql.Identifier(target)
     maintenance.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(old))
     # No one can connect now, so closing ours (and with it the lock) lets no replica in.
@@ -726,8 +714,6 @@ def _disconnect_everyone(maintenance: psycopg.Connection[Any], database: str) ->
 
 
 def _drop_database(maintenance: psycopg.Connection[Any], name: str) -> None:
-    from psycopg import sql
-
     force = " WITH (FORCE)" if maintenance.info.server_version >= 130000 else ""
     try:
         maintenance.execute(

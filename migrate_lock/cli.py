@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
 
+import migrate_lock
 from migrate_lock import __version__
 from migrate_lock.errors import ExitCode, MigrateLockError
 from migrate_lock.interrupts import Terminated, signals_raise
@@ -44,15 +45,18 @@ def main(ctx: click.Context, /, **flags: Any) -> None:
     ctx.obj = flags
 
 
-def _settings(ctx: click.Context, **more: Any) -> Settings:
-    # Imported here: pydantic costs more than the whole at-head fast path.
-    from migrate_lock.settings import load_settings
-
-    flags = dict(ctx.obj)
+def _overrides(ctx: click.Context, **more: Any) -> dict[str, Any]:
+    """The flags as settings by field name (None: not given); they beat the environment."""
+    flags = dict(ctx.find_root().obj or {})
     if flags.get("database_url"):
         # The flag names the one database to use: it beats MIGRATION_DATABASE_URL too.
-        more["migration_database_url"] = flags["database_url"]
-    settings = load_settings(**flags, **more)
+        more.setdefault("migration_database_url", flags["database_url"])
+    return {**flags, **more}
+
+
+def _settings(ctx: click.Context, **more: Any) -> Settings:
+    # Through the facade: pydantic loads only for the verbs that need it.
+    settings = migrate_lock.load_settings(**_overrides(ctx, **more))
     log.configure(log_format=settings.log_format, level=settings.log_level)
     return settings
 
@@ -139,38 +143,19 @@ def upgrade(
     """Upgrade to REVISION (default: heads) under the migration lock."""
 
     def action() -> None:
-        handover = None
-        if revision == "heads" and not sql:
-            # Lean first: at head (or after waiting for another replica) nothing heavy loads.
-            from migrate_lock.lean.fastpath import Handover, fast_upgrade
-
-            fast = fast_upgrade({**ctx.obj, "migration_lock_timeout_seconds": lock_timeout})
-            if isinstance(fast, Handover):
-                handover = fast
-            elif fast is not None:
-                if as_json:
-                    _print_json(fast.as_dict())
-                return
-        try:
-            from migrate_lock.migrate import upgrade as run_upgrade
-            from migrate_lock.migrate import upgrade_sql
-
-            settings = _settings(
+        if sql:
+            migrate_lock.upgrade_sql(revision, settings=_settings(ctx))
+            return
+        result = migrate_lock.upgrade(
+            revision,
+            overrides=_overrides(
                 ctx,
                 migration_lock_timeout_seconds=lock_timeout,
                 backup_before_upgrade=backup_first,
-            )
-            if sql:
-                upgrade_sql(revision, settings=settings)
-                return
-            result = run_upgrade(
-                revision, settings=settings, handover=handover.release if handover else None
-            )
-            if as_json:
-                _print_json(result.as_dict())
-        finally:
-            if handover is not None:
-                handover.release()
+            ),
+        )
+        if as_json:
+            _print_json(result.as_dict())
 
     _run(action)
 
@@ -183,15 +168,7 @@ def run(ctx: click.Context, command: tuple[str, ...]) -> None:
 
     Use it as the container's entrypoint: migrate-lock run -- gunicorn app:app
     """
-    from migrate_lock.entrypoint import run as run_entrypoint
-    from migrate_lock.entrypoint import run_if_nothing_to_do
-
-    def action() -> None:
-        # Lean first: a start that finds nothing to migrate loads nothing heavy.
-        handover = run_if_nothing_to_do(command, ctx.obj)
-        run_entrypoint(command, settings=_settings(ctx), handover=handover)
-
-    _run(action)
+    _run(lambda: migrate_lock.run(command, overrides=_overrides(ctx)))
 
 
 @main.command()
@@ -199,9 +176,7 @@ def run(ctx: click.Context, command: tuple[str, ...]) -> None:
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Compare the database with the code: exit 0 at head/ahead, 4 pending, 5 unknown."""
-    from migrate_lock.inspection import status as read_status
-
-    result = _run(lambda: read_status(settings=_settings(ctx)))
+    result = _run(lambda: migrate_lock.status(settings=_settings(ctx)))
     if as_json:
         _print_json(result.as_dict())
     else:
@@ -220,9 +195,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def current(ctx: click.Context) -> None:
     """Print the revision(s) the database is at."""
-    from migrate_lock.inspection import current as read_current
-
-    revisions = _run(lambda: read_current(settings=_settings(ctx)))
+    revisions = _run(lambda: migrate_lock.current(settings=_settings(ctx)))
     click.echo("\n".join(revisions) if revisions else "(none)")
 
 
@@ -230,18 +203,14 @@ def current(ctx: click.Context) -> None:
 @click.pass_context
 def heads(ctx: click.Context) -> None:
     """Print the head revision(s) of the migration scripts."""
-    from migrate_lock.inspection import heads as read_heads
-
-    click.echo("\n".join(_run(lambda: read_heads(settings=_settings(ctx)))))
+    click.echo("\n".join(_run(lambda: migrate_lock.heads(settings=_settings(ctx)))))
 
 
 @main.command()
 @click.pass_context
 def history(ctx: click.Context) -> None:
     """List the revisions of the migration scripts, newest first."""
-    from migrate_lock.inspection import history as read_history
-
-    for info in _run(lambda: read_history(settings=_settings(ctx))):
+    for info in _run(lambda: migrate_lock.history(settings=_settings(ctx))):
         down = ", ".join(info.down_revisions) or "<base>"
         head = " (head)" if info.is_head else ""
         click.echo(f"{down} -> {info.revision}{head}, {info.doc}")
@@ -251,9 +220,7 @@ def history(ctx: click.Context) -> None:
 @click.pass_context
 def freeze(ctx: click.Context) -> None:
     """Write the heads manifest (for the Dockerfile): replicas at head then skip Alembic."""
-    from migrate_lock.freeze import freeze as write_manifest
-
-    manifest = _run(lambda: write_manifest(settings=_settings(ctx)))
+    manifest = _run(lambda: migrate_lock.freeze(settings=_settings(ctx)))
     click.echo(f"wrote {manifest.path} (heads: {', '.join(manifest.heads)})")
 
 
@@ -270,10 +237,8 @@ def seed(
     ctx: click.Context, dry_run: bool, force: bool, prune: bool, as_json: bool, confirm: str | None
 ) -> None:
     """Apply changed seed files (reference data) under the migration lock."""
-    from migrate_lock.seeds.apply import seed as run_seed
-
     run = _run(
-        lambda: run_seed(
+        lambda: migrate_lock.seed(
             settings=_settings(ctx, confirm_destructive=confirm),
             force=force,
             prune=prune,
@@ -298,9 +263,7 @@ def seed(
 @click.argument("path", type=click.Path(path_type=Path), default=".")
 def init(path: Path) -> None:
     """Scaffold alembic.ini and migrations/ (env.py ready for migrate-lock) in PATH."""
-    from migrate_lock.scaffold import init_project
-
-    for written in _run(lambda: init_project(path)):
+    for written in _run(lambda: migrate_lock.init_project(path)):
         click.echo(f"wrote {written}")
 
 
@@ -308,9 +271,7 @@ def init(path: Path) -> None:
 @click.option("--replicas", type=click.IntRange(1, 64), default=8, show_default=True)
 def demo(replicas: int) -> None:
     """Start N replicas at once on an embedded PostgreSQL and show that one migrates."""
-    from migrate_lock.sandbox.demo import run_demo
-
-    report = _run(lambda: run_demo(replicas=replicas))
+    report = _run(lambda: migrate_lock.run_demo(replicas=replicas))
     sys.exit(0 if report.exactly_once else int(ExitCode.MIGRATION_FAILED))
 
 
@@ -332,10 +293,8 @@ def smoke(
     ctx: click.Context, server_url: str | None, replicas: int, skip: tuple[str, ...], as_json: bool
 ) -> None:
     """CI checks on a scratch database (embedded PostgreSQL without a URL). Exit 1 if any fails."""
-    from migrate_lock.checks.smoke import smoke as run_smoke
-
     report = _run(
-        lambda: run_smoke(
+        lambda: migrate_lock.smoke(
             settings=_settings(ctx, migration_database_url=server_url),
             replicas=replicas,
             skip=skip,
@@ -360,9 +319,7 @@ def smoke(
 @click.pass_context
 def lint(ctx: click.Context, rev_range: str | None, as_json: bool) -> None:
     """Check each revision's SQL with Squawk (offline). Exit 1 when anything is found."""
-    from migrate_lock.checks.lint import lint as run_lint
-
-    report = _run(lambda: run_lint(rev_range, settings=_settings(ctx)))
+    report = _run(lambda: migrate_lock.lint(rev_range, settings=_settings(ctx)))
     if as_json:
         _print_json(report.as_dict())
     else:
@@ -381,9 +338,7 @@ def lint(ctx: click.Context, rev_range: str | None, as_json: bool) -> None:
 @click.pass_context
 def plan(ctx: click.Context, as_json: bool, no_sql: bool) -> None:
     """What `upgrade` would do now: pending revisions, their SQL and risks. Changes nothing."""
-    from migrate_lock.checks.plan import plan as make_plan
-
-    result = _run(lambda: make_plan(settings=_settings(ctx)))
+    result = _run(lambda: migrate_lock.plan(settings=_settings(ctx)))
     if as_json:
         _print_json(result.as_dict())
         return
@@ -422,10 +377,10 @@ def plan(ctx: click.Context, as_json: bool, no_sql: bool) -> None:
 @click.pass_context
 def downgrade(ctx: click.Context, revision: str, confirm: str | None, as_json: bool) -> None:
     """Downgrade to REVISION (a revision, -N or base) under the lock. Destructive."""
-    from migrate_lock.destructive import downgrade as run_downgrade
-
     result = _run(
-        lambda: run_downgrade(revision, settings=_settings(ctx, confirm_destructive=confirm))
+        lambda: migrate_lock.downgrade(
+            revision, settings=_settings(ctx, confirm_destructive=confirm)
+        )
     )
     _report_destructive(result, as_json)
 
@@ -437,9 +392,9 @@ def downgrade(ctx: click.Context, revision: str, confirm: str | None, as_json: b
 @click.pass_context
 def stamp(ctx: click.Context, revision: str, confirm: str | None, as_json: bool) -> None:
     """Set the version table to REVISION without running revisions. Destructive."""
-    from migrate_lock.destructive import stamp as run_stamp
-
-    result = _run(lambda: run_stamp(revision, settings=_settings(ctx, confirm_destructive=confirm)))
+    result = _run(
+        lambda: migrate_lock.stamp(revision, settings=_settings(ctx, confirm_destructive=confirm))
+    )
     _report_destructive(result, as_json)
 
 
@@ -456,10 +411,8 @@ def stamp(ctx: click.Context, revision: str, confirm: str | None, as_json: bool)
 @click.pass_context
 def init_db(ctx: click.Context, metadata: str, confirm: str | None, as_json: bool) -> None:
     """Brand-new database: create_all from your models, then stamp the heads. Destructive."""
-    from migrate_lock.destructive import init_db as run_init_db
-
     result = _run(
-        lambda: run_init_db(metadata, settings=_settings(ctx, confirm_destructive=confirm))
+        lambda: migrate_lock.init_db(metadata, settings=_settings(ctx, confirm_destructive=confirm))
     )
     _report_destructive(result, as_json)
 
@@ -469,9 +422,7 @@ def init_db(ctx: click.Context, metadata: str, confirm: str | None, as_json: boo
 @click.pass_context
 def reset(ctx: click.Context, as_json: bool) -> None:
     """Drop everything in the version table's schema and upgrade again (development/test)."""
-    from migrate_lock.destructive import reset as run_reset
-
-    _report_destructive(_run(lambda: run_reset(settings=_settings(ctx))), as_json)
+    _report_destructive(_run(lambda: migrate_lock.reset(settings=_settings(ctx))), as_json)
 
 
 def _report_destructive(result: Any, as_json: bool) -> None:
@@ -505,10 +456,8 @@ def backup(
     as_json: bool,
 ) -> None:
     """pg_dump (custom format) to a verified file in --dir, then delete old backups."""
-    from migrate_lock.backup import backup as run_backup
-
     result = _run(
-        lambda: run_backup(
+        lambda: migrate_lock.backup(
             settings=_settings(ctx), directory=directory, keep_days=keep_days, keep_last=keep_last
         )
     )
@@ -538,10 +487,8 @@ def restore(
     as_json: bool,
 ) -> None:
     """Replace the database with FILE, verified in a scratch database first. Destructive."""
-    from migrate_lock.backup import restore as run_restore
-
     result = _run(
-        lambda: run_restore(
+        lambda: migrate_lock.restore(
             file,
             settings=_settings(ctx, confirm_destructive=confirm),
             keep_previous=keep_previous,
@@ -569,9 +516,9 @@ def env() -> None:
 @click.pass_context
 def env_show(ctx: click.Context, as_json: bool) -> None:
     """Print the database's marker, the local ENVIRONMENT and the verdict."""
-    from migrate_lock.environment import show_environment
-
-    _report_environment(_run(lambda: show_environment(settings=_settings(ctx))), as_json)
+    _report_environment(
+        _run(lambda: migrate_lock.show_environment(settings=_settings(ctx))), as_json
+    )
 
 
 @env.command("set")
@@ -581,10 +528,10 @@ def env_show(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 def env_set(ctx: click.Context, name: str, confirm: str | None, as_json: bool) -> None:
     """Mark the database as NAME. Lowering the protection is destructive."""
-    from migrate_lock.environment import set_environment
-
     result = _run(
-        lambda: set_environment(name, settings=_settings(ctx, confirm_destructive=confirm))
+        lambda: migrate_lock.set_environment(
+            name, settings=_settings(ctx, confirm_destructive=confirm)
+        )
     )
     _report_environment(result, as_json)
 

@@ -12,12 +12,11 @@ import importlib
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from migrate_lock.errors import ConfigError, MigrationFailed, Refused, UsageError
+from migrate_lock.errors import Refused, UsageError
 from migrate_lock.guard import (
     Protection,
     check_startup,
@@ -26,8 +25,8 @@ from migrate_lock.guard import (
     require_confirmation,
     write_marker,
 )
-from migrate_lock.lock import announce_done, holds, release, wait_for_lock
 from migrate_lock.logs import log
+from migrate_lock.migrate import upgrade
 from migrate_lock.project import DatabaseSession, Project
 from migrate_lock.protect import ddl_confirmed
 from migrate_lock.version_table import record_history
@@ -127,15 +126,13 @@ def reset(*, settings: Settings | None = None) -> DestructiveResult:
     The drop is one transaction under the migration lock; the upgrade then takes the
     lock again like any replica would.
     """
-    from migrate_lock.migrate import upgrade
-
     started = time.monotonic()
     project = Project(settings)
     check_startup(project.settings)
     with project.session(application_name="migrate-lock reset") as session:
         guard = require_confirmation(session, "reset", development_only=True)
         before = session.current() or ()
-        with holding_migration_lock(session):
+        with session.migration_lock(needs_session_scope="reset"):
             marker = read_marker(session.connection, session.version_table)
             dropped = _drop_schema_objects(session)
             if marker is not None:
@@ -178,53 +175,6 @@ def load_metadata(path: str) -> MetaData:
     return _as_metadata(found)
 
 
-@contextmanager
-def holding_migration_lock(session: DatabaseSession) -> Iterator[float]:
-    """Hold the migration lock on ``session``'s connection; yields the seconds waited.
-
-    The same lock ``upgrade`` takes (waited for by polling, with the holder reported),
-    with the same session settings (name, timeouts, keepalives); released, and the
-    waiters woken, on the way out.
-    """
-    from migrate_lock.migrate import prepare_session
-
-    settings = session.project.settings
-    connection = session.connection
-    if session.lock_scope.transaction:
-        raise ConfigError(
-            "this command needs a session-scoped migration lock, and the lock scope is "
-            f"transaction ({session.lock_scope.reason}); nothing was changed",
-            hint="run it with MIGRATION_DATABASE_URL set to a direct connection to PostgreSQL, "
-            "not through a pooler, and MIGRATION_LOCK_SCOPE=session",
-        )
-    outcome = wait_for_lock(
-        connection,
-        session.lock_key,
-        timeout_seconds=settings.migration_lock_timeout_seconds,
-        work_is_done=lambda: False,
-    )
-    try:
-        if not holds(connection, session.lock_key):
-            raise MigrationFailed(
-                "pg_try_advisory_lock said yes but pg_locks shows no lock for this session",
-                hint="a connection pooler may sit between us and the server: "
-                "set MIGRATION_DATABASE_URL to a direct connection",
-            )
-        log.info(
-            "lock.acquired",
-            lock_key=session.lock_key,
-            wait_ms=round(outcome.waited_seconds * 1000),
-            attempts=outcome.attempts,
-        )
-        prepare_session(session)
-        yield outcome.waited_seconds
-    finally:
-        if not connection.closed and not connection.broken:
-            announce_done(connection, session.lock_key)
-            release(connection, session.lock_key)
-            log.info("lock.released", lock_key=session.lock_key)
-
-
 def _guarded(
     operation: Operation,
     settings: Settings | None,
@@ -240,7 +190,7 @@ def _guarded(
         _check_target(project, operation, target)
     with project.session(application_name=f"migrate-lock {operation}") as session:
         guard = require_confirmation(session, operation)
-        with holding_migration_lock(session):
+        with session.migration_lock(needs_session_scope=operation):
             before = session.current() or ()
             steps = run(session)
             after = session.current() or ()

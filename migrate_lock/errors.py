@@ -6,7 +6,12 @@ single line and exits with ``error.exit_code``; nothing else decides exit codes.
 
 from __future__ import annotations
 
+import copy
 from enum import IntEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from migrate_lock.lock import LockHolder
 
 
 class ExitCode(IntEnum):
@@ -39,6 +44,13 @@ class MigrateLockError(Exception):
         # One line, always: SQL errors and holder queries may carry newlines.
         return " ".join(text.split())
 
+    def with_message(self, message: str) -> MigrateLockError:
+        """The same error (class, hint and fields) saying ``message`` instead."""
+        changed = copy.copy(self)
+        changed.message = message
+        changed.args = (message,)
+        return changed
+
 
 class ConfigError(MigrateLockError):
     """A setting, URL, credential or project file is wrong; retrying will not help."""
@@ -67,13 +79,45 @@ class ConnectionLost(TemporaryError):
 
 
 class LockTimeout(TemporaryError):
-    """Another session held the migration lock for longer than we may wait."""
+    """Another session held the migration lock for longer than we may wait.
+
+    ``holder`` is that session as pg_stat_activity showed it (None when this role
+    may not see it); ``waited_seconds`` how long we waited.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        holder: LockHolder | None = None,
+        waited_seconds: float = 0.0,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.holder = holder
+        self.waited_seconds = waited_seconds
 
 
 class MigrationFailed(MigrateLockError):
-    """A revision raised; its transaction was rolled back."""
+    """A revision raised; its transaction was rolled back.
+
+    ``revision`` is the revision that failed (None: env.py, a seed or the commit);
+    ``sqlstate`` the server's SQLSTATE when the server refused a statement.
+    """
 
     exit_code = ExitCode.MIGRATION_FAILED
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        revision: str | None = None,
+        sqlstate: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.revision = revision
+        self.sqlstate = sqlstate
 
 
 class UnknownDatabaseRevision(MigrateLockError):
@@ -92,3 +136,37 @@ class BackupFailed(MigrateLockError):
     """pg_dump or pg_restore failed, or a dump is unreadable or incomplete; nothing changed."""
 
     exit_code = ExitCode.MIGRATION_FAILED
+
+
+def sql_error_in(error: BaseException) -> BaseException | None:
+    """The server's error behind ``error`` (psycopg's, maybe wrapped by SQLAlchemy), if any."""
+    seen: BaseException | None = error
+    while seen is not None:
+        original = getattr(seen, "orig", None)
+        if original is not None and getattr(original, "sqlstate", None):
+            return original  # type: ignore[no-any-return]
+        if getattr(seen, "sqlstate", None):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def sqlstate_of(error: BaseException) -> str | None:
+    """The SQLSTATE of the server's error behind ``error``, if any."""
+    found = sql_error_in(error)
+    return str(getattr(found, "sqlstate", "")) or None if found is not None else None
+
+
+def describe_sql_error(error: BaseException) -> str:
+    """``[SQLSTATE] primary message in: statement`` (or the exception) in one line."""
+    sql = sql_error_in(error)
+    if sql is None:
+        return f"{type(error).__name__}: {error}"
+    diag = getattr(sql, "diag", None)
+    primary = getattr(diag, "message_primary", None) or str(sql).splitlines()[0]
+    statement = getattr(error, "statement", None)
+    text = f"[{getattr(sql, 'sqlstate', '?')}] {primary}"
+    if statement:
+        flat = " ".join(str(statement).split())
+        text += f" in: {flat[:200]}"
+    return text

@@ -1,12 +1,18 @@
-"""The migration lock: a PostgreSQL advisory lock, waited for without blocking.
+"""The migration lock: one context manager, ``migration_lock``, that every verb holds it with.
 
 Waiters poll ``pg_try_advisory_lock`` in autocommit mode, so they hold no snapshot
 and never queue inside the server (a blocking ``pg_advisory_lock`` waiter can
 deadlock ``CREATE INDEX CONCURRENTLY``). While waiting they re-check whether the
-database already reached the target, and report who holds the lock.
+work is already done, and report who holds the lock.
 
 Behind a transaction pooler the same key is taken with ``pg_try_advisory_xact_lock``
 inside the transaction that will do all the work (scope.py says when).
+
+``migration_lock`` is the only caller of the wait functions: wait, check that this
+session owns the lock, name the holder in ``application_name``, bound the work with
+the DDL timeouts, log ``lock.acquired`` once, and on the way out wake the waiters,
+release with a checked unlock (or commit/roll back the lock's transaction) and log
+``lock.released`` once. It works on psycopg's connection and on the lean one alike.
 """
 
 from __future__ import annotations
@@ -20,11 +26,18 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from migrate_lock.errors import LockTimeout
+from migrate_lock.errors import (
+    ConnectionLost,
+    LockTimeout,
+    MigrateLockError,
+    MigrationFailed,
+    describe_sql_error,
+)
 from migrate_lock.logs import log
+from migrate_lock.scope import LockScope
 
 if TYPE_CHECKING:
-    import psycopg
+    from migrate_lock.lean.abc import LockConnection
 
 #: How often a waiter logs who holds the lock.
 HOLDER_REPORT_INTERVAL_SECONDS = 5.0
@@ -82,13 +95,225 @@ class LockHolder:
         return {f"holder_{key}": value for key, value in asdict(self).items()}
 
 
-def try_acquire(connection: psycopg.Connection[Any], key: int) -> bool:
+@dataclass(frozen=True)
+class DdlTimeouts:
+    """PostgreSQL timeouts for the statements run holding the lock (DDL_* settings)."""
+
+    lock_timeout: str
+    statement_timeout: str
+    idle_in_transaction_timeout: str
+
+
+class Hold:
+    """The migration lock as ``migration_lock`` yields it.
+
+    ``acquired`` is False when, while waiting, ``work_is_done()`` became true: another
+    holder did the work, and nothing is held. ``connection`` is the one that holds the
+    lock: run the work on it. In the transaction scope the work runs inside the lock's
+    transaction; ``commit()`` ends it (and with it the lock) before the caller reports.
+    """
+
+    def __init__(
+        self,
+        connection: LockConnection,
+        key: int,
+        scope: LockScope,
+        *,
+        acquired: bool,
+        waited_seconds: float,
+        attempts: int,
+    ) -> None:
+        self.connection = connection
+        self.key = key
+        self.scope = scope
+        self.acquired = acquired
+        self.waited_seconds = waited_seconds
+        self.attempts = attempts
+        self._held = acquired
+
+    @property
+    def held(self) -> bool:
+        """Whether this hold still has the lock (not yet committed or handed over)."""
+        return self._held
+
+    def commit(self) -> None:
+        """Transaction scope: wake the waiters and commit the work; the lock ends with it.
+
+        A failed COMMIT raises ConnectionLost (75) or MigrationFailed (1), in one line.
+        """
+        if not (self._held and self.scope == "transaction"):
+            return
+        self._held = False
+        try:
+            announce_done(self.connection, self.key)  # delivered at the commit
+            self.connection.execute("COMMIT")
+        except MigrateLockError:
+            raise
+        except Exception as error:  # noqa: BLE001 - psycopg's or libpq's: same meaning
+            raise commit_error(error, self.connection) from None
+
+    def hand_over(self) -> None:
+        """Let go of the lock now, without waking anyone: the caller takes it next on
+        another connection (the at-head path hands its lock to the full path)."""
+        if not self._held:
+            return
+        self._held = False
+        _let_go(self.connection, self.key, self.scope)
+        log.debug("lock.handed_over", lock_key=self.key)
+
+
+@contextmanager
+def migration_lock(
+    connection: LockConnection,
+    key: int,
+    *,
+    scope: LockScope,
+    timeout_seconds: float,
+    timeouts: DdlTimeouts | None = None,
+    work_is_done: Callable[[], bool] | None = None,
+    waited_before: float = 0.0,
+    announce: bool = True,
+) -> Iterator[Hold]:
+    """Hold the migration lock on ``connection`` for the body; the one way to hold it.
+
+    Waits by polling (never queueing in the server) until the lock is ours, until
+    ``work_is_done()`` (asked between attempts, outside any transaction), or until
+    ``timeout_seconds`` (LockTimeout, exit 75, naming the holder). Acquired, it checks
+    that this session really owns the lock, names the holder in ``application_name``
+    ("migrating since ..."), applies ``timeouts`` and TCP keepalives (for the
+    transaction only, in the transaction scope, so nothing stays on a pooled
+    connection) and logs ``lock.acquired`` once. On the way out it wakes the waiters
+    and releases with a checked unlock (session scope) or commits the lock's
+    transaction (transaction scope; on an error it rolls back), and logs
+    ``lock.released`` once. ``waited_before`` adds an earlier wait to the reported one
+    (a hand-over); ``announce=False`` holds it silently, for a hold that only keeps
+    the lock until ``Hold.hand_over``.
+    """
+    hold = _wait(connection, key, scope, timeout_seconds, work_is_done or _never)
+    if not hold.acquired:
+        yield hold
+        return
+    failed = True
+    try:
+        if not holds(connection, key):
+            raise MigrationFailed(
+                "the server granted the migration lock, but pg_locks shows no lock for "
+                "this session",
+                hint="a connection pooler may sit between us and the server: set "
+                "MIGRATION_DATABASE_URL to a direct connection, or MIGRATION_LOCK_SCOPE="
+                "transaction",
+            )
+        if announce:
+            _name_and_bound(connection, timeouts, local=scope == "transaction")
+            log.info(
+                "lock.acquired",
+                lock_key=key,
+                scope=scope,
+                wait_ms=round((waited_before + hold.waited_seconds) * 1000),
+                attempts=hold.attempts,
+            )
+        yield hold
+        failed = False
+        if scope == "transaction":
+            hold.commit()
+    finally:
+        if hold.held:
+            hold._held = False
+            _let_go(connection, key, scope, failed=failed, wake_waiters=announce)
+        if announce:
+            log.info("lock.released", lock_key=key, scope=scope)
+
+
+def commit_error(error: BaseException, connection: LockConnection) -> MigrateLockError:
+    """Why a COMMIT failed, in one line: the connection went, or the server refused it."""
+    if connection.broken or connection.closed:
+        return ConnectionLost(
+            "lost the database connection while committing; if the commit did not reach the "
+            "server, it rolled everything back",
+            hint="retry when the database is back",
+        )
+    # A deferred constraint, say: every revision ran, and the server rolled it all back.
+    return MigrationFailed(
+        f"the commit failed: {describe_sql_error(error)}; rolled back",
+        hint="fix the revision or seed file that breaks the constraint and run again",
+    )
+
+
+def _never() -> bool:
+    return False
+
+
+def _wait(
+    connection: LockConnection,
+    key: int,
+    scope: LockScope,
+    timeout_seconds: float,
+    work_is_done: Callable[[], bool],
+) -> Hold:
+    wait = _wait_in_transaction if scope == "transaction" else _wait_in_session
+    acquired, waited, attempts = wait(connection, key, timeout_seconds, work_is_done)
+    return Hold(connection, key, scope, acquired=acquired, waited_seconds=waited, attempts=attempts)
+
+
+def _let_go(
+    connection: LockConnection,
+    key: int,
+    scope: LockScope,
+    *,
+    failed: bool = False,
+    wake_waiters: bool = False,
+) -> None:
+    # A dead (or deliberately closed) connection took the lock, and any open
+    # transaction, with it: nothing left to release.
+    if connection.closed or connection.broken:
+        return
+    try:
+        if scope == "transaction":
+            connection.execute("ROLLBACK")  # ends the lock's transaction, and the lock
+            return
+        if wake_waiters and not failed:
+            announce_done(connection, key)
+        release(connection, key)
+    except Exception:
+        # The connection died on the way out: the lock went with it.
+        if not (failed or connection.closed or connection.broken):
+            raise
+
+
+def _name_and_bound(
+    connection: LockConnection, timeouts: DdlTimeouts | None, *, local: bool
+) -> None:
+    # Name ourselves so waiters and operators see who migrates since when, and bound
+    # what a stuck holder can do: the server itself reaps a holder that vanished.
+    options = {
+        "application_name": holder_application_name(),
+        "tcp_keepalives_idle": "10",
+        "tcp_keepalives_interval": "5",
+        "tcp_keepalives_count": "3",
+        # Unacknowledged data (a holder whose network vanished mid-reply) gives up here.
+        "tcp_user_timeout": "30000",
+    }
+    if timeouts is not None:
+        options |= {
+            "lock_timeout": timeouts.lock_timeout,
+            "statement_timeout": timeouts.statement_timeout,
+            "idle_in_transaction_session_timeout": timeouts.idle_in_transaction_timeout,
+        }
+    row = connection.execute("SELECT current_setting('server_version_num')::int").fetchone()
+    if row and int(row[0]) >= 140000:
+        # Notice a client that died mid-statement without waiting for the statement.
+        options["client_connection_check_interval"] = "2s"
+    for name, value in options.items():
+        connection.execute("SELECT set_config(%s, %s, %s)", (name, value, local))
+
+
+def _try_in_session(connection: LockConnection, key: int) -> bool:
     """One non-blocking attempt at the session lock."""
     row = connection.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()
     return bool(row and row[0])
 
 
-def try_acquire_in_transaction(connection: psycopg.Connection[Any], key: int) -> bool:
+def _try_in_transaction(connection: LockConnection, key: int) -> bool:
     """One attempt at the transaction lock; on success its transaction stays open.
 
     The lock lives as long as that transaction: committing or rolling it back (or
@@ -138,24 +363,7 @@ def _report_stuck_once(key: int) -> None:
     )
 
 
-@contextmanager
-def committed_under_transaction_lock(
-    connection: psycopg.Connection[Any], key: int
-) -> Iterator[None]:
-    """Run the body in the transaction holding the lock; commit it, which frees the lock.
-
-    On an error the transaction is rolled back instead, which frees the lock too.
-    """
-    try:
-        yield
-        announce_done(connection, key)  # delivered at the commit
-        connection.commit()
-    finally:
-        if not connection.closed and not connection.broken:
-            connection.rollback()  # nothing left to roll back after the commit
-
-
-def release(connection: psycopg.Connection[Any], key: int) -> None:
+def release(connection: LockConnection, key: int) -> None:
     """Release the session lock; a lock we did not hold is reported loudly."""
     row = connection.execute("SELECT pg_advisory_unlock(%s)", (key,)).fetchone()
     if not (row and row[0]):
@@ -179,18 +387,19 @@ def clear_lock_query(key: int) -> str:
     )
 
 
-def holds(connection: psycopg.Connection[Any], key: int) -> bool:
+def holds(connection: LockConnection, key: int) -> bool:
     """Whether this very session holds the lock (the ownership check after acquiring)."""
     row = connection.execute(f"SELECT {_THIS_BACKEND_HOLDS}", _split(key)).fetchone()
     return bool(row and row[0])
 
 
-def find_holder(connection: psycopg.Connection[Any], key: int) -> LockHolder | None:
+def find_holder(connection: LockConnection, key: int) -> LockHolder | None:
     """Who holds the lock now, or None (also when we may not see other sessions)."""
     classid, objid = _split(key)
     row = connection.execute(
         """
-        SELECT a.pid, a.application_name, host(a.client_addr), a.backend_start,
+        SELECT a.pid, a.application_name, host(a.client_addr),
+               to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
                a.state, a.query
           FROM pg_locks l
           JOIN pg_stat_activity a ON a.pid = l.pid
@@ -205,10 +414,11 @@ def find_holder(connection: psycopg.Connection[Any], key: int) -> LockHolder | N
         return None
     pid, application_name, client_addr, backend_start, state, query = row
     name = str(application_name or "")
+    # Formatted by the server: the lean connection returns text, psycopg a datetime.
     since = (
         name.removeprefix(_APPLICATION_NAME_PREFIX)
         if name.startswith(_APPLICATION_NAME_PREFIX)
-        else (_iso(backend_start) if isinstance(backend_start, datetime) else None)
+        else (str(backend_start) if backend_start else None)
     )
     return LockHolder(
         pid=int(str(pid)),
@@ -225,29 +435,16 @@ def holder_application_name() -> str:
     return _APPLICATION_NAME_PREFIX + _iso(datetime.now(timezone.utc))
 
 
-@dataclass(frozen=True)
-class WaitOutcome:
-    """How a wait ended: ``acquired`` the lock, or found the work ``done`` by another."""
-
-    acquired: bool
-    waited_seconds: float
-    attempts: int
-
-
-def wait_for_lock(
-    connection: psycopg.Connection[Any],
+def _wait_in_session(
+    connection: LockConnection,
     key: int,
-    *,
     timeout_seconds: float,
     work_is_done: Callable[[], bool],
-) -> WaitOutcome:
-    """Poll for the lock until acquired, until ``work_is_done()``, or until the timeout.
+) -> tuple[bool, float, int]:
+    """Poll for the session lock until acquired, until ``work_is_done()``, or the timeout.
 
-    ``work_is_done`` runs lock-free between attempts: when another replica has
-    finished, we continue without ever taking the lock. Between attempts we LISTEN
-    for the holder's NOTIFY (``announce_done``), so the hand-off takes milliseconds;
-    behind a transaction pooler, where LISTEN does not work, the polling remains.
-    Raises LockTimeout (75) naming the holder.
+    Between attempts we LISTEN for the holder's NOTIFY (``announce_done``), so the
+    hand-off takes milliseconds. Returns (acquired, seconds waited, attempts).
     """
     channel = _channel(key)
     connection.execute(f"LISTEN {channel}")
@@ -257,7 +454,7 @@ def wait_for_lock(
             key,
             timeout_seconds,
             work_is_done,
-            attempt=lambda: try_acquire(connection, key),
+            attempt=lambda: _try_in_session(connection, key),
             sleep=lambda seconds: _wait_for_notify(connection, seconds),
         )
     finally:
@@ -265,14 +462,13 @@ def wait_for_lock(
             connection.execute(f"UNLISTEN {channel}")
 
 
-def wait_for_transaction_lock(
-    connection: psycopg.Connection[Any],
+def _wait_in_transaction(
+    connection: LockConnection,
     key: int,
-    *,
     timeout_seconds: float,
     work_is_done: Callable[[], bool],
-) -> WaitOutcome:
-    """``wait_for_lock`` for the transaction scope; acquired, the transaction stays open.
+) -> tuple[bool, float, int]:
+    """``_wait_in_session`` for the transaction scope; acquired, the transaction stays open.
 
     No LISTEN: behind a pooler it would land on some pooled backend and stay there,
     so the hand-off relies on polling alone (at most MAX_POLL_SECONDS_WITHOUT_NOTIFY late).
@@ -283,7 +479,7 @@ def wait_for_transaction_lock(
     def attempt() -> bool:
         nonlocal tried
         first, tried = not tried, True
-        if not try_acquire_in_transaction(connection, key):
+        if not _try_in_transaction(connection, key):
             return False
         if first:
             return True
@@ -292,7 +488,7 @@ def wait_for_transaction_lock(
         # every poller that lands in that gap loads Alembic for nothing.
         connection.execute("ROLLBACK")
         time.sleep(HANDOVER_GRACE_SECONDS)
-        return try_acquire_in_transaction(connection, key)
+        return _try_in_transaction(connection, key)
 
     return _poll(
         connection,
@@ -305,13 +501,13 @@ def wait_for_transaction_lock(
     )
 
 
-def announce_done(connection: psycopg.Connection[Any], key: int) -> None:
+def announce_done(connection: LockConnection, key: int) -> None:
     """Wake the replicas waiting for this lock: the holder is done (sent before unlocking)."""
     connection.execute(f"NOTIFY {_channel(key)}")
 
 
 def _poll(
-    connection: psycopg.Connection[Any],
+    connection: LockConnection,
     key: int,
     timeout_seconds: float,
     work_is_done: Callable[[], bool],
@@ -319,7 +515,7 @@ def _poll(
     attempt: Callable[[], bool],
     sleep: Callable[[float], None],
     longest_pause: float = MAX_POLL_SECONDS,
-) -> WaitOutcome:
+) -> tuple[bool, float, int]:
     started = time.monotonic()
     deadline = started + timeout_seconds
     pause = FIRST_POLL_SECONDS
@@ -331,9 +527,9 @@ def _poll(
         # Woken by the holder's NOTIFY (or the poll), the lock is free *and* the work is
         # done: ask about the work first, or every waiter would take the lock in turn.
         if attempts > 1 and work_is_done():
-            return WaitOutcome(False, time.monotonic() - started, attempts - 1)
+            return False, time.monotonic() - started, attempts - 1
         if attempt():
-            return WaitOutcome(True, time.monotonic() - started, attempts)
+            return True, time.monotonic() - started, attempts
         now = time.monotonic()
         if now >= next_report:
             holder = find_holder(connection, key)
@@ -351,6 +547,8 @@ def _poll(
                 f"gave up waiting for the migration lock after {timeout_seconds:g}s; held by {who}",
                 hint="retry later, raise MIGRATION_LOCK_TIMEOUT_SECONDS, or if that session "
                 f"is stuck: SELECT pg_terminate_backend({holder.pid if holder else 'PID'})",
+                holder=holder,
+                waited_seconds=now - started,
             )
         # Jitter (half to all of the pause) keeps many replicas from polling in lockstep.
         longest = min(pause, deadline - now)
@@ -358,7 +556,7 @@ def _poll(
         pause = min(pause * 1.6, longest_pause)
 
 
-def _wait_for_notify(connection: psycopg.Connection[Any], seconds: float) -> None:
+def _wait_for_notify(connection: LockConnection, seconds: float) -> None:
     # Returns at the first notification or after ``seconds``, whichever comes first.
     for _ in connection.notifies(timeout=seconds, stop_after=1):
         break

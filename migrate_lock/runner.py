@@ -9,7 +9,9 @@ transaction and the DDL would be silently rolled back when we close it. Should
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import inspect
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -18,12 +20,23 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
+import psycopg.errors
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import StaticPool
+
 from migrate_lock.errors import (
     ConfigError,
     ConnectionLost,
     MigrateLockError,
     MigrationFailed,
     TemporaryError,
+    describe_sql_error,
+    sql_error_in,
+    sqlstate_of,
 )
 from migrate_lock.logs import log
 from migrate_lock.revisions import Scripts
@@ -31,11 +44,7 @@ from migrate_lock.version_table import VersionTable
 
 if TYPE_CHECKING:
     import psycopg
-    from alembic.config import Config
     from sqlalchemy.engine import Connection
-
-_LOCK_NOT_AVAILABLE = "55P03"
-_QUERY_CANCELED = "57014"
 
 
 def alembic_config(
@@ -46,8 +55,6 @@ def alembic_config(
     output: TextIO | None = None,
 ) -> Config:
     """Load ``alembic.ini`` for running under migrate-lock (our logging, not fileConfig)."""
-    from alembic.config import Config
-
     if not path.is_file():
         raise ConfigError(
             f"Alembic config not found: {path}",
@@ -166,8 +173,6 @@ def autocommit_revisions(scripts: Scripts, revisions: Iterable[str]) -> list[str
 
 
 def _uses_autocommit_block(source: str) -> bool:
-    import ast
-
     try:
         tree = ast.parse(source)
     except SyntaxError:
@@ -235,8 +240,6 @@ def _run_on(
     *,
     commit: bool,
 ) -> None:
-    from alembic import command
-
     config.attributes["connection"] = shared
     config.attributes["on_version_apply"] = on_version_apply
     try:
@@ -283,33 +286,22 @@ def migration_error(error: BaseException) -> Exception:
         if revision
         else "env.py, Alembic's version table update or the commit"
     )
-    sql = _sql_error(error)
-    sqlstate = getattr(sql, "sqlstate", None) if sql is not None else None
+    sql = sql_error_in(error)
     # Our own helpers (run_sql_file) already said where: keep their words.
-    detail = error.message if isinstance(error, MigrateLockError) else _describe(error, sql)
-    if sqlstate == _LOCK_NOT_AVAILABLE:
+    detail = error.message if isinstance(error, MigrateLockError) else describe_sql_error(error)
+    if isinstance(sql, psycopg.errors.LockNotAvailable):
         return TemporaryError(
             f"{where} could not get a table lock within DDL_LOCK_TIMEOUT: {detail}; rolled back",
             hint="retry when the tables are less busy, or raise DDL_LOCK_TIMEOUT",
         )
     hint = "fix the revision and run again"
-    if sqlstate == _QUERY_CANCELED:
+    if isinstance(sql, psycopg.errors.QueryCanceled):
         hint = "raise DDL_STATEMENT_TIMEOUT if this statement needs longer"
-    return MigrationFailed(f"{where} failed: {detail}; rolled back", hint=hint)
-
-
-def commit_error(error: BaseException, connection: psycopg.Connection[Any]) -> MigrateLockError:
-    """Why a COMMIT failed, in one line: the connection went, or the server refused it."""
-    if connection.broken or connection.closed:
-        return ConnectionLost(
-            "lost the database connection while committing; if the commit did not reach the "
-            "server, it rolled everything back",
-            hint="retry when the database is back",
-        )
-    # A deferred constraint, say: every revision ran, and the server rolled it all back.
     return MigrationFailed(
-        f"the commit failed: {_describe(error, _sql_error(error))}; rolled back",
-        hint="fix the revision or seed file that breaks the constraint and run again",
+        f"{where} failed: {detail}; rolled back",
+        hint=hint,
+        revision=revision,
+        sqlstate=sqlstate_of(error),
     )
 
 
@@ -341,13 +333,10 @@ class _HookFailed(BaseException):
 def _no_autocommit_blocks() -> Iterator[None]:
     # Alembic would commit our transaction (and with it the lock) or fail on an
     # assertion; refuse by name instead. Patched for the duration of one run only.
-    from alembic.runtime.migration import MigrationContext
 
     original = MigrationContext.autocommit_block
 
     def refuse(self: MigrationContext) -> Iterator[None]:
-        import inspect
-
         revision, _ = _calling_revision(inspect.currentframe())
         raise _AutocommitBlock(revision)
 
@@ -360,9 +349,6 @@ def _no_autocommit_blocks() -> Iterator[None]:
 
 @contextmanager
 def _only_this_connection() -> Iterator[None]:
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
     def refuse(connection: Any) -> None:
         raise _OwnConnectionOpened
 
@@ -380,9 +366,6 @@ def sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]:
     Make it while ``raw`` has no transaction open: SQLAlchemy's first connect ends
     with a ROLLBACK. Disposing of the engine is never needed (we close ``raw``).
     """
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import StaticPool
-
     engine = create_engine("postgresql+psycopg://", creator=lambda: raw, poolclass=StaticPool)
     connection = engine.connect()
     try:
@@ -432,28 +415,3 @@ def _revision_of(frame: FrameType) -> tuple[str | None, str | None]:
         doc = (module_globals.get("__doc__") or "").strip().splitlines()
         return revision, doc[0] if doc else None
     return None, None
-
-
-def _sql_error(error: BaseException) -> BaseException | None:
-    seen: BaseException | None = error
-    while seen is not None:
-        original = getattr(seen, "orig", None)
-        if original is not None and getattr(original, "sqlstate", None):
-            return original  # type: ignore[no-any-return]
-        if getattr(seen, "sqlstate", None):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _describe(error: BaseException, sql: BaseException | None) -> str:
-    if sql is None:
-        return f"{type(error).__name__}: {error}"
-    diag = getattr(sql, "diag", None)
-    primary = getattr(diag, "message_primary", None) or str(sql).splitlines()[0]
-    statement = getattr(error, "statement", None)
-    text = f"[{getattr(sql, 'sqlstate', '?')}] {primary}"
-    if statement:
-        flat = " ".join(str(statement).split())
-        text += f" in: {flat[:200]}"
-    return text

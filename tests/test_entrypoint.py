@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from migrate_lock.entrypoint import DEFAULT_PASSTHROUGH
+from migrate_lock.lean.settings_schema import default
 from migrate_lock.lock import lock_key
 
 from support import assert_one_line_failure, cli_env, query, run_cli, spawn
@@ -298,12 +298,9 @@ def test_entrypoint_script_passes_configured_commands_through_without_python(
 
 def test_entrypoint_script_and_settings_share_the_passthrough_default() -> None:
     """Why: the script and `run` must agree on which commands skip the migration."""
-    from migrate_lock.settings import Settings
-
     script = (ENTRYPOINTS / "docker-entrypoint.sh").read_text()
-    default = Settings.model_fields["entrypoint_passthrough"].default
-    assert default == DEFAULT_PASSTHROUGH
-    assert f'"${{ENTRYPOINT_PASSTHROUGH-{default}}}"' in script
+    passthrough = default("entrypoint_passthrough")
+    assert f'"${{ENTRYPOINT_PASSTHROUGH-{passthrough}}}"' in script
 
 
 def test_smoke_migrate_exits_0_when_migrated_and_again_when_at_head(

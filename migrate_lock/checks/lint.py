@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 from migrate_lock.errors import ConfigError, MigrationFailed
 from migrate_lock.logs import log
-from migrate_lock.migrate import upgrade_sql
 from migrate_lock.project import Project
+from migrate_lock.protocol import upgrade_sql
 from migrate_lock.settings import Settings
 
 Kind = Literal["destructive", "lock-heavy", "advice"]

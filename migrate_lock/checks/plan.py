@@ -19,10 +19,10 @@ from migrate_lock.checks.lint import (
     run_squawk,
 )
 from migrate_lock.logs import log
-from migrate_lock.migrate import _refuse_unknown
 from migrate_lock.project import Project
 from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
 from migrate_lock.settings import Settings
+from migrate_lock.state import require_known
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ def plan(*, settings: Settings | None = None) -> Plan:
     heads = scripts.heads()
     with project.session(application_name="migrate-lock plan") as session:
         state = session.state(heads, scripts)
-        _refuse_unknown(state)
+        require_known(state)
         seeds: list[str] = []
         if settings.seed_on_upgrade:
             files = discover(seeds_dir(settings.seeds_dir, settings.alembic_config))

@@ -105,14 +105,6 @@ def seed(
 
     A dry run takes no lock and changes nothing.
     """
-    from migrate_lock.lock import (
-        announce_done,
-        committed_under_transaction_lock,
-        release,
-        wait_for_lock,
-        wait_for_transaction_lock,
-    )
-
     project = Project(settings)
     check_startup(project.settings)
     files = discover(seeds_dir(project.settings.seeds_dir, project.settings.alembic_config))
@@ -126,35 +118,15 @@ def seed(
                 session.connection, table, files, force=force, prune=prune, dry_run=True
             )
             return SeedRun(results, dry_run=True)
-        in_transaction = session.lock_scope.transaction
-        outcome = (wait_for_transaction_lock if in_transaction else wait_for_lock)(
-            session.connection,
-            session.lock_key,
-            timeout_seconds=project.settings.migration_lock_timeout_seconds,
+        # The same hold as upgrade: its DDL timeouts bound the seeds' statements too.
+        with session.migration_lock(
             work_is_done=lambda: (
                 not force and not prune and not changed_seeds(session.connection, table, files)
-            ),
-        )
-        if not outcome.acquired:
-            return SeedRun([SeedResult(f.name, "skipped", f.checksum) for f in files], False)
-        if in_transaction:
-            try:
-                with committed_under_transaction_lock(session.connection, session.lock_key):
-                    results = apply_seeds(
-                        session.connection, table, files, force=force, prune=prune
-                    )
-            except SeedError:
-                raise
-            except Exception as error:  # noqa: BLE001 - the COMMIT: a deferred constraint, say
-                from migrate_lock.runner import commit_error
-
-                raise commit_error(error, session.connection) from None
-            return SeedRun(results, dry_run=False)
-        try:
+            )
+        ) as hold:
+            if not hold.acquired:
+                return SeedRun([SeedResult(f.name, "skipped", f.checksum) for f in files], False)
             results = apply_seeds(session.connection, table, files, force=force, prune=prune)
-        finally:
-            announce_done(session.connection, session.lock_key)
-            release(session.connection, session.lock_key)
         return SeedRun(results, dry_run=False)
 
 

@@ -1,0 +1,352 @@
+"""The full path of ``upgrade``: the locked protocol from docs/how-the-lock-works.md.
+
+1. lock-free pre-check: at (or ahead of) the target, return without the lock;
+2. hold the migration lock (lock.py's ``migration_lock``: wait by polling, re-check
+   lock-free, report the holder, verify ownership, name ourselves, set timeouts);
+3. re-read the revision, run Alembic on that same connection, apply the seeds,
+   commit, verify from the database;
+4. release (checked) and close.
+
+``migrate.upgrade`` (the front door) takes the at-head path first and comes here only
+when that path cannot settle the start.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any, TextIO
+
+import psycopg
+from alembic import command
+from alembic.util import CommandError
+from psycopg.pq import TransactionStatus
+
+from migrate_lock.backup import backup_before_migrating
+from migrate_lock.errors import (
+    ConfigError,
+    ConnectionLost,
+    MigrateLockError,
+    MigrationFailed,
+    UsageError,
+)
+from migrate_lock.guard import check_startup, remember_environment
+from migrate_lock.lock import Hold
+from migrate_lock.logs import log
+from migrate_lock.outcome import Role, UpgradeResult
+from migrate_lock.project import DatabaseSession, Project
+from migrate_lock.runner import (
+    autocommit_refusal,
+    autocommit_revisions,
+    run_upgrade,
+    run_upgrade_in_transaction,
+    sqlalchemy_connection,
+)
+from migrate_lock.seeds.apply import apply_seeds
+from migrate_lock.seeds.csv_merge import SeedError
+from migrate_lock.seeds.files import SeedFile, changed_seeds, discover, seeds_dir
+from migrate_lock.settings import Settings, load_settings
+from migrate_lock.state import SchemaState, require_known
+from migrate_lock.version_table import record_history
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
+
+
+def upgrade(
+    target: str = "heads",
+    *,
+    settings: Settings | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    handover: Hold | None = None,
+) -> UpgradeResult:
+    """The full path of ``migrate_lock.upgrade`` (migrate.py): Alembic, SQLAlchemy, psycopg.
+
+    ``settings`` (else the environment with ``overrides``) are validated first.
+    ``handover`` is the lock the at-head path holds on its lean connection; it is
+    handed over once this call's own connection is open, and this call takes it next.
+
+    A connection lost on the way (a server restart, a failover) is survived: the
+    server rolled back whatever was open, so the protocol starts over on a new
+    connection, up to ``RECONNECTS`` times; then ConnectionLost (exit 75).
+    """
+    started = time.monotonic()
+    project = Project(settings or load_settings(**(overrides or {})))
+    check_startup(project.settings)
+    for attempt in range(RECONNECTS + 1):
+        try:
+            return _upgrade_once(project, target, started, handover if attempt == 0 else None)
+        except ConnectionLost as error:
+            if attempt == RECONNECTS:
+                raise
+            log.warning("db.connection_lost", error=str(error), reconnect=attempt + 1)
+    raise AssertionError("unreachable")
+
+
+#: How often ``upgrade`` starts over after losing its connection.
+RECONNECTS = 3
+
+
+def _upgrade_once(
+    project: Project, target: str, started: float, handover: Hold | None
+) -> UpgradeResult:
+    scripts = project.scripts
+    wanted = scripts.resolve(target)
+    seeds = _seed_files(project.settings, wanted == scripts.heads())
+    # When the server is out of connection slots, the at-head path's connection (which
+    # holds the lock for us) gives its slot up: otherwise every replica waits for one.
+    hand_over = handover.hand_over if handover is not None else None
+    with project.session(on_retry=hand_over) as session:
+        if hand_over is not None:
+            hand_over()
+        try:
+            return _protocol(
+                session,
+                target,
+                wanted,
+                seeds,
+                started,
+                handover.waited_seconds if handover else 0.0,
+            )
+        except psycopg.OperationalError as error:
+            if not session.connection.broken:
+                raise
+            raise ConnectionLost(
+                f"lost the database connection ({str(error).splitlines()[0]})",
+                hint="retry when the database is back",
+            ) from None
+
+
+def _protocol(
+    session: DatabaseSession,
+    target: str,
+    wanted: tuple[str, ...],
+    seeds: list[SeedFile],
+    started: float,
+    waited_before: float,
+) -> UpgradeResult:
+    scripts = session.project.scripts
+    state = session.state(wanted, scripts)
+    require_known(state)
+    if _nothing_to_do(session, state, seeds):
+        return _finish(session, "fast_path", state, state, (), 0.0, started)
+    in_transaction = session.lock_scope.transaction
+    if in_transaction:
+        _refuse_in_one_transaction(session, state)
+    # SQLAlchemy's first connect ends in a ROLLBACK: make its connection before the lock.
+    with (
+        sqlalchemy_connection(session.connection) if in_transaction else nullcontext() as shared,
+        session.migration_lock(
+            work_is_done=lambda: _nothing_to_do(session, session.state(wanted, scripts), seeds),
+            waited_before=waited_before,
+        ) as hold,
+    ):
+        if not hold.acquired:
+            after = session.state(wanted, scripts)
+            return _finish(session, "waited", state, after, (), hold.waited_seconds, started)
+        return _migrate_holding_lock(session, hold, target, wanted, seeds, started, shared)
+
+
+def _refuse_in_one_transaction(session: DatabaseSession, state: SchemaState) -> None:
+    """What the transaction scope (everything in the lock's one transaction) cannot run."""
+    needing_autocommit = autocommit_revisions(session.project.scripts, state.pending)
+    if needing_autocommit:
+        raise autocommit_refusal(needing_autocommit[0])
+    if session.project.settings.backup_before_upgrade:
+        # pg_dump's session settings would stay on pooled server connections, and it
+        # may need the very pooled connection our open transaction holds.
+        raise ConfigError(
+            "BACKUP_BEFORE_UPGRADE (--backup-first) cannot run in the transaction lock "
+            f"scope ({session.lock_scope.reason}); nothing was run",
+            hint="set MIGRATION_DATABASE_URL to a direct connection to PostgreSQL and "
+            "MIGRATION_LOCK_SCOPE=session, or take the backup separately (migrate-lock backup)",
+        )
+
+
+def _refuse_early_commit(session: DatabaseSession, culprit: str) -> None:
+    """Stop if the transaction that holds the transaction-scoped lock has already ended."""
+    if session.connection.info.transaction_status != TransactionStatus.INTRANS:
+        raise MigrationFailed(
+            f"{culprit} ended the transaction that holds the migration lock (a COMMIT in a "
+            "revision or in env.py), so the lock was released early; migrate-lock stopped",
+            hint="in the transaction lock scope everything must run in one transaction: "
+            "remove the COMMIT, or migrate over a direct connection (MIGRATION_DATABASE_URL) "
+            "with MIGRATION_LOCK_SCOPE=session",
+        )
+
+
+def _nothing_to_do(session: DatabaseSession, state: SchemaState, seeds: list[SeedFile]) -> bool:
+    # Seeds count too: at head with a changed seed file is still work to do.
+    return state.ready and not changed_seeds(session.connection, session.version_table, seeds)
+
+
+def upgrade_sql(
+    target: str = "heads", *, settings: Settings | None = None, output: TextIO | None = None
+) -> None:
+    """Write the SQL that ``upgrade`` would run to ``output`` (offline: no lock, no database)."""
+    project = Project(settings, output=output)
+    if ":" not in target:  # a start:end range is Alembic's to check
+        project.scripts.resolve(target)
+    config = project.config
+    if not config.get_main_option("sqlalchemy.url"):
+        config.set_main_option("sqlalchemy.url", "postgresql+psycopg://")
+    config.attributes["version_table"] = project.settings.version_table
+    if project.settings.version_table_schema:
+        config.attributes["version_table_schema"] = project.settings.version_table_schema
+    try:
+        command.upgrade(config, target, sql=True)
+    except CommandError as error:
+        raise UsageError(f"cannot render SQL for '{target}': {error}") from None
+
+
+def _migrate_holding_lock(
+    session: DatabaseSession,
+    hold: Hold,
+    target: str,
+    wanted: tuple[str, ...],
+    seeds: list[SeedFile],
+    started: float,
+    shared: Connection | None,
+) -> UpgradeResult:
+    """Steps 3-4. With ``shared`` (the transaction scope), everything stays in the lock's
+    transaction, which ``hold.commit()`` ends before the result is reported."""
+    connection = session.connection
+    waited = hold.waited_seconds
+    before = session.state(wanted, session.project.scripts)
+    require_known(before)
+    due = changed_seeds(connection, session.version_table, seeds)
+    if before.ready and not due:
+        hold.commit()
+        return _finish(session, "waited", before, before, (), waited, started)
+    if not before.ready:
+        backup_before_migrating(session)
+    after: SchemaState = before
+    applied: tuple[str, ...] = ()
+    if not before.ready:
+        after, applied = _run_migrations(session, target, wanted, before, shared)
+    if shared is not None:
+        _refuse_early_commit(session, "env.py")
+    try:
+        seeded = tuple(
+            result.name
+            for result in apply_seeds(connection, session.version_table, due, force=True)
+            if result.action == "applied"
+        )
+    except SeedError as error:
+        if shared is None or not applied:
+            raise
+        raise error.with_message(
+            f"{error.message}; the revisions of this upgrade were rolled back with them "
+            "(one transaction)"
+        ) from None
+    hold.commit()
+    return _finish(session, "migrated", before, after, applied, waited, started, seeded)
+
+
+def _run_migrations(
+    session: DatabaseSession,
+    target: str,
+    wanted: tuple[str, ...],
+    before: SchemaState,
+    shared: Connection | None,
+) -> tuple[SchemaState, tuple[str, ...]]:
+    project = session.project
+    connection = session.connection
+    config = project.config
+    config.attributes["version_table"] = session.version_table.name
+    config.attributes["version_table_schema"] = session.version_table.schema
+    log.info(
+        "migrate.start",
+        from_rev=list(before.current),
+        to_rev=list(wanted),
+        pending=len(before.pending),
+    )
+    table = session.version_table
+    marked = False
+
+    def bookkeeping(revision: str) -> None:
+        # In that revision's own transaction: a kill right after Alembic's commit must
+        # not leave a migrated database without its history or environment marker.
+        nonlocal marked
+        if shared is not None:
+            _refuse_early_commit(session, f"revision {revision}")
+        record_history(connection, table, (revision,), create=not marked)
+        if not marked:
+            remember_environment(connection, table, project.settings)
+            marked = True
+
+    try:
+        if shared is None:
+            applied = run_upgrade(config, connection, target, each_applied=bookkeeping)
+        else:
+            applied = run_upgrade_in_transaction(
+                config, shared, connection, target, each_applied=bookkeeping
+            )
+    except MigrateLockError as error:
+        raise _with_database_revision(error, session) from None
+    after = session.state(wanted, project.scripts)
+    if not after.ready:
+        raise MigrationFailed(
+            f"Alembic finished but {session.version_table.qualified} is at "
+            f"{list(after.current) or 'no revision'}, not {list(wanted)}",
+            hint="env.py must pass version_table/version_table_schema from "
+            "config.attributes to context.configure (see docs/existing-projects.md)",
+        )
+    # The ancestors too: those applied before migrate-lock was adopted.
+    record_history(connection, table, project.scripts.ancestry(after.current))
+    if not marked:
+        remember_environment(connection, table, project.settings)
+    return after, tuple(applied)
+
+
+def _with_database_revision(error: MigrateLockError, session: DatabaseSession) -> MigrateLockError:
+    # With transaction_per_migration, earlier revisions stay committed: say where we are.
+    try:
+        current = session.current()
+    except Exception:  # noqa: BLE001 - the connection died with the migration: say so
+        return error
+    where = ", ".join(current or ()) or "no revision"
+    return error.with_message(f"{error.message}; the database is at {where}")
+
+
+def _seed_files(settings: Settings, to_heads: bool) -> list[SeedFile]:
+    # Seeds describe the newest schema: only an upgrade to the heads applies them.
+    if not (settings.seed_on_upgrade and to_heads):
+        return []
+    return discover(seeds_dir(settings.seeds_dir, settings.alembic_config))
+
+
+def _finish(
+    session: DatabaseSession,
+    role: Role,
+    before: SchemaState,
+    after: SchemaState,
+    applied: tuple[str, ...],
+    waited: float,
+    started: float,
+    seeded: tuple[str, ...] = (),
+) -> UpgradeResult:
+    result = UpgradeResult(
+        role=role,
+        from_revisions=before.current,
+        to_revisions=after.current,
+        applied=applied,
+        seeded=seeded,
+        lock_key=session.lock_key,
+        wait_ms=round(waited * 1000),
+        total_ms=round((time.monotonic() - started) * 1000),
+    )
+    event = "migrate.done" if role == "migrated" else "migrate.up_to_date"
+    log.info(
+        event,
+        role=role,
+        from_rev=list(result.from_revisions),
+        to_rev=list(result.to_revisions),
+        applied=len(applied),
+        seeded=len(seeded),
+        status=after.status,
+        wait_ms=result.wait_ms,
+        duration_ms=result.total_ms,
+    )
+    return result
