@@ -283,8 +283,6 @@ def restore(
     scratch database takes its name. The environment marker of the database restored
     into is kept. Needs CREATEDB and ownership of the database.
     """
-    from migrate_lock.destructive import holding_migration_lock
-
     started = time.monotonic()
     project = Project(settings)
     check_startup(project.settings)
@@ -298,7 +296,7 @@ def restore(
         marker = read_marker(session.connection, session.version_table)
         maintenance = _maintenance_connection(project.url, project.settings)
         try:
-            with holding_migration_lock(session):
+            with session.migration_lock(needs_session_scope="restore"):
                 scratch = _create_scratch(session.connection, target)
                 try:
                     _restore_into(client, project.url, scratch, file, no_owner, no_privileges)

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from alembic.util import CommandError
 
+from migrate_lock import lock
 from migrate_lock.connection import connect
 from migrate_lock.dsn import DatabaseUrl
 from migrate_lock.errors import ConfigError
-from migrate_lock.lock import lock_key
+from migrate_lock.guard import check_startup
+from migrate_lock.lock import DdlTimeouts, Hold, lock_key
 from migrate_lock.logs import log
 from migrate_lock.revisions import Scripts, load_scripts
 from migrate_lock.runner import alembic_config
@@ -137,3 +139,62 @@ class DatabaseSession:
             return seen_revisions(self.connection, self.version_table, revisions)
 
         return compare(scripts, self.current(), target, seen)
+
+    @contextmanager
+    def migration_lock(
+        self,
+        *,
+        work_is_done: Callable[[], bool] | None = None,
+        waited_before: float = 0.0,
+        needs_session_scope: str | None = None,
+    ) -> Iterator[Hold]:
+        """Hold the migration lock on this session's connection (lock.py's ``migration_lock``
+        with this project's key, scope, lock wait and DDL timeouts).
+
+        ``needs_session_scope`` names an operation that cannot run inside the lock's
+        one transaction: in the transaction scope it is refused (exit 78), nothing run.
+        """
+        settings = self.project.settings
+        scope = self.lock_scope
+        if needs_session_scope is not None and scope.transaction:
+            raise ConfigError(
+                f"{needs_session_scope} needs a session-scoped migration lock, and the lock "
+                f"scope is transaction ({scope.reason}); nothing was changed",
+                hint="run it with MIGRATION_DATABASE_URL set to a direct connection to "
+                "PostgreSQL, not through a pooler, and MIGRATION_LOCK_SCOPE=session",
+            )
+        with lock.migration_lock(
+            self.connection,
+            self.lock_key,
+            scope=scope.scope,
+            timeout_seconds=settings.migration_lock_timeout_seconds,
+            timeouts=DdlTimeouts(
+                lock_timeout=settings.ddl_lock_timeout,
+                statement_timeout=settings.ddl_statement_timeout,
+                idle_in_transaction_timeout=settings.ddl_idle_in_transaction_timeout,
+            ),
+            work_is_done=work_is_done,
+            waited_before=waited_before,
+        ) as hold:
+            yield hold
+
+
+@contextmanager
+def migration_lock(
+    settings: Settings | None = None, *, application_name: str = "migrate-lock application"
+) -> Iterator[Hold]:
+    """Run application code under the migration lock (``migrate_lock.migration_lock``).
+
+    Opens a connection to the migration database, waits for the same lock every
+    replica's ``upgrade`` takes (MIGRATION_LOCK_TIMEOUT_SECONDS, LockTimeout exit 75),
+    and yields the hold: ``hold.connection`` is the psycopg connection that holds it
+    (autocommit; in the transaction scope, inside the lock's transaction, committed
+    when the block ends). Released (or rolled back, on an error) on the way out.
+    """
+    project = Project(settings)
+    check_startup(project.settings)
+    with (
+        project.session(application_name=application_name) as session,
+        session.migration_lock() as hold,
+    ):
+        yield hold

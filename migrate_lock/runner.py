@@ -20,6 +20,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
+import psycopg.errors
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -33,6 +34,9 @@ from migrate_lock.errors import (
     MigrateLockError,
     MigrationFailed,
     TemporaryError,
+    describe_sql_error,
+    sql_error_in,
+    sqlstate_of,
 )
 from migrate_lock.logs import log
 from migrate_lock.revisions import Scripts
@@ -41,9 +45,6 @@ from migrate_lock.version_table import VersionTable
 if TYPE_CHECKING:
     import psycopg
     from sqlalchemy.engine import Connection
-
-_LOCK_NOT_AVAILABLE = "55P03"
-_QUERY_CANCELED = "57014"
 
 
 def alembic_config(
@@ -285,33 +286,22 @@ def migration_error(error: BaseException) -> Exception:
         if revision
         else "env.py, Alembic's version table update or the commit"
     )
-    sql = _sql_error(error)
-    sqlstate = getattr(sql, "sqlstate", None) if sql is not None else None
+    sql = sql_error_in(error)
     # Our own helpers (run_sql_file) already said where: keep their words.
-    detail = error.message if isinstance(error, MigrateLockError) else _describe(error, sql)
-    if sqlstate == _LOCK_NOT_AVAILABLE:
+    detail = error.message if isinstance(error, MigrateLockError) else describe_sql_error(error)
+    if isinstance(sql, psycopg.errors.LockNotAvailable):
         return TemporaryError(
             f"{where} could not get a table lock within DDL_LOCK_TIMEOUT: {detail}; rolled back",
             hint="retry when the tables are less busy, or raise DDL_LOCK_TIMEOUT",
         )
     hint = "fix the revision and run again"
-    if sqlstate == _QUERY_CANCELED:
+    if isinstance(sql, psycopg.errors.QueryCanceled):
         hint = "raise DDL_STATEMENT_TIMEOUT if this statement needs longer"
-    return MigrationFailed(f"{where} failed: {detail}; rolled back", hint=hint)
-
-
-def commit_error(error: BaseException, connection: psycopg.Connection[Any]) -> MigrateLockError:
-    """Why a COMMIT failed, in one line: the connection went, or the server refused it."""
-    if connection.broken or connection.closed:
-        return ConnectionLost(
-            "lost the database connection while committing; if the commit did not reach the "
-            "server, it rolled everything back",
-            hint="retry when the database is back",
-        )
-    # A deferred constraint, say: every revision ran, and the server rolled it all back.
     return MigrationFailed(
-        f"the commit failed: {_describe(error, _sql_error(error))}; rolled back",
-        hint="fix the revision or seed file that breaks the constraint and run again",
+        f"{where} failed: {detail}; rolled back",
+        hint=hint,
+        revision=revision,
+        sqlstate=sqlstate_of(error),
     )
 
 
@@ -425,28 +415,3 @@ def _revision_of(frame: FrameType) -> tuple[str | None, str | None]:
         doc = (module_globals.get("__doc__") or "").strip().splitlines()
         return revision, doc[0] if doc else None
     return None, None
-
-
-def _sql_error(error: BaseException) -> BaseException | None:
-    seen: BaseException | None = error
-    while seen is not None:
-        original = getattr(seen, "orig", None)
-        if original is not None and getattr(original, "sqlstate", None):
-            return original  # type: ignore[no-any-return]
-        if getattr(seen, "sqlstate", None):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
-def _describe(error: BaseException, sql: BaseException | None) -> str:
-    if sql is None:
-        return f"{type(error).__name__}: {error}"
-    diag = getattr(sql, "diag", None)
-    primary = getattr(diag, "message_primary", None) or str(sql).splitlines()[0]
-    statement = getattr(error, "statement", None)
-    text = f"[{getattr(sql, 'sqlstate', '?')}] {primary}"
-    if statement:
-        flat = " ".join(str(statement).split())
-        text += f" in: {flat[:200]}"
-    return text
