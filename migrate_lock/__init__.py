@@ -21,8 +21,8 @@ _EXPORTS = {
     "upgrade_sql": "migrate_lock.protocol",
     "migration_lock": "migrate_lock.project",
     "run": "migrate_lock.entrypoint",
-    "seed": "migrate_lock.seeds.apply",
-    "freeze": "migrate_lock.freeze",
+    "run_sql_file": "migrate_lock.seeds.sql_file",
+    "freeze": "migrate_lock.heads_manifest",
     "smoke": "migrate_lock.checks.smoke",
     "lint": "migrate_lock.checks.lint",
     "plan": "migrate_lock.checks.plan",
@@ -42,7 +42,7 @@ _EXPORTS = {
     "EmbeddedPostgres": "migrate_lock.sandbox.embedded",
     "MigrateLockError": "migrate_lock.errors",
     "ExitCode": "migrate_lock.errors",
-    "protect": "migrate_lock.protect",
+    "protect": "migrate_lock.metadata_guard",
     "show_environment": "migrate_lock.environment",
     "set_environment": "migrate_lock.environment",
     "Protection": "migrate_lock.guard",
@@ -51,11 +51,15 @@ _EXPORTS = {
     "init_db": "migrate_lock.destructive",
     "reset": "migrate_lock.destructive",
     "DestructiveResult": "migrate_lock.destructive",
-    "backup": "migrate_lock.backup",
-    "restore": "migrate_lock.backup",
-    "BackupResult": "migrate_lock.backup",
-    "RestoreResult": "migrate_lock.backup",
+    "backup": "migrate_lock.backups",
+    "restore": "migrate_lock.backups",
+    "BackupResult": "migrate_lock.backups",
+    "RestoreResult": "migrate_lock.backups",
 }
+
+#: Modules of the public API, loaded on first use: ``migrate_lock.seed.seed()`` (the verb),
+#: and ``from migrate_lock.seed import run_sql_file`` in older revision files.
+_MODULES = ("seed",)
 
 __all__ = [
     "BackupResult",
@@ -88,6 +92,7 @@ __all__ = [
     "restore",
     "run",
     "run_demo",
+    "run_sql_file",
     "schema_state",
     "seed",
     "set_environment",
@@ -100,7 +105,8 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from migrate_lock.backup import BackupResult, RestoreResult, backup, restore
+    from migrate_lock import seed
+    from migrate_lock.backups import BackupResult, RestoreResult, backup, restore
     from migrate_lock.checks.lint import lint
     from migrate_lock.checks.plan import plan
     from migrate_lock.checks.smoke import smoke
@@ -108,24 +114,26 @@ if TYPE_CHECKING:
     from migrate_lock.entrypoint import run
     from migrate_lock.environment import set_environment, show_environment
     from migrate_lock.errors import ExitCode, MigrateLockError
-    from migrate_lock.freeze import freeze
     from migrate_lock.guard import Protection
+    from migrate_lock.heads_manifest import freeze
     from migrate_lock.inspection import Status, current, heads, history, schema_state, status
     from migrate_lock.lock import lock_key
+    from migrate_lock.metadata_guard import protect
     from migrate_lock.migrate import upgrade
     from migrate_lock.outcome import UpgradeResult
     from migrate_lock.project import migration_lock
-    from migrate_lock.protect import protect
     from migrate_lock.protocol import upgrade_sql
     from migrate_lock.sandbox.demo import run_demo
     from migrate_lock.sandbox.embedded import EmbeddedPostgres
     from migrate_lock.scaffold import init_project
-    from migrate_lock.seeds.apply import seed
+    from migrate_lock.seeds.sql_file import run_sql_file
     from migrate_lock.settings import Settings, load_settings
     from migrate_lock.state import SchemaState
 
 
 def __getattr__(name: str) -> Any:
+    if name in _MODULES:
+        return import_module(f"migrate_lock.{name}")
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'migrate_lock' has no attribute {name!r}")

@@ -238,7 +238,7 @@ def seed(
 ) -> None:
     """Apply changed seed files (reference data) under the migration lock."""
     run = _run(
-        lambda: migrate_lock.seed(
+        lambda: migrate_lock.seed.seed(
             settings=_settings(ctx, confirm_destructive=confirm),
             force=force,
             prune=prune,

@@ -26,9 +26,9 @@ from migrate_lock.guard import (
     write_marker,
 )
 from migrate_lock.logs import log
+from migrate_lock.metadata_guard import ddl_confirmed
 from migrate_lock.migrate import upgrade
 from migrate_lock.project import DatabaseSession, Project
-from migrate_lock.protect import ddl_confirmed
 from migrate_lock.version_table import record_history
 
 if TYPE_CHECKING:

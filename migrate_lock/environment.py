@@ -45,7 +45,9 @@ def set_environment(name: str, *, settings: Settings | None = None) -> Protectio
         before = protection(session)
         if RANK[wanted] < RANK[before.effective]:
             require_confirmation(session, f"env set {wanted} (lowering the protection)")
-        write_marker(session.connection, session.version_table, wanted, how="env set")
+        # Under the lock: an upgrade writes the marker too, and must not race with this.
+        with session.migration_lock():
+            write_marker(session.connection, session.version_table, wanted, how="env set")
         log.info(
             "guard.marked",
             environment=wanted,

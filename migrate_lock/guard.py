@@ -18,7 +18,7 @@ Three things live here, all about not wrecking a database by mistake:
 
 The verbs that show and move the marker are in environment.py; ``protect(metadata)``,
 which makes an application's own ``create_all()`` and ``drop_all()`` raise outside
-development and test, is in protect.py (it needs SQLAlchemy).
+development and test, is in metadata_guard.py (it needs SQLAlchemy).
 
 Light on purpose (no psycopg, pydantic, SQLAlchemy or Alembic import): the at-head
 path runs the start-up checks too.

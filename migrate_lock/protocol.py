@@ -23,7 +23,7 @@ from alembic import command
 from alembic.util import CommandError
 from psycopg.pq import TransactionStatus
 
-from migrate_lock.backup import backup_before_migrating
+from migrate_lock.backups import backup_before_migrating
 from migrate_lock.errors import (
     ConfigError,
     ConnectionLost,

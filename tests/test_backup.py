@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from migrate_lock.backup import prune_backups
+from migrate_lock.backups import prune_backups
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 
 from support import assert_one_line_failure, catalog_snapshot, query, run_cli, spawn

@@ -13,7 +13,7 @@ from sqlalchemy import Column, Integer, MetaData, Table, create_engine
 from sqlalchemy.engine import Engine
 
 from migrate_lock.errors import Refused
-from migrate_lock.protect import protect
+from migrate_lock.metadata_guard import protect
 
 from support import assert_one_line_failure, query, run_cli
 

@@ -8,7 +8,7 @@ no imports); only when they match are the heads trusted. A missing or stale
 manifest is never wrong, only slower: the caller falls back to Alembic.
 
 Reading it is part of the at-head path (standard library only); writing it needs
-Alembic's view of the scripts and is freeze.py's.
+Alembic's view of the scripts and is heads_manifest.py's.
 """
 
 from __future__ import annotations

@@ -14,18 +14,15 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
 
-from migrate_lock.guard import check_startup, require_confirmation
 from migrate_lock.logs import log
-from migrate_lock.project import Project
 from migrate_lock.seeds.csv_merge import Counts, SeedError, upsert_csv
-from migrate_lock.seeds.files import SeedFile, changed_seeds, discover, seeds_dir, tracking_table
+from migrate_lock.seeds.files import SeedFile, changed_seeds, tracking_table
 from migrate_lock.seeds.sql_file import run_sql_file
 
 if TYPE_CHECKING:
-    from migrate_lock.settings import Settings
     from migrate_lock.version_table import VersionTable
 
-__all__ = ["SeedError", "SeedFile", "SeedResult", "SeedRun", "run_sql_file", "seed"]
+__all__ = ["SeedError", "SeedFile", "SeedResult", "apply_seeds", "run_sql_file"]
 
 Action = Literal["applied", "skipped", "would_apply"]
 
@@ -42,17 +39,6 @@ class SeedResult:
     unchanged: int = 0
     deleted: int = 0
     duration_ms: int = 0
-
-
-@dataclass(frozen=True)
-class SeedRun:
-    """The outcome of ``seed()``: one result per seed file, in the order applied."""
-
-    results: list[SeedResult]
-    dry_run: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"dry_run": self.dry_run, "seeds": [asdict(result) for result in self.results]}
 
 
 def apply_seeds(
@@ -92,42 +78,6 @@ def apply_seeds(
         if result.action != "skipped":
             log.info(f"seed.{result.action}", **asdict(result))
     return results
-
-
-def seed(
-    *,
-    settings: Settings | None = None,
-    force: bool = False,
-    prune: bool = False,
-    dry_run: bool = False,
-) -> SeedRun:
-    """``migrate-lock seed``: apply changed seed files under the migration lock.
-
-    A dry run takes no lock and changes nothing.
-    """
-    project = Project(settings)
-    check_startup(project.settings)
-    files = discover(seeds_dir(project.settings.seeds_dir, project.settings.alembic_config))
-    with project.session(application_name="migrate-lock seed") as session:
-        table = session.version_table
-        if prune and not dry_run:
-            # Pruning deletes rows: a destructive operation (guard.py), refused unless allowed.
-            require_confirmation(session, "seed --prune")
-        if dry_run:
-            results = apply_seeds(
-                session.connection, table, files, force=force, prune=prune, dry_run=True
-            )
-            return SeedRun(results, dry_run=True)
-        # The same hold as upgrade: its DDL timeouts bound the seeds' statements too.
-        with session.migration_lock(
-            work_is_done=lambda: (
-                not force and not prune and not changed_seeds(session.connection, table, files)
-            )
-        ) as hold:
-            if not hold.acquired:
-                return SeedRun([SeedResult(f.name, "skipped", f.checksum) for f in files], False)
-            results = apply_seeds(session.connection, table, files, force=force, prune=prune)
-        return SeedRun(results, dry_run=False)
 
 
 def _apply_one(
