@@ -27,6 +27,7 @@ from pathlib import Path
 import psycopg
 
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
+from migrate_lock.scaffold import init_project
 from migrate_lock.seeds.apply import apply_seeds
 from migrate_lock.seeds.files import SeedFile
 from migrate_lock.version_table import VersionTable
@@ -124,8 +125,6 @@ def _reseed_changed(connection: psycopg.Connection, data: bytes, changed: bytes)
 
 
 def _unchanged_rerun(work: Path, url: str, data: bytes, repeat: int) -> tuple[float, float, float]:
-    from migrate_lock.scaffold import init_project
-
     project = work / "project"
     init_project(project)
     (project / "seeds").mkdir()

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import sys
 
+from migrate_lock import MigrateLockError, schema_state, upgrade
+from migrate_lock.interrupts import Terminated, signals_raise
+from migrate_lock.logs import log
+from migrate_lock.settings import load_settings
+
 
 def main() -> int:
-    from migrate_lock import MigrateLockError, schema_state, upgrade
-    from migrate_lock.interrupts import Terminated, signals_raise
-    from migrate_lock.settings import load_settings
-
     try:
         with signals_raise():
             settings = load_settings()
@@ -47,8 +48,6 @@ def main() -> int:
 
 
 def _fail(message: str, code: int) -> int:
-    from migrate_lock.logs import log
-
     # Scrubbed like every migrate-lock line: no password ever reaches the output.
     sys.stderr.write(log.scrub(f"smoke_migrate: error: {message} (exit {code})") + "\n")
     return code

