@@ -98,6 +98,17 @@ class LockTimeout(TemporaryError):
         self.waited_seconds = waited_seconds
 
 
+class TableLockTimeout(TemporaryError):
+    """A statement (a revision's, a seed's) waited longer than DDL_LOCK_TIMEOUT for a table
+    lock that another session held; everything open was rolled back. Retry later."""
+
+    def __init__(self, where: str, detail: str, *, outcome: str = "rolled back") -> None:
+        super().__init__(
+            f"{where} could not get a table lock within DDL_LOCK_TIMEOUT: {detail}; {outcome}",
+            hint="retry when the tables are less busy, or raise DDL_LOCK_TIMEOUT",
+        )
+
+
 class MigrationFailed(MigrateLockError):
     """A revision raised; its transaction was rolled back.
 

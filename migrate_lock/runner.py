@@ -33,7 +33,7 @@ from migrate_lock.errors import (
     ConnectionLost,
     MigrateLockError,
     MigrationFailed,
-    TemporaryError,
+    TableLockTimeout,
     describe_sql_error,
     sql_error_in,
     sqlstate_of,
@@ -290,10 +290,7 @@ def migration_error(error: BaseException) -> Exception:
     # Our own helpers (run_sql_file) already said where: keep their words.
     detail = error.message if isinstance(error, MigrateLockError) else describe_sql_error(error)
     if isinstance(sql, psycopg.errors.LockNotAvailable):
-        return TemporaryError(
-            f"{where} could not get a table lock within DDL_LOCK_TIMEOUT: {detail}; rolled back",
-            hint="retry when the tables are less busy, or raise DDL_LOCK_TIMEOUT",
-        )
+        return TableLockTimeout(where, detail)
     hint = "fix the revision and run again"
     if isinstance(sql, psycopg.errors.QueryCanceled):
         hint = "raise DDL_STATEMENT_TIMEOUT if this statement needs longer"

@@ -1,8 +1,8 @@
-"""Where revision files written before the ``seeds/`` package import ``run_sql_file`` from.
+"""Where revision files written before the ``seeds/`` package may import ``run_sql_file`` from.
 
-``from migrate_lock.sql_file import run_sql_file`` is in the baseline revision that
-``migrate-lock init`` wrote until 0.1 and in the docs of that time; revision files
-live for ever, so this path keeps working. New code imports ``migrate_lock.run_sql_file``.
+Until 0.1 the SQL-file runner lived in this module (``migrate-lock init``'s baseline
+imported it through ``migrate_lock.seed``, which still works too). Revision files live
+for ever, so this path keeps working. New code imports ``migrate_lock.run_sql_file``.
 """
 
 from __future__ import annotations

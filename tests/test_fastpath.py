@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import psycopg
@@ -11,7 +14,7 @@ import pytest
 from migrate_lock.lock import lock_key
 from migrate_lock.sandbox.example import write_example_project
 
-from support import assert_one_line_failure, query, run_cli, spawn
+from support import assert_one_line_failure, cli_env, query, run_cli, spawn
 
 
 def upgrade_events(project: Path, database_url: str, **env: str) -> tuple[int, list[dict]]:
@@ -146,3 +149,62 @@ def test_lock_timeout_on_the_lean_path_exits_75_naming_the_holder(
         pid = holder.info.backend_pid
     line = assert_one_line_failure(result, 75)
     assert f"pid {pid}" in line
+
+
+def test_the_migrating_replica_logs_one_lock_acquired_and_one_lock_released(
+    project: Path, database_url: str
+) -> None:
+    """Why: operators count lock.acquired/lock.released to see who held the lock and how
+    long; the lean path's hand-over to the full path logged lock.acquired twice."""
+    assert run_cli(["upgrade", "0010"], cwd=project, database_url=database_url).returncode == 0
+    assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    code, events = upgrade_events(project, database_url)
+    assert code == 0 and finished(events)["role"] == "migrated"
+    names = [event["event"] for event in events]
+    assert names.count("lock.acquired") == 1, names
+    assert names.count("lock.released") == 1, names
+    assert names.index("lock.acquired") < names.index("migrate.done")
+
+
+def test_a_lean_lock_timeout_names_the_holder_and_since_when(
+    project: Path, database_url: str
+) -> None:
+    """Why: "held by pid 123" is not enough to decide whether to wait or to terminate it;
+    the full path said since when, the lean path did not."""
+    assert run_cli(["upgrade", "0010"], cwd=project, database_url=database_url).returncode == 0
+    assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    database = database_url.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
+    key = lock_key(database, "public", "alembic_version")
+    with psycopg.connect(database_url, autocommit=True) as holder:
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        holder_pid = holder.info.backend_pid
+        result = run_cli(
+            ["upgrade"], cwd=project, database_url=database_url, MIGRATION_LOCK_TIMEOUT_SECONDS="1"
+        )
+    line = assert_one_line_failure(result, 75)
+    assert f"pid {holder_pid}" in line
+    assert re.search(r" since \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", line), line
+
+
+def test_the_library_upgrade_at_head_takes_the_lean_path_and_loads_nothing_heavy(
+    frozen_at_head: Path, database_url: str
+) -> None:
+    """Why: the quickstart promises `migrate_lock.upgrade()` is the CLI's upgrade; an app
+    calling it on every start must not pay for Alembic, SQLAlchemy, psycopg or pydantic."""
+    program = (
+        "import sys, migrate_lock\n"
+        "result = migrate_lock.upgrade()\n"
+        "heavy = ('sqlalchemy', 'alembic', 'psycopg', 'pydantic')\n"
+        "print(result.role, [name for name in heavy if name in sys.modules])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", program],
+        cwd=frozen_at_head,
+        env=cli_env(database_url),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "fast_path []", done.stdout + done.stderr

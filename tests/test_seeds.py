@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from support import assert_one_line_failure, query, run_cli, spawn
@@ -300,3 +302,28 @@ def test_prune_is_refused_in_production_and_deletes_nothing(
     line = assert_one_line_failure(result, 3)
     assert "--prune" in line and "refused" in line
     assert query(database_url, "SELECT count(*) FROM plans") == [(3,)]
+
+
+def test_seed_verb_gives_up_on_a_busy_table_after_ddl_lock_timeout(
+    seeded_project: Path, database_url: str
+) -> None:
+    """Why: `seed` holds the migration lock; stuck behind a table lock it would block
+    every replica's upgrade for as long as the table stays busy (it waited 12 s with 1 s)."""
+    upgrade_json(seeded_project, database_url)
+    (seeded_project / "seeds" / "10_plans.csv").write_text(PLANS + "max,Max,9900\n")
+    with psycopg.connect(database_url) as blocker:
+        blocker.execute("LOCK TABLE plans IN ACCESS EXCLUSIVE MODE")
+        started = time.monotonic()
+        result = run_cli(
+            ["seed"],
+            cwd=seeded_project,
+            database_url=database_url,
+            timeout=20,
+            DDL_LOCK_TIMEOUT="1s",
+        )
+        elapsed = time.monotonic() - started
+        blocker.rollback()
+    line = assert_one_line_failure(result, 75)
+    assert "DDL_LOCK_TIMEOUT" in line
+    assert elapsed < 10, f"seed waited {elapsed:.1f}s on a 1s DDL_LOCK_TIMEOUT"
+    assert query(database_url, "SELECT count(*) FROM plans WHERE code = 'max'") == [(0,)]

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 import psycopg
+import psycopg.errors
 
+from migrate_lock.errors import TableLockTimeout, describe_sql_error
 from migrate_lock.logs import log
 from migrate_lock.seeds.csv_merge import Counts, SeedError, upsert_csv
 from migrate_lock.seeds.files import SeedFile, changed_seeds, tracking_table
@@ -23,6 +25,8 @@ if TYPE_CHECKING:
     from migrate_lock.version_table import VersionTable
 
 __all__ = ["SeedError", "SeedFile", "SeedResult", "apply_seeds", "run_sql_file"]
+
+_NOTHING_APPLIED = "nothing from this seed run was applied"
 
 Action = Literal["applied", "skipped", "would_apply"]
 
@@ -68,8 +72,12 @@ def apply_seeds(
                 results.append(_apply_one(connection, table, file, prune=prune, dry_run=dry_run))
             if dry_run:
                 raise psycopg.Rollback
-    except SeedError:
+    except (SeedError, TableLockTimeout):
         raise
+    except psycopg.errors.LockNotAvailable as error:
+        raise TableLockTimeout(
+            "the seeds", describe_sql_error(error), outcome=_NOTHING_APPLIED
+        ) from None
     except psycopg.Error as error:
         raise SeedError(
             f"seeds failed: [{error.sqlstate}] {error.diag.message_primary or error}"
@@ -95,6 +103,10 @@ def _apply_one(
         else:
             run_sql_file(file.path, connection)
             counts = Counts()
+    except psycopg.errors.LockNotAvailable as error:
+        raise TableLockTimeout(
+            file.name, describe_sql_error(error), outcome=_NOTHING_APPLIED
+        ) from None
     except psycopg.Error as error:
         raise SeedError(
             f"{file.name}: [{error.sqlstate}] {error.diag.message_primary or error}",

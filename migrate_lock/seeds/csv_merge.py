@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+import psycopg.errors
 from psycopg import sql
 from psycopg.pq import TransactionStatus
 
@@ -152,6 +153,8 @@ def _copy_into_empty_table(
             with cursor.copy(statement) as copy:
                 _stream(copy, data)
             return max(cursor.rowcount, 0)
+    except (psycopg.errors.LockNotAvailable, psycopg.errors.QueryCanceled):
+        raise  # the DDL timeouts ran out: the slower way would only wait as long again
     except psycopg.Error:
         return None
 

@@ -1,0 +1,156 @@
+"""The one lock-holding path, ``lock.migration_lock``, against a scripted connection.
+
+The integration tier proves the lock against a real server; these pin down the
+sequence every verb relies on: ownership checked, one ``lock.acquired``, one
+``lock.released``, a checked unlock (or the lock's transaction ended) on every exit.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from migrate_lock.errors import MigrationFailed
+from migrate_lock.lock import DdlTimeouts, migration_lock
+from migrate_lock.logs import log
+
+pytestmark = pytest.mark.unit
+
+KEY = 42
+TIMEOUTS = DdlTimeouts("1s", "0", "30s")
+
+
+class Rows:
+    def __init__(self, row: tuple[object, ...] | None) -> None:
+        self.row = row
+
+    def fetchone(self) -> tuple[object, ...] | None:
+        return self.row
+
+    def fetchall(self) -> list[tuple[object, ...]]:
+        return [self.row] if self.row else []
+
+
+class Endpoint:
+    host = "db.internal"
+    port = 5432
+
+
+class ScriptedConnection:
+    """Answers the lock's queries like a server on which the lock is free (or not)."""
+
+    def __init__(self, *, owned: bool = True) -> None:
+        self.owned = owned
+        self.statements: list[str] = []
+        self.closed = False
+        self.broken = False
+        self.info = Endpoint()
+
+    def execute(self, query: Any, params: Any = None) -> Rows:
+        text = " ".join(str(query).split())
+        self.statements.append(text)
+        if "pg_try_advisory" in text:
+            return Rows((True,))
+        if text.startswith("SELECT EXISTS"):
+            return Rows((self.owned,))
+        if "server_version_num" in text:
+            return Rows((170000,))
+        if "pg_advisory_unlock" in text:
+            return Rows((True,))
+        return Rows(None)
+
+    def notifies(
+        self, *, timeout: float | None = None, stop_after: int | None = None
+    ) -> Iterator[Any]:
+        return iter(())
+
+    def ran(self, pattern: str) -> list[str]:
+        return [statement for statement in self.statements if re.search(pattern, statement)]
+
+
+def hold_and_run(connection: ScriptedConnection, scope: Any, *, fail: bool = False) -> None:
+    with migration_lock(connection, KEY, scope=scope, timeout_seconds=5, timeouts=TIMEOUTS) as hold:
+        assert hold.acquired
+        connection.execute("SELECT 'the work'")
+        if fail:
+            raise RuntimeError("the work failed")
+
+
+@pytest.mark.parametrize("scope", ["session", "transaction"])
+def test_a_hold_logs_acquired_once_and_released_once(
+    scope: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Why: operators count these two events to see who held the lock and for how long."""
+    log.configure(log_format="json", level="INFO")
+    hold_and_run(ScriptedConnection(), scope)
+    names = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert names.count("lock.acquired") == 1
+    assert names.count("lock.released") == 1
+
+
+def test_the_holder_is_named_and_bounded_before_the_work_runs() -> None:
+    """Why: waiters read "migrating since" from application_name, and the DDL timeouts
+    keep a stuck statement from holding every replica's lock (the seed verb had none)."""
+    connection = ScriptedConnection()
+    hold_and_run(connection, "session")
+    work = connection.statements.index("SELECT 'the work'")
+    settings = [
+        index for index, statement in enumerate(connection.statements) if "set_config" in statement
+    ]
+    assert settings and max(settings) < work
+    assert len(settings) >= 4  # application_name, lock_timeout, statement_timeout, idle timeout
+
+
+def test_the_session_lock_is_announced_and_released_after_the_work() -> None:
+    connection = ScriptedConnection()
+    hold_and_run(connection, "session")
+    notify, unlock = connection.ran(r"^NOTIFY"), connection.ran(r"pg_advisory_unlock")
+    assert notify and unlock
+    assert connection.statements.index(unlock[0]) > connection.statements.index("SELECT 'the work'")
+
+
+def test_the_session_lock_is_released_when_the_work_fails() -> None:
+    """Why: a failed revision must not leave the lock held for every later replica."""
+    connection = ScriptedConnection()
+    with pytest.raises(RuntimeError):
+        hold_and_run(connection, "session", fail=True)
+    assert connection.ran(r"pg_advisory_unlock")
+
+
+def test_the_transaction_lock_commits_the_work_and_rolls_back_a_failure() -> None:
+    """Why: in the transaction scope the lock ends with the transaction that did the work."""
+    committed, failed = ScriptedConnection(), ScriptedConnection()
+    hold_and_run(committed, "transaction")
+    with pytest.raises(RuntimeError):
+        hold_and_run(failed, "transaction", fail=True)
+    assert committed.ran(r"^COMMIT$") and not committed.ran(r"^ROLLBACK$")
+    assert failed.ran(r"^ROLLBACK$") and not failed.ran(r"^COMMIT$")
+
+
+def test_a_granted_lock_that_pg_locks_does_not_show_stops_before_any_work() -> None:
+    """Why: behind a pooler "granted" can mean granted to some other client's backend."""
+    connection = ScriptedConnection(owned=False)
+    with pytest.raises(MigrationFailed, match="pg_locks shows no lock for this session"):
+        hold_and_run(connection, "session")
+    assert "SELECT 'the work'" not in connection.statements
+
+
+def test_a_hold_for_a_hand_over_is_silent_and_lets_go_once(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Why: the lean path only keeps the lock for the full path, which logs the hold."""
+    log.configure(log_format="json", level="INFO")
+    connection = ScriptedConnection()
+    with migration_lock(
+        connection, KEY, scope="session", timeout_seconds=5, announce=False
+    ) as hold:
+        hold.hand_over()
+        hold.hand_over()
+    names = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert "lock.acquired" not in names and "lock.released" not in names
+    assert len(connection.ran(r"pg_advisory_unlock")) == 1
+    assert not connection.ran(r"set_config")
