@@ -35,6 +35,28 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(f"a unit test may not use the database ({', '.join(sorted(uses))})")
 
 
+#: The modules whose tests take longest (tens of seconds each: many replica processes,
+#: 10 kills per test, a 30 s network timeout). They are handed out first, see below.
+LONGEST_FIRST = ("test_reliability", "test_random_kills")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the longest tests first, then the other slow ones, then the rest.
+
+    pytest-xdist hands tests to its workers in this order (two at a time, see
+    ``--maxschedchunk`` in pyproject.toml): a long test that started last would leave one
+    worker running it alone at the end. The sort is stable, so each module keeps its order.
+    """
+
+    def rank(item: pytest.Item) -> int:
+        module = item.module.__name__ if isinstance(item, pytest.Function) else ""
+        if module in LONGEST_FIRST:
+            return LONGEST_FIRST.index(module)
+        return len(LONGEST_FIRST) + (0 if item.get_closest_marker("slow") else 1)
+
+    items.sort(key=rank)
+
+
 @dataclass(frozen=True)
 class Server:
     admin_url: str
