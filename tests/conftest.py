@@ -21,7 +21,7 @@ from migrate_lock.dsn import parse_database_url, with_database
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.sandbox.example import write_example_project
 
-from support import TEST_PASSWORD
+from support import TEST_PASSWORD, run_cli
 
 #: The fixtures that start or use PostgreSQL: a unit test (``-m unit``) may not ask for them.
 DATABASE_FIXTURES = frozenset({"pg_server", "database_url"})
@@ -100,6 +100,30 @@ def database_url(pg_server: Server) -> Iterator[str]:
     """A fresh, empty database for this test, dropped afterwards."""
     with fresh_database(pg_server) as url:
         yield url
+
+
+@pytest.fixture(scope="session")
+def head_template(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A database at the example project's head, made once per worker by a real
+    ``migrate-lock upgrade``: the name ``at_head`` copies."""
+    project = tmp_path_factory.mktemp("head-template") / "project"
+    write_example_project(project, 21)
+    with fresh_database(pg_server) as url:
+        result = run_cli(["upgrade"], cwd=project, database_url=url)
+        assert result.returncode == 0, result.stderr
+        yield parse_database_url(url).database
+
+
+@pytest.fixture
+def at_head(pg_server: Server, database_url: str, head_template: str) -> str:
+    """``database_url`` as ``upgrade`` of ``project`` leaves it: at head, with the marker,
+    the history and the seeds. A copy of ``head_template`` (CREATE DATABASE ... TEMPLATE,
+    a few ms), for tests where that upgrade is setup, not the behaviour under test."""
+    name = parse_database_url(database_url).database
+    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{head_template}"')
+    return database_url
 
 
 @pytest.fixture

@@ -27,8 +27,7 @@ def finished(events: list[dict]) -> dict:
 
 
 @pytest.fixture
-def frozen_at_head(project: Path, database_url: str) -> Path:
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
+def frozen_at_head(project: Path, at_head: str) -> Path:
     assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
     return project
 
@@ -42,8 +41,8 @@ def test_at_head_with_a_fresh_manifest_answers_from_the_manifest(
     assert finished(events)["heads_from"] == "manifest"
 
 
+@pytest.mark.usefixtures("at_head")
 def test_without_a_manifest_alembic_answers(project: Path, database_url: str) -> None:
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     code, events = upgrade_events(project, database_url)
     assert code == 0
     assert finished(events)["role"] == "fast_path"

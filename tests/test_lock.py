@@ -92,11 +92,11 @@ def test_waiter_never_queues_inside_the_server(project: Path, database_url: str)
     assert waiter.returncode == 75
 
 
+@pytest.mark.usefixtures("at_head")
 def test_waiter_continues_without_the_lock_once_another_replica_reached_head(
     project: Path, database_url: str
 ) -> None:
     """Why: when the holder finishes, waiters must not each take the lock in turn."""
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     with psycopg.connect(database_url, autocommit=True) as connection:
         connection.execute("UPDATE alembic_version SET version_num = '0020'")
     with hold_lock(database_url):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from support import catalog_snapshot, run_cli
 
 DROP_REVISION = '''"""drop the note of t_3"""
@@ -72,9 +74,9 @@ def test_plan_shows_the_timeouts_the_migrating_session_will_get(
     assert "== 0001 baseline" in result.stdout
 
 
+@pytest.mark.usefixtures("at_head")
 def test_plan_at_head_says_nothing_to_do(project: Path, database_url: str) -> None:
     """A deploy that changes no schema is worth knowing as such."""
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     result = run_cli(["plan"], cwd=project, database_url=database_url)
     assert result.returncode == 0
     assert "(at_head)" in result.stdout

@@ -331,11 +331,11 @@ def test_a_changed_seed_alone_is_applied_through_the_pooler_at_head(
     assert advisory_locks(database_url) == []
 
 
+@pytest.mark.usefixtures("at_head")
 def test_a_downgrade_in_transaction_scope_is_refused_before_touching_anything(
     project: Path, database_url: str
 ) -> None:
     """Why: downgrade/stamp run Alembic's own transactions, which the lock cannot span."""
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     before = catalog_snapshot(database_url)
 
     result = run_cli(

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from migrate_lock.lock import lock_key
 from migrate_lock.sandbox.example import write_example_project
@@ -33,8 +34,8 @@ def test_status_of_an_empty_database_is_pending_with_exit_4(
         assert data["lock_key"] == lock_key(connection.info.dbname, "public", "alembic_version")
 
 
+@pytest.mark.usefixtures("at_head")
 def test_status_at_head_exits_0_and_names_the_lock_holder(project: Path, database_url: str) -> None:
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     with psycopg.connect(database_url, autocommit=True) as holder:
         holder.execute(
             "SELECT pg_advisory_lock(%s)",
@@ -62,11 +63,11 @@ def test_status_and_upgrade_exit_5_for_a_revision_the_code_never_saw(
     assert "revision f00ba4" in upgrade.stderr
 
 
+@pytest.mark.usefixtures("at_head")
 def test_older_code_finds_a_newer_database_ahead_and_ready(
     tmp_path: Path, project: Path, database_url: str
 ) -> None:
     """Why: in a rolling deploy, old pods restart after new ones migrated; they must start."""
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     older = tmp_path / "older"
     write_example_project(older, 15)
 
