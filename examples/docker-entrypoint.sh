@@ -13,15 +13,42 @@
 # Settings: docs/configuration.md. Exit codes: docs/exit-codes.md.
 set -eu
 
-if [ "$#" -gt 0 ]; then
-    passthrough="${ENTRYPOINT_PASSTHROUGH-migrate-lock alembic}"
+# The default of ENTRYPOINT_PASSTHROUGH (migrate_lock/lean/settings_schema.py).
+PASSTHROUGH_DEFAULT="migrate-lock alembic"
+
+# Whether ENTRYPOINT_PASSTHROUGH names the command $1, read as migrate-lock reads every
+# setting: surrounding whitespace ignored, a blank value is the default, names separated
+# by whitespace or commas, `none` alone for no command. A path in the list is an error
+# that `migrate-lock run` reports (exit 78), so then nothing passes through here.
+# Differences (docs/configuration.md): upper-case name only, no .env, ASCII whitespace.
+passes_through() {
+    wanted=$1
     set -f  # the list is words, not patterns
-    for name in $(printf '%s\n' "$passthrough" | tr ',' ' '); do
-        if [ "${1##*/}" = "$name" ]; then
-            exec "$@"
+    # The rest of Python's ASCII whitespace becomes spaces, which the shell splits on.
+    list=$(printf '%s\n' "${ENTRYPOINT_PASSTHROUGH-}" | tr '\r\v\f\034\035\036\037' '       ')
+    # shellcheck disable=SC2086 # split on purpose
+    set -- $list
+    if [ "$#" -eq 0 ]; then
+        list=$PASSTHROUGH_DEFAULT
+    fi
+    # shellcheck disable=SC2046 # split on purpose
+    set -- $(printf '%s\n' "$list" | tr ',' ' ')
+    if [ "$#" -eq 1 ] && [ "$1" = none ]; then
+        return 1
+    fi
+    for name in "$@"; do
+        case $name in */*) return 1 ;; esac
+    done
+    for name in "$@"; do
+        if [ "$name" = "$wanted" ]; then
+            return 0
         fi
     done
-    set +f
+    return 1
+}
+
+if [ "$#" -gt 0 ] && passes_through "${1##*/}"; then
+    exec "$@"
 fi
 
 exec migrate-lock run -- "$@"

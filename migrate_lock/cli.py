@@ -15,6 +15,7 @@ import migrate_lock
 from migrate_lock import __version__
 from migrate_lock.errors import ExitCode, MigrateLockError
 from migrate_lock.interrupts import Terminated, signals_raise
+from migrate_lock.lean.settings_schema import choices, default, read_dotenv, read_field
 from migrate_lock.logs import log
 
 if TYPE_CHECKING:
@@ -33,10 +34,14 @@ T = TypeVar("T")
     help="Alembic config file [env ALEMBIC_CONFIG; default ./alembic.ini].",
 )
 @click.option("--database-url", help="Database URL [env DATABASE_URL].")
-@click.option("--log-format", type=click.Choice(["auto", "json", "text"]), help="[env LOG_FORMAT]")
+@click.option(
+    "--log-format",
+    type=click.Choice(choices("log_format"), case_sensitive=False),
+    help="[env LOG_FORMAT]",
+)
 @click.option(
     "--log-level",
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    type=click.Choice(choices("log_level"), case_sensitive=False),
     help="[env LOG_LEVEL]",
 )
 @click.pass_context
@@ -46,12 +51,12 @@ def main(ctx: click.Context, /, **flags: Any) -> None:
 
 
 def _overrides(ctx: click.Context, **more: Any) -> dict[str, Any]:
-    """The flags as settings by field name (None: not given); they beat the environment."""
-    flags = dict(ctx.find_root().obj or {})
-    if flags.get("database_url"):
-        # The flag names the one database to use: it beats MIGRATION_DATABASE_URL too.
-        more.setdefault("migration_database_url", flags["database_url"])
-    return {**flags, **more}
+    """The flags as settings by field name (None: not given); they beat the environment.
+
+    ``--database-url`` also beats MIGRATION_DATABASE_URL: the settings table's ``collect``
+    says so, for both paths and for library callers alike.
+    """
+    return {**(ctx.find_root().obj or {}), **more}
 
 
 def _settings(ctx: click.Context, **more: Any) -> Settings:
@@ -67,8 +72,8 @@ def _run(action: Callable[[], T]) -> T:
     # settings error is reported in the format the operator asked for.
     flags = click.get_current_context().find_root().obj or {}
     log.configure(
-        log_format=flags.get("log_format") or os.environ.get("LOG_FORMAT", "auto").lower(),
-        level=flags.get("log_level") or os.environ.get("LOG_LEVEL", "INFO"),
+        log_format=flags.get("log_format") or _early_setting("log_format"),
+        level=flags.get("log_level") or _early_setting("log_level"),
     )
     try:
         with signals_raise():
@@ -90,6 +95,19 @@ def _run(action: Callable[[], T]) -> T:
             "please report it (LOG_LEVEL=DEBUG shows more)",
             ExitCode.MIGRATION_FAILED,
         )
+
+
+def _early_setting(field: str) -> Any:
+    """``field`` by the settings' rule, or its default while it is wrong (the settings'
+    validation then reports it, in the format chosen here)."""
+    try:
+        dotenv = read_dotenv(Path(".env"))
+    except ValueError:  # a line the lean reader leaves to python-dotenv
+        dotenv = {}
+    try:
+        return read_field(field, os.environ, dotenv)
+    except ValueError:
+        return default(field)
 
 
 def _fail(message: str, code: ExitCode, *, now: bool = False) -> NoReturn:
@@ -522,7 +540,7 @@ def env_show(ctx: click.Context, as_json: bool) -> None:
 
 
 @env.command("set")
-@click.argument("name", type=click.Choice(["development", "test", "staging", "production"]))
+@click.argument("name", type=click.Choice(choices("environment"), case_sensitive=False))
 @_confirm_option
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @click.pass_context

@@ -14,8 +14,11 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from migrate_lock.dsn import mask_url_text
+from migrate_lock.lean.settings_schema import choices
 
-LEVELS = {"DEBUG": 10, "INFO": 20, "WARNING": 30, "ERROR": 40}
+#: LOG_LEVEL's values (the settings table lists them mildest first), numbered as the
+#: standard library's logging numbers them.
+LEVELS = {name: 10 * rank for rank, name in enumerate(choices("log_level"), start=1)}
 _NOT_SECRET = {"postgres", "password", "changeme", "postgresql"}
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import event, text
 
 from migrate_lock.errors import ConfigError, Refused
 from migrate_lock.guard import RANK, Marker, Protection, marker_table
-from migrate_lock.lean.settings_schema import ENVIRONMENTS
+from migrate_lock.lean.settings_schema import SettingError, read_field, row
 from migrate_lock.version_table import VersionTable
 
 # Set while migrate-lock itself runs create_all (init-db, after confirmation), so that an
@@ -29,7 +29,9 @@ def protect(metadata: Any, *, environment: str | None = None) -> None:
     """Make ``metadata.create_all()`` and ``drop_all()`` raise outside development and test.
 
     ``environment`` defaults to ENVIRONMENT (or APP_ENV) at the time of the call to
-    ``create_all``; on PostgreSQL the database's marker counts too, as for every
+    ``create_all``, read from the process environment by the settings' rule (names in any
+    case, a blank value is unset; docs/configuration.md), as are VERSION_TABLE and
+    VERSION_TABLE_SCHEMA; on PostgreSQL the database's marker counts too, as for every
     guardrail (the stricter wins; a migrated database without a marker is production).
     The error (``migrate_lock.errors.Refused``) names the safe alternative:
     ``migrate-lock upgrade``. Uses SQLAlchemy's DDL events; calling it twice is harmless.
@@ -61,9 +63,9 @@ def ddl_confirmed() -> Iterator[None]:
 def _refuse_ddl(what: str, connection: Any, environment: str | None) -> None:
     if _DDL_CONFIRMED.get():
         return
-    local = environment if environment is not None else _environment_variable()
-    if local is not None and local not in RANK:
-        raise ConfigError(f"ENVIRONMENT is invalid (got {local!r}): use one of {ENVIRONMENTS}")
+    local: str | None = (
+        _setting("environment") if environment is None else _parse("environment", environment)
+    )
     if connection.dialect.name == "postgresql":
         guard = _sqlalchemy_protection(connection, local)
     else:  # no marker to read: ENVIRONMENT alone decides
@@ -79,28 +81,39 @@ def _refuse_ddl(what: str, connection: Any, environment: str | None) -> None:
     )
 
 
-def _environment_variable() -> str | None:
-    value = os.environ.get("ENVIRONMENT") or os.environ.get("APP_ENV")
-    return value.strip().lower() or None if value else None
+def _setting(field: str) -> Any:
+    """``field`` from the environment by the settings' rule; ConfigError if it is wrong."""
+    try:
+        return read_field(field, os.environ)
+    except SettingError as error:  # two spellings, two values: the message names both
+        raise ConfigError(str(error)) from None
+    except ValueError as error:
+        raise ConfigError(f"{row(field).variable} is invalid: {error}") from None
+
+
+def _parse(field: str, value: str) -> Any:
+    """A value given in code, read as the variable's would be (any case; blank is unset)."""
+    try:
+        return row(field).parse(value)
+    except ValueError as error:
+        raise ConfigError(f"{field}={value!r} is invalid: {error}") from None
 
 
 def _sqlalchemy_protection(connection: Any, local: str | None) -> Protection:
     schema = (
-        os.environ.get("VERSION_TABLE_SCHEMA")
+        _setting("version_table_schema")
         or connection.execute(text("SELECT current_schema()")).scalar_one_or_none()
     )
-    table = VersionTable(
-        str(schema or "public"), os.environ.get("VERSION_TABLE", "alembic_version")
-    )
+    table = VersionTable(str(schema or "public"), _setting("version_table"))
     database, migrated, has_marker = connection.execute(
         text("SELECT current_database(), to_regclass(:v) IS NOT NULL, to_regclass(:m) IS NOT NULL"),
         {"v": table.qualified, "m": marker_table(table)},
     ).one()
     marker = None
     if has_marker:
-        row = connection.execute(
+        found = connection.execute(
             text(f"SELECT environment, set_at::text, set_by FROM {marker_table(table)} LIMIT 1")
         ).first()
-        if row is not None and row[0] in RANK:
-            marker = Marker(str(row[0]), str(row[1]), str(row[2]))
+        if found is not None and found[0] in RANK:
+            marker = Marker(str(found[0]), str(found[1]), str(found[2]))
     return Protection(database=str(database), marker=marker, local=local, migrated=bool(migrated))

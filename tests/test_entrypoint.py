@@ -300,7 +300,7 @@ def test_entrypoint_script_and_settings_share_the_passthrough_default() -> None:
     """Why: the script and `run` must agree on which commands skip the migration."""
     script = (ENTRYPOINTS / "docker-entrypoint.sh").read_text()
     passthrough = default("entrypoint_passthrough")
-    assert f'"${{ENTRYPOINT_PASSTHROUGH-{passthrough}}}"' in script
+    assert f'\nPASSTHROUGH_DEFAULT="{passthrough}"\n' in script
 
 
 def test_smoke_migrate_exits_0_when_migrated_and_again_when_at_head(

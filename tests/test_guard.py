@@ -265,3 +265,22 @@ def test_protect_refuses_drop_all_on_a_production_marked_database_from_developme
         metadata.drop_all(engine)
 
     assert query(database_url, "SELECT to_regclass('leagues') IS NOT NULL") == [(True,)]
+
+
+def test_protect_reads_a_lowercase_environment_variable(
+    project: Path, engine: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why: ``environment=production`` is ENVIRONMENT=production for every other check;
+    protect() read only the upper-case name, so a database marked development took a
+    production process's create_all()."""
+    run_cli(["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="development")
+    for name in ("ENVIRONMENT", "APP_ENV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("environment", "production")
+    metadata = models()
+    protect(metadata)
+
+    with pytest.raises(Refused, match=r"migrate-lock upgrade"):
+        metadata.create_all(engine)
+
+    assert query(database_url, "SELECT to_regclass('customers')") == [(None,)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,75 @@ def test_a_path_in_entrypoint_passthrough_is_refused_at_head_with_a_manifest(
     result = run_cli(verb, cwd=project, database_url=database_url, ENTRYPOINT_PASSTHROUGH="/bin/sh")
     line = assert_one_line_failure(result, 78)
     assert "ENTRYPOINT_PASSTHROUGH is invalid" in line
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["without_manifest", "with_manifest"])
+def test_a_malformed_database_url_is_refused_even_when_the_migration_url_is_used(
+    project: Path, database_url: str, frozen: bool
+) -> None:
+    """Why: the at-head path parsed only the URL it connects with: beside a good
+    MIGRATION_DATABASE_URL a malformed DATABASE_URL was exit 78 without a manifest and
+    "at head" (exit 0) with one."""
+    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
+    if frozen:
+        assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    result = run_cli(
+        ["upgrade"],
+        cwd=project,
+        database_url="postgresql://app@db.internal:port/app",
+        MIGRATION_DATABASE_URL=database_url,
+    )
+    line = assert_one_line_failure(result, 78)
+    assert "error: DATABASE_URL is malformed" in line
+
+
+@pytest.mark.parametrize("frozen", [False, True], ids=["without_manifest", "with_manifest"])
+def test_the_database_url_flag_beats_migration_database_url_on_both_paths(
+    project: Path, database_url: str, frozen: bool
+) -> None:
+    """Why: ``--database-url`` names the one database to use; the settings table says so
+    (cli.py no longer repeats it), so both the lean and the full path must honour it."""
+    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
+    if frozen:
+        assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    result = run_cli(
+        ["--database-url", database_url, "upgrade"],
+        cwd=project,
+        database_url=None,
+        MIGRATION_DATABASE_URL="postgresql://app:elsewhere@127.0.0.1:9/nowhere",
+        DB_CONNECT_TIMEOUT_SECONDS="0",
+        LOG_FORMAT="json",
+    )
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stderr.splitlines()]
+    lean = any(event.get("heads_from") == "manifest" for event in events)
+    assert lean == frozen, events  # the lean path answered exactly when it could
+
+
+def test_a_settings_error_is_reported_in_a_lowercase_log_format(tmp_path: Path) -> None:
+    """Why: before the settings are validated the CLI read ``LOG_FORMAT`` by hand, in upper
+    case only: ``log_format=text`` was ignored and the error came out as JSON."""
+    result = run_cli(
+        ["status"],
+        cwd=tmp_path,
+        database_url=None,
+        LOG_FORMAT="",
+        log_format="text",
+        DDL_LOCK_TIMEOUT="forever",
+    )
+    line = assert_one_line_failure(result, 78)
+    assert "DDL_LOCK_TIMEOUT is invalid" in line
+
+
+def test_the_log_format_flag_takes_the_settings_values_in_any_case(tmp_path: Path) -> None:
+    """Why: the flags' choices are the settings table's, read in any case as the variable;
+    ``--log-format TEXT`` was a usage error while ``LOG_FORMAT=TEXT`` was accepted."""
+    result = run_cli(
+        ["--log-format", "TEXT", "status"],
+        cwd=tmp_path,
+        database_url=None,
+        LOG_FORMAT="json",
+        DDL_LOCK_TIMEOUT="forever",
+    )
+    line = assert_one_line_failure(result, 78)
+    assert "DDL_LOCK_TIMEOUT is invalid" in line

@@ -176,10 +176,17 @@ def _done(
 
 
 def _migration_url(settings: LeanSettings) -> DatabaseUrl:
-    raw = settings.migration_database_url or settings.database_url
-    if not raw:
+    """The URL to migrate on; both URLs are parsed, as ``load_settings`` parses both: a
+    malformed DATABASE_URL is exit 78 on the full path even when MIGRATION_DATABASE_URL
+    is the one used, so here it defers (ConfigError, LeanUnavailable)."""
+    urls = [
+        parse_database_url(raw, libpq_check=_libpq_accepts)
+        for raw in (settings.migration_database_url, settings.database_url)
+        if raw
+    ]
+    if not urls:
         raise LeanUnavailable("no database URL")
-    return parse_database_url(raw, libpq_check=_libpq_accepts)
+    return urls[0]
 
 
 def _libpq_accepts(conninfo: str, variable: str) -> None:
