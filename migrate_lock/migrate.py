@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from migrate_lock.errors import MigrateLockError
 from migrate_lock.lean.fastpath import lean_upgrade
 from migrate_lock.lean.pq import LeanUnavailable
-from migrate_lock.lean.settings_schema import read_dotenv, read_settings
+from migrate_lock.lean.settings_schema import LeanSettings, read_dotenv, read_settings
 from migrate_lock.logs import log
 from migrate_lock.outcome import UpgradeResult
 
@@ -66,17 +66,7 @@ def _upgrade_in_full(
     return protocol.upgrade(target, settings=settings, overrides=overrides, handover=handover)
 
 
-class StartSettings(Protocol):
-    """What a start needs to know before it migrates: the lean or the full settings."""
-
-    @property
-    def migrate_on_start(self) -> bool: ...
-
-    @property
-    def entrypoint_passthrough(self) -> str: ...
-
-
-def start_settings(overrides: Mapping[str, Any] | None = None) -> StartSettings:
+def start_settings(overrides: Mapping[str, Any] | None = None) -> LeanSettings | Settings:
     """The settings as the lean reader reads them when it is certain, else validated in
     full (ConfigError, exit 78, on a wrong value). Logging is configured from them."""
     try:
