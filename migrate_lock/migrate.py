@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from migrate_lock.errors import MigrateLockError
-from migrate_lock.lean.fastpath import lean_upgrade
+from migrate_lock.lean.fastpath import LeanStart, lean_upgrade
 from migrate_lock.lean.pq import LeanUnavailable
 from migrate_lock.lean.settings_schema import LeanSettings, read_dotenv, read_settings
 from migrate_lock.logs import log
 from migrate_lock.outcome import UpgradeResult
 
 if TYPE_CHECKING:
-    from migrate_lock.lock import Hold
     from migrate_lock.settings import Settings
 
 
@@ -50,18 +49,18 @@ def upgrade(
             return lean.result
         # The lean connection still holds the lock (if it got it) until the full
         # path's connection is open: no other replica starts loading Alembic for it.
-        return _upgrade_in_full(target, None, overrides, lean.hold)
+        return _upgrade_in_full(target, None, overrides, lean if lean.hold else None)
 
 
 def _upgrade_in_full(
     target: str,
     settings: Settings | None,
     overrides: Mapping[str, Any] | None,
-    handover: Hold | None,
+    handover: LeanStart | None,
 ) -> UpgradeResult:
     # The package's one deliberate late import: the full path costs more CPU than the
     # whole at-head answer (docs/performance.md), so only a start that needs it pays.
-    from migrate_lock import protocol
+    from migrate_lock import protocol  # noqa: PLC0415 - the lean-to-full step, see above
 
     return protocol.upgrade(target, settings=settings, overrides=overrides, handover=handover)
 
@@ -72,7 +71,7 @@ def start_settings(overrides: Mapping[str, Any] | None = None) -> LeanSettings |
     try:
         lean = read_settings(os.environ, read_dotenv(Path(".env")), overrides or {})
     except (LeanUnavailable, MigrateLockError, OSError, ValueError):
-        from migrate_lock.settings import load_settings
+        from migrate_lock.settings import load_settings  # noqa: PLC0415 - as protocol above
 
         full = load_settings(**(overrides or {}))
         log.configure(log_format=full.log_format, level=full.log_level)

@@ -32,6 +32,7 @@ from migrate_lock.errors import (
     UsageError,
 )
 from migrate_lock.guard import check_startup, remember_environment
+from migrate_lock.lean.fastpath import LeanStart
 from migrate_lock.lock import Hold
 from migrate_lock.logs import log
 from migrate_lock.outcome import Role, UpgradeResult
@@ -59,7 +60,7 @@ def upgrade(
     *,
     settings: Settings | None = None,
     overrides: Mapping[str, Any] | None = None,
-    handover: Hold | None = None,
+    handover: LeanStart | None = None,
 ) -> UpgradeResult:
     """The full path of ``migrate_lock.upgrade`` (migrate.py): Alembic, SQLAlchemy, psycopg.
 
@@ -89,7 +90,7 @@ RECONNECTS = 3
 
 
 def _upgrade_once(
-    project: Project, target: str, started: float, handover: Hold | None
+    project: Project, target: str, started: float, handover: LeanStart | None
 ) -> UpgradeResult:
     scripts = project.scripts
     wanted = scripts.resolve(target)

@@ -44,12 +44,26 @@ class LeanStart:
     """How far the at-head path got: a ``result`` (nothing more to do), or not.
 
     With no result, ``hold`` is the migration lock this path holds on its lean
-    connection (it waited for it and the database is still not at the heads): hand it
-    over to the full path, which takes it next. Neither: only the full path can tell.
+    connection (it waited for it and the database is still not at the heads): the
+    full path calls ``hand_over()`` once its own connection is open, and takes the
+    lock next. Neither: only the full path can tell (the lean connection is closed).
     """
 
     result: UpgradeResult | None = None
     hold: Hold | None = None
+    connection: LeanConnection | None = None
+
+    @property
+    def waited_seconds(self) -> float:
+        return self.hold.waited_seconds if self.hold is not None else 0.0
+
+    def hand_over(self) -> None:
+        """Let go of the lock and give the lean connection's slot back: with the server
+        out of connection slots, the full path may need exactly that one."""
+        if self.hold is not None:
+            self.hold.hand_over()
+        if self.connection is not None:
+            self.connection.close()
 
 
 @contextmanager
@@ -63,7 +77,10 @@ def lean_upgrade(overrides: Mapping[str, Any] | None = None) -> Iterator[LeanSta
     (LockTimeout, exit 75); anything else uncertain yields an empty LeanStart.
     """
     with ExitStack() as stack:
-        yield _start(stack, overrides or {}, time.monotonic())
+        start = _start(stack, overrides or {}, time.monotonic())
+        if start.hold is None:
+            stack.close()  # nothing to hand over: give the connection slot back at once
+        yield start
 
 
 def _start(stack: ExitStack, overrides: Mapping[str, Any], started: float) -> LeanStart:
@@ -143,7 +160,7 @@ def _check_or_wait(
         )
     )
     if hold.acquired:
-        return LeanStart(hold=hold)
+        return LeanStart(hold=hold, connection=connection)
     return LeanStart(result=_done("waited", heads, key, hold.waited_seconds, started))
 
 
