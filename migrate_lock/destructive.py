@@ -16,6 +16,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from sqlalchemy import MetaData
+
 from migrate_lock.errors import Refused, UsageError
 from migrate_lock.guard import (
     Protection,
@@ -29,10 +31,10 @@ from migrate_lock.logs import log
 from migrate_lock.metadata_guard import ddl_confirmed
 from migrate_lock.migrate import upgrade
 from migrate_lock.project import DatabaseSession, Project
+from migrate_lock.runner import run_alembic
 from migrate_lock.version_table import record_history
 
 if TYPE_CHECKING:
-    from sqlalchemy import MetaData
     from sqlalchemy.engine import Connection
 
     from migrate_lock.settings import Settings
@@ -251,8 +253,6 @@ def _alembic(
     *,
     before: Callable[[Connection], None] | None = None,
 ) -> list[str]:
-    from migrate_lock.runner import run_alembic
-
     config = session.project.config
     config.attributes["version_table"] = session.version_table.name
     config.attributes["version_table_schema"] = session.version_table.schema
@@ -303,8 +303,6 @@ def _require_brand_new(session: DatabaseSession, metadata: MetaData) -> None:
 
 
 def _as_metadata(found: Any) -> MetaData:
-    from sqlalchemy import MetaData
-
     candidate = getattr(found, "metadata", found)
     if not isinstance(candidate, MetaData):
         raise UsageError(
