@@ -48,7 +48,7 @@ def run(command: Sequence[str], *, overrides: Mapping[str, Any] | None = None) -
         executable = _find(argv[0])
         settings = start_settings(overrides)
         name = os.path.basename(argv[0])
-        if name in settings.entrypoint_passthrough.replace(",", " ").split():
+        if name in settings.entrypoint_passthrough.split():  # normalised by the schema
             log.info("run.passthrough", command=name)
         elif not settings.migrate_on_start:
             log.info("run.migrate_skipped", reason="MIGRATE_ON_START=false")
