@@ -149,6 +149,19 @@ class BackupFailed(MigrateLockError):
     exit_code = ExitCode.MIGRATION_FAILED
 
 
+class RestoreNotPermitted(ConfigError):
+    """``restore`` needs privileges the role lacks (CREATEDB, ownership); nothing changed."""
+
+
+class SessionsInTheWay(Refused):
+    """``restore`` would have to close sessions of other roles it may not close; nothing
+    changed. ``sessions`` describes each one: pid, user, application, client."""
+
+    def __init__(self, message: str, *, sessions: list[str], hint: str | None = None) -> None:
+        super().__init__(message, hint=hint)
+        self.sessions = sessions
+
+
 def sql_error_in(error: BaseException) -> BaseException | None:
     """The server's error behind ``error`` (psycopg's, maybe wrapped by SQLAlchemy), if any."""
     seen: BaseException | None = error
