@@ -27,16 +27,24 @@ path runs the start-up checks too.
 from __future__ import annotations
 
 import ipaddress
+import os
 import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from migrate_lock.dsn import parse_database_url
 from migrate_lock.errors import ConfigError, Refused
 from migrate_lock.lean.settings_schema import ENVIRONMENTS
 from migrate_lock.logs import log
-from migrate_lock.version_table import VersionTable, database_revisions
+from migrate_lock.version_table import (
+    LEGACY_HISTORY,
+    LEGACY_SEEDS,
+    OWN_SCHEMA,
+    VersionTable,
+    database_revisions,
+    ensure_own_schema,
+)
 
 if TYPE_CHECKING:
     import psycopg
@@ -45,8 +53,12 @@ if TYPE_CHECKING:
     from migrate_lock.project import DatabaseSession
     from migrate_lock.settings import Settings
 
-#: Our marker table, in the version table's schema (one row).
-MARKER_TABLE = "migrate_lock_environment"
+#: Our marker table (one row): in our own schema, the same place in every database.
+_MARKER_NAME = "environment"
+MARKER_TABLE = f'"{OWN_SCHEMA}"."{_MARKER_NAME}"'
+#: Where releases before the own schema kept the marker: beside the version table.
+LEGACY_MARKER_TABLE = "migrate_lock_environment"
+_LEGACY_TABLES = (LEGACY_MARKER_TABLE, LEGACY_HISTORY, LEGACY_SEEDS)
 
 #: How protected each environment is: moving to a lower rank is destructive.
 RANK = {"development": 0, "test": 0, "staging": 1, "production": 2}
@@ -115,9 +127,20 @@ def _url_problems(variable: str, raw: str, *, allow_localhost: bool) -> list[str
     url = parse_database_url(raw, variable=variable, libpq_check=_not_here)
     problems = []
     hosts = url.host.split(",") if url.host else [""]
-    if not allow_localhost and any(_is_local(host) for host in hosts):
-        where = "the local socket" if hosts == [""] else "localhost"
-        problems.append(f"{variable} points at {where} ({url.masked})")
+    # hostaddr (in the URL, else PGHOSTADDR) is where libpq really connects: host is then
+    # only the name TLS and Kerberos check.
+    query = dict(parse_qsl(urlsplit(url.libpq).query, keep_blank_values=True))
+    addresses = query.get("hostaddr") or os.environ.get("PGHOSTADDR") or ""
+    if not allow_localhost:
+        local_addresses = [a for a in addresses.split(",") if a.strip() and _is_local(a)]
+        if local_addresses:
+            problems.append(
+                f"{variable} points at localhost (hostaddr={local_addresses[0].strip()}; "
+                f"{url.masked})"
+            )
+        elif not addresses.strip() and any(_is_local(host) for host in hosts):
+            where = "the local socket" if hosts == [""] else "localhost"
+            problems.append(f"{variable} points at {where} ({url.masked})")
     if url.password is not None:
         user = unquote(urlsplit(url.libpq).username or "")
         if url.password == "":
@@ -132,18 +155,41 @@ def _not_here(conninfo: str, variable: str) -> None:
 
 
 def _is_local(host: str) -> bool:
-    # An empty host is libpq's default: the server's socket on this machine. An explicit
-    # socket directory (/cloudsql/…) is a deliberate choice and not refused.
-    name = host.strip().strip("[]").lower()
+    """Whether libpq, given ``host`` (or hostaddr), would connect to this machine.
+
+    An empty host is libpq's default: the server's socket on this machine. An explicit
+    socket directory (/cloudsql/…) is a deliberate choice and not refused. Addresses
+    are compared as addresses, in every spelling the system's resolver accepts
+    (127.1, 0x7f.1, 2130706433, ::1, [::ffff:127.0.0.1], 0.0.0.0, ::).
+    """
+    name = host.strip()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    name = name.strip().lower().rstrip(".")
     if not name:
-        return True
+        return not host.strip().startswith("/")
     if name in _LOCAL_NAMES or name.endswith(".localhost"):
         return True
-    try:
-        address = ipaddress.ip_address(name)
-    except ValueError:
+    address = _address(name)
+    if address is None:
         return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
     return address.is_loopback or address.is_unspecified
+
+
+def _address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """``name`` as an IP address, or None for a host name."""
+    try:
+        return ipaddress.ip_address(name.partition("%")[0])  # "%eth0": an IPv6 zone
+    except ValueError:
+        pass
+    if not name or not (name[0].isdigit()):
+        return None
+    try:  # the classic forms getaddrinfo accepts too: 127.1, 0x7f.1, 017700000001
+        return ipaddress.IPv4Address(socket.inet_aton(name))
+    except OSError:
+        return None
 
 
 # --- the environment marker -------------------------------------------------------------
@@ -218,52 +264,150 @@ class Protection:
         }
 
 
-def marker_table(table: VersionTable) -> str:
-    """The qualified name of the marker table beside ``table``."""
-    return f'"{table.schema}"."{MARKER_TABLE}"'
+def marker_table(table: VersionTable | None = None) -> str:
+    """The qualified name of the marker table: one fixed place per database."""
+    return MARKER_TABLE
 
 
-def read_marker(connection: LockConnection, table: VersionTable) -> Marker | None:
-    """The database's marker, or None when there is none."""
-    row = connection.execute("SELECT to_regclass(%s)", (marker_table(table),)).fetchone()
-    if not row or row[0] is None:
-        return None
-    found = connection.execute(
-        f"SELECT environment, to_char(set_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
-        f" set_by FROM {marker_table(table)} LIMIT 1"
-    ).fetchone()
-    if found is None or found[0] not in RANK:
-        return None
-    return Marker(str(found[0]), str(found[1]), str(found[2]))
+# Every table that holds a marker: ours, and those older releases kept beside the
+# version table, in whichever schema VERSION_TABLE_SCHEMA named then. Ours sorts first.
+_MARKER_TABLES = (
+    "SELECT quote_ident(n.nspname) || '.' || quote_ident(c.relname), n.nspname = %s"
+    " FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+    " WHERE c.relkind IN ('r', 'p')"
+    " AND ((n.nspname = %s AND c.relname = %s) OR c.relname = %s)"
+    " ORDER BY 2 DESC, 1"
+)
+
+
+def _markers(connection: LockConnection) -> list[tuple[str, bool, Marker | None]]:
+    """(qualified table, is ours, its marker) for every marker table in the database."""
+    tables = connection.execute(
+        _MARKER_TABLES, (OWN_SCHEMA, OWN_SCHEMA, _MARKER_NAME, LEGACY_MARKER_TABLE)
+    ).fetchall()
+    found: list[tuple[str, bool, Marker | None]] = []
+    for qualified, ours in tables:
+        row = connection.execute(
+            "SELECT environment, to_char(set_at AT TIME ZONE 'UTC',"
+            ' \'YYYY-MM-DD"T"HH24:MI:SS"Z"\'), set_by'
+            f" FROM {qualified} LIMIT 1"
+        ).fetchone()
+        marker = Marker(str(row[0]), str(row[1]), str(row[2])) if row and row[0] in RANK else None
+        found.append((str(qualified), bool(ours), marker))
+    return found
+
+
+def _strictest(markers: list[Marker | None]) -> Marker | None:
+    present = [marker for marker in markers if marker is not None]
+    # max keeps the first of equals: ours, which sorts first.
+    return max(present, key=lambda marker: RANK[marker.environment]) if present else None
+
+
+def read_marker(connection: LockConnection, table: VersionTable | None = None) -> Marker | None:
+    """The database's marker, or None when there is none.
+
+    Found whatever VERSION_TABLE_SCHEMA says (``table`` is not used): ours in the
+    ``migrate_lock`` schema, and any an older release left beside a version table that
+    has not moved yet; the strictest of them counts.
+    """
+    return _strictest([marker for _, _, marker in _markers(connection)])
 
 
 def write_marker(
-    connection: psycopg.Connection[Any], table: VersionTable, environment: str, *, how: str
+    connection: psycopg.Connection[Any],
+    table: VersionTable | None,
+    environment: str,
+    *,
+    how: str,
 ) -> None:
-    """Record ``environment`` as the database's (creating our table if needed)."""
-    allowed = ", ".join(f"'{name}'" for name in ENVIRONMENTS)
+    """Record ``environment`` as the database's (creating our schema and table if needed).
+
+    Markers an older release left elsewhere go: this one is now the database's.
+    The caller has decided that the change is allowed (confirmation is not checked here).
+    """
     with connection.transaction():
-        connection.execute(
-            f"CREATE TABLE IF NOT EXISTS {marker_table(table)} ("
-            " singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
-            f" environment text NOT NULL CHECK (environment IN ({allowed})),"
-            " set_at timestamptz NOT NULL DEFAULT now(),"
-            " set_by text NOT NULL)"
-        )
-        connection.execute(
-            f"INSERT INTO {marker_table(table)} (environment, set_by)"
-            " VALUES (%s, %s || ' by ' || current_user || ' on ' || %s)"
-            " ON CONFLICT (singleton) DO UPDATE"
-            " SET environment = EXCLUDED.environment, set_at = now(), set_by = EXCLUDED.set_by",
-            (environment, how, socket.gethostname()),
-        )
+        _store_marker(connection, environment, moved=None, how=how)
 
 
-def delete_marker(connection: LockConnection, table: VersionTable) -> None:
+def _store_marker(
+    connection: LockConnection,
+    environment: str,
+    *,
+    moved: Marker | None,
+    how: str,
+) -> None:
+    ensure_own_schema(connection)
+    allowed = ", ".join(f"'{name}'" for name in ENVIRONMENTS)
+    connection.execute(
+        f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} ("
+        " singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
+        f" environment text NOT NULL CHECK (environment IN ({allowed})),"
+        " set_at timestamptz NOT NULL DEFAULT now(),"
+        " set_by text NOT NULL)"
+    )
+    if moved is None:
+        values = "%s, now(), %s || ' by ' || current_user || ' on ' || %s"
+        params: tuple[str, ...] = (environment, how, socket.gethostname())
+    else:  # a moved marker keeps when and by whom it was set
+        values = "%s, %s::timestamptz, %s"
+        params = (environment, moved.set_at, moved.set_by)
+    connection.execute(
+        f"INSERT INTO {MARKER_TABLE} (environment, set_at, set_by) VALUES ({values})"
+        " ON CONFLICT (singleton) DO UPDATE SET environment = EXCLUDED.environment,"
+        " set_at = EXCLUDED.set_at, set_by = EXCLUDED.set_by",
+        params,
+    )
+    for qualified, ours, _ in _markers(connection):
+        if not ours:
+            connection.execute(f"DROP TABLE {qualified}")
+
+
+def move_legacy_marker(connection: LockConnection) -> None:
+    """Move a marker an older release kept beside a version table into our schema.
+
+    The strictest of all the markers found is kept (with when and by whom it was set):
+    the move never lowers or loses a marker. Call under the lock, in the migrating
+    transaction.
+    """
+    markers = _markers(connection)
+    if all(ours for _, ours, _ in markers):
+        return
+    strictest = _strictest([marker for _, _, marker in markers])
+    if strictest is None:  # empty or unreadable leftovers: nothing to keep
+        for qualified, ours, _ in markers:
+            if not ours:
+                connection.execute(f"DROP TABLE {qualified}")
+        return
+    _store_marker(connection, strictest.environment, moved=strictest, how="move")
+    log.info("guard.marker_moved", environment=strictest.environment, to=MARKER_TABLE)
+
+
+def delete_marker(connection: LockConnection, table: VersionTable | None = None) -> None:
     """Remove the marker (restore: the restored database keeps the target's absence)."""
-    row = connection.execute("SELECT to_regclass(%s)", (marker_table(table),)).fetchone()
-    if row and row[0] is not None:
-        connection.execute(f"DELETE FROM {marker_table(table)}")
+    for qualified, ours, _ in _markers(connection):
+        if ours:
+            connection.execute(f"DELETE FROM {qualified}")
+        else:
+            connection.execute(f"DROP TABLE {qualified}")
+
+
+def is_new_database(connection: LockConnection, table: VersionTable) -> bool:
+    """True for a brand-new database: no version table and no table of the application.
+
+    Our own tables and those of extensions (PostGIS's spatial_ref_sys) do not count.
+    """
+    row = connection.execute(
+        "SELECT to_regclass(%s) IS NULL AND NOT EXISTS ("
+        " SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+        " AND n.nspname NOT IN ('pg_catalog', 'information_schema', %s)"
+        " AND n.nspname !~ '^pg_'"
+        " AND c.relname <> ALL(%s)"
+        " AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.classid = 'pg_class'::regclass"
+        " AND d.objid = c.oid AND d.deptype = 'e'))",
+        (table.qualified, OWN_SCHEMA, list(_LEGACY_TABLES)),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def protection(session: DatabaseSession) -> Protection:
@@ -271,7 +415,7 @@ def protection(session: DatabaseSession) -> Protection:
     table = session.version_table
     return Protection(
         database=session.database_name,
-        marker=read_marker(session.connection, table),
+        marker=read_marker(session.connection),
         local=session.project.settings.environment,
         migrated=database_revisions(session.connection, table) is not None,
     )
@@ -283,32 +427,56 @@ def remember_environment(
     settings: Settings,
     *,
     how: str = "upgrade",
+    new_database: bool | None = None,
 ) -> None:
     """On upgrade: mark the database with ENVIRONMENT, or raise its marker to it.
 
     A marker is never lowered here (that is ``env set``, a destructive operation):
     a laptop that says ``development`` cannot unprotect a production database by
-    upgrading it. Without ENVIRONMENT nothing is written.
+    upgrading it. Without a marker, ENVIRONMENT is written only when it is
+    ``production`` or the database was brand-new before this upgrade
+    (``new_database``, see ``is_new_database``); an existing database without a
+    marker counts as production, so marking it lower is for ``env set`` with a
+    confirmation, and the upgrade says so (``guard.marker_not_written``).
+    ``new_database=None``: the caller's own guard allowed the operation (stamp,
+    init-db). Without ENVIRONMENT nothing is written. A marker an older release kept
+    beside the version table moves to our schema either way.
     """
+    move_legacy_marker(connection)
     local = settings.environment
     if local is None:
         return
-    marker = read_marker(connection, table)
-    if marker is None or RANK[local] > RANK[marker.environment]:
-        write_marker(connection, table, local, how=how)
-        log.info(
-            "guard.marked",
-            environment=local,
-            previous=marker.environment if marker else None,
-            how=how,
-        )
-    elif marker.environment != local:
+    marker = read_marker(connection)
+    if marker is not None and RANK[local] <= RANK[marker.environment]:
+        if marker.environment != local:
+            log.warning(
+                "guard.marker_kept",
+                marker=marker.environment,
+                local=local,
+                detail="the database stays marked as it was; `migrate-lock env set` changes it",
+            )
+        return
+    if marker is None and local != "production" and new_database is False:
+        row = connection.execute("SELECT current_database()").fetchone()
+        database = str(row[0]) if row else "DBNAME"
+        command = f"migrate-lock env set {local} --confirm-destructive {database}"
         log.warning(
-            "guard.marker_kept",
-            marker=marker.environment,
+            "guard.marker_not_written",
             local=local,
-            detail="the database stays marked as it was; `migrate-lock env set` changes it",
+            database=database,
+            command=command,
+            detail=f"the database existed without an environment marker, so it stays treated "
+            f"as production; if it really is a {local} database, mark it: {command}",
         )
+        return
+    with connection.transaction():
+        _store_marker(connection, local, moved=None, how=how)
+    log.info(
+        "guard.marked",
+        environment=local,
+        previous=marker.environment if marker else None,
+        how=how,
+    )
 
 
 # --- confirmation -----------------------------------------------------------------------
@@ -361,6 +529,22 @@ def require_confirmation(
         )
     log.warning("guard.confirmed", operation=operation, confirmed_with=confirm, **_fields(guard))
     return guard
+
+
+def require_database_name(session: DatabaseSession, operation: str, reason: str) -> None:
+    """Refuse ``operation`` (Refused, exit 3) unless CONFIRM_DESTRUCTIVE
+    (``--confirm-destructive``) names the connected database (``true`` will not do)."""
+    confirm = (session.project.settings.confirm_destructive or "").strip()
+    database = session.database_name
+    if confirm == database:
+        log.warning("guard.confirmed", operation=operation, confirmed_with=confirm)
+        return
+    wrong = f" (it was confirmed with {confirm!r})" if confirm else ""
+    raise Refused(
+        f"{operation} refused: {reason}{wrong}; nothing was changed",
+        hint=f"to go ahead, run it again with --confirm-destructive {database} "
+        f"(or CONFIRM_DESTRUCTIVE={database})",
+    )
 
 
 def _unmark_hint(guard: Protection) -> str:

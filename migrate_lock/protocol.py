@@ -31,7 +31,7 @@ from migrate_lock.errors import (
     MigrationFailed,
     UsageError,
 )
-from migrate_lock.guard import check_startup, remember_environment
+from migrate_lock.guard import check_startup, is_new_database, remember_environment
 from migrate_lock.lean.fastpath import LeanStart
 from migrate_lock.lock import Hold
 from migrate_lock.logs import log
@@ -265,6 +265,8 @@ def _run_migrations(
     )
     table = session.version_table
     marked = False
+    # Before the first revision: only a brand-new database is marked lower than production.
+    fresh = is_new_database(connection, table)
 
     def bookkeeping(revision: str) -> None:
         # In that revision's own transaction: a kill right after Alembic's commit must
@@ -274,7 +276,7 @@ def _run_migrations(
             _refuse_early_commit(session, f"revision {revision}")
         record_history(connection, table, (revision,), create=not marked)
         if not marked:
-            remember_environment(connection, table, project.settings)
+            remember_environment(connection, table, project.settings, new_database=fresh)
             marked = True
 
     try:
@@ -297,7 +299,7 @@ def _run_migrations(
     # The ancestors too: those applied before migrate-lock was adopted.
     record_history(connection, table, project.scripts.ancestry(after.current))
     if not marked:
-        remember_environment(connection, table, project.settings)
+        remember_environment(connection, table, project.settings, new_database=fresh)
     return after, tuple(applied)
 
 

@@ -11,13 +11,38 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from migrate_lock.errors import ConfigError
+
 if TYPE_CHECKING:
     from migrate_lock.lean.abc import LockConnection
+
+#: The schema of migrate-lock's own tables: one fixed place per database, whatever
+#: VERSION_TABLE_SCHEMA says, and out of the application's schemas (so out of its
+#: autogenerate). Created on first use by the role that migrates (a database owner may).
+OWN_SCHEMA = "migrate_lock"
 
 #: Our own record of every revision a database has been at, so that a database whose
 #: revision this code does not know can be told "ahead" (a newer release migrated it,
 #: past our heads) from "unknown" (a revision we have never seen applied here).
-HISTORY_TABLE = "migrate_lock_history"
+HISTORY_TABLE = f'"{OWN_SCHEMA}"."history"'
+
+#: Where releases before the own schema kept their tables: beside the version table.
+LEGACY_HISTORY = "migrate_lock_history"
+LEGACY_SEEDS = "migrate_lock_seeds"
+
+#: Our record of applied seed files (seeds/files.py and seeds/apply.py use it).
+SEEDS_TABLE = f'"{OWN_SCHEMA}"."seeds"'
+HISTORY_COLUMNS = ("version_table", "revision", "first_applied_at")
+SEEDS_COLUMNS = (
+    "version_table",
+    "name",
+    "checksum",
+    "applied_at",
+    "inserted",
+    "updated",
+    "unchanged",
+    "deleted",
+)
 
 
 @dataclass(frozen=True)
@@ -32,8 +57,17 @@ class VersionTable:
         return f'"{self.schema}"."{self.name}"'
 
     @property
+    def key(self) -> str:
+        """How our own tables tell applications apart: the version table, qualified."""
+        return self.qualified
+
+    @property
     def history_qualified(self) -> str:
-        return f'"{self.schema}"."{HISTORY_TABLE}"'
+        return HISTORY_TABLE
+
+    def legacy(self, name: str) -> str:
+        """Where a release before the own schema kept our table ``name``."""
+        return f'"{self.schema}"."{name}"'
 
 
 def current_schema(connection: LockConnection) -> str:
@@ -50,20 +84,36 @@ def database_revisions(connection: LockConnection, table: VersionTable) -> tuple
     return tuple(sorted(str(r[0]) for r in rows))
 
 
+def existing(connection: LockConnection, *tables: str) -> tuple[bool, ...]:
+    """Which of the qualified ``tables`` exist (one query; a missing schema is no error)."""
+    columns = ", ".join("to_regclass(%s) IS NOT NULL" for _ in tables)
+    row = connection.execute(f"SELECT {columns}", tables).fetchone()
+    return tuple(bool(value) for value in row) if row else tuple(False for _ in tables)
+
+
 def seen_revisions(
     connection: LockConnection, table: VersionTable, revisions: Iterable[str]
 ) -> set[str]:
     """Which of ``revisions`` this database has been at (from our history table)."""
     wanted = list(revisions)
-    row = connection.execute("SELECT to_regclass(%s)", (table.history_qualified,)).fetchone()
-    if not row or row[0] is None or not wanted:
+    if not wanted:
         return set()
-    rows = connection.execute(
-        f"SELECT revision FROM {table.history_qualified}"
-        " WHERE version_table = %s AND revision = ANY(%s)",
-        (table.name, wanted),
-    ).fetchall()
-    return {str(r[0]) for r in rows}
+    legacy = table.legacy(LEGACY_HISTORY)
+    ours, old = existing(connection, HISTORY_TABLE, legacy)
+    seen: set[str] = set()
+    if ours:
+        rows = connection.execute(
+            f"SELECT revision FROM {HISTORY_TABLE} WHERE version_table = %s AND revision = ANY(%s)",
+            (table.key, wanted),
+        ).fetchall()
+        seen.update(str(r[0]) for r in rows)
+    if old:  # not moved yet: the next upgrade that migrates moves it
+        rows = connection.execute(
+            f"SELECT revision FROM {legacy} WHERE version_table = %s AND revision = ANY(%s)",
+            (table.name, wanted),
+        ).fetchall()
+        seen.update(str(r[0]) for r in rows)
+    return seen
 
 
 def record_history(
@@ -75,19 +125,87 @@ def record_history(
 ) -> None:
     """Remember that the database has been at (or past) each of ``revisions``.
 
-    ``create=False``: the table is known to exist (spares a catalog lookup and a notice).
+    ``create=True`` (the first call of a migration): makes sure our schema and table
+    exist and moves the tables an older release kept beside the version table into it
+    (ConfigError, exit 78, when the role may not create the schema). ``create=False``:
+    all that is known to be done (spares the catalog lookups).
     """
-    # Keyed by version table too: two applications may share a schema.
     if create:
+        ensure_own_schema(connection)
+        # Keyed by the qualified version table: two applications may share a database.
         connection.execute(
-            f"CREATE TABLE IF NOT EXISTS {table.history_qualified} ("
+            f"CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} ("
             " version_table text NOT NULL,"
             " revision text NOT NULL,"
             " first_applied_at timestamptz NOT NULL DEFAULT now(),"
             " PRIMARY KEY (version_table, revision))"
         )
+        move_legacy_tables(connection, table)
     connection.execute(
-        f"INSERT INTO {table.history_qualified} (version_table, revision)"
+        f"INSERT INTO {HISTORY_TABLE} (version_table, revision)"
         " SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
-        (table.name, sorted(set(revisions))),
+        (table.key, sorted(set(revisions))),
     )
+
+
+def ensure_own_schema(connection: LockConnection) -> None:
+    """Create our schema if it is missing; ConfigError (exit 78, nothing done) if the role
+    may not (it needs CREATE on the database, which a database's owner has)."""
+    row = connection.execute(
+        "SELECT s.oid IS NOT NULL,"
+        " CASE WHEN s.oid IS NULL THEN has_database_privilege(current_database(), 'CREATE')"
+        " ELSE has_schema_privilege(s.oid, 'USAGE') AND has_schema_privilege(s.oid, 'CREATE')"
+        " END, current_user, current_database()"
+        " FROM (SELECT to_regnamespace(%s)::oid AS oid) AS s",
+        (OWN_SCHEMA,),
+    ).fetchone()
+    present, allowed, user, database = row if row else (False, False, "?", "?")
+    if present and allowed:
+        return
+    if not allowed:
+        what = (
+            f"use and create tables in the schema {OWN_SCHEMA!r}"
+            if present
+            else f"create the schema {OWN_SCHEMA!r} (CREATE on database {database!r})"
+        )
+        raise ConfigError(
+            f"role {user!r} may not {what}, where migrate-lock keeps its own tables "
+            "(the environment marker, the history, the seed checksums); nothing was changed",
+            hint=f'as the database owner: CREATE SCHEMA {OWN_SCHEMA} AUTHORIZATION "{user}" '
+            f'(or GRANT USAGE, CREATE ON SCHEMA {OWN_SCHEMA} TO "{user}")',
+        )
+    connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{OWN_SCHEMA}"')
+
+
+def move_legacy_tables(connection: LockConnection, table: VersionTable) -> None:
+    """Move the history and seed checksums an older release kept beside ``table`` into
+    our schema (rows re-keyed by the qualified version table; never any lost).
+
+    The environment marker moves with ``guard.move_legacy_marker``. Call under the lock,
+    in the migrating transaction, after ``ensure_own_schema``.
+    """
+    # History rows are keyed by the qualified version table; seed rows keep the version
+    # table's name (seeds/apply.py writes it so).
+    rekey = "'\"' || %s || '\".\"' || version_table || '\"'"
+    for legacy_name, ours, columns, key_sql in (
+        (LEGACY_HISTORY, HISTORY_TABLE, HISTORY_COLUMNS, rekey),
+        (LEGACY_SEEDS, SEEDS_TABLE, SEEDS_COLUMNS, None),
+    ):
+        legacy = table.legacy(legacy_name)
+        old, new = existing(connection, legacy, ours)
+        if not old:
+            continue
+        if not new:
+            bare = ours.split(".")[1].strip('"')
+            connection.execute(f'ALTER TABLE {legacy} SET SCHEMA "{OWN_SCHEMA}"')
+            connection.execute(f'ALTER TABLE "{OWN_SCHEMA}"."{legacy_name}" RENAME TO "{bare}"')
+            if key_sql:
+                connection.execute(f"UPDATE {ours} SET version_table = {key_sql}", (table.schema,))
+        else:
+            connection.execute(
+                f"INSERT INTO {ours} ({', '.join(columns)})"
+                f" SELECT {key_sql or 'version_table'}, {', '.join(columns[1:])} FROM {legacy}"
+                " ON CONFLICT DO NOTHING",
+                (table.schema,) if key_sql else (),
+            )
+            connection.execute(f"DROP TABLE {legacy}")

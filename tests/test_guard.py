@@ -9,15 +9,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Column, Integer, MetaData, Table, create_engine
+from sqlalchemy import Column, Enum, Index, Integer, MetaData, Sequence, Table, create_engine
 from sqlalchemy.engine import Engine
 
 from migrate_lock.errors import Refused
 from migrate_lock.metadata_guard import protect
 
-from support import assert_one_line_failure, query, run_cli
+from support import assert_one_line_failure, catalog_snapshot, query, run_cli
 
 LOCAL_OK = {"ALLOW_LOCALHOST_DATABASE": "true"}
+DEVELOPMENT = {"ENVIRONMENT": "development"}
 
 
 def env_show(project: Path, url: str, **env: str) -> dict[str, object]:
@@ -189,7 +190,7 @@ def test_env_set_raises_protection_without_confirmation(project: Path, database_
     result = run_cli(["env", "set", "production"], cwd=project, database_url=database_url)
 
     assert result.returncode == 0, result.stderr
-    assert query(database_url, "SELECT environment FROM migrate_lock_environment") == [
+    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [
         ("production",)
     ]
 
@@ -210,7 +211,7 @@ def test_env_set_lowers_production_only_when_confirmed(project: Path, database_u
 
     assert_one_line_failure(refused, 3)
     assert confirmed.returncode == 0, confirmed.stderr
-    assert query(database_url, "SELECT environment FROM migrate_lock_environment") == [("test",)]
+    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [("test",)]
 
 
 @pytest.fixture
@@ -284,3 +285,161 @@ def test_protect_reads_a_lowercase_environment_variable(
         metadata.create_all(engine)
 
     assert query(database_url, "SELECT to_regclass('customers')") == [(None,)]
+
+
+# --- issue 13: the marker is never lowered by an upgrade, and found wherever it is ------
+
+
+def test_upgrade_of_an_unmarked_database_does_not_mark_it_lower(
+    project: Path, database_url: str
+) -> None:
+    """Why: a laptop .env (ENVIRONMENT=development) pointed at a database migrated by plain
+    alembic must not unprotect it by upgrading it; reset stays refused, nothing deleted."""
+    plain = run_cli(["upgrade", "0020"], cwd=project, database_url=database_url, ENVIRONMENT="")
+    assert plain.returncode == 0, plain.stderr
+    query(database_url, "DROP SCHEMA IF EXISTS migrate_lock CASCADE")  # as plain alembic
+    query(database_url, "DROP TABLE IF EXISTS migrate_lock_history, migrate_lock_environment")
+    database = database_url.rsplit("/", 1)[1]
+
+    upgraded = run_cli(["upgrade"], cwd=project, database_url=database_url, **DEVELOPMENT)
+    before = catalog_snapshot(database_url)
+    reset = run_cli(["reset"], cwd=project, database_url=database_url, **DEVELOPMENT)
+
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
+    assert "guard.marker_not_written" in upgraded.stderr
+    assert f"migrate-lock env set development --confirm-destructive {database}" in upgraded.stderr
+    assert env_show(project, database_url, **DEVELOPMENT)["marker"] is None
+    assert_one_line_failure(reset, 3)
+    assert catalog_snapshot(database_url) == before
+
+
+def test_env_set_marks_an_existing_unmarked_database_only_by_name(
+    project: Path, database_url: str
+) -> None:
+    """Why: an existing database without a marker counts as production: naming it is the
+    confirmation that it is not."""
+    query(database_url, "CREATE TABLE orders (id int)")  # tables, no version table
+    database = database_url.rsplit("/", 1)[1]
+
+    refused = run_cli(["env", "set", "development"], cwd=project, database_url=database_url)
+    confirmed = run_cli(
+        ["env", "set", "development", "--confirm-destructive", database],
+        cwd=project,
+        database_url=database_url,
+    )
+
+    assert "--confirm-destructive" in assert_one_line_failure(refused, 3)
+    assert confirmed.returncode == 0, confirmed.stderr
+    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [
+        ("development",)
+    ]
+
+
+def test_a_production_marker_is_found_whatever_version_table_schema_says(
+    project: Path, database_url: str
+) -> None:
+    """Why: the marker belongs to the database; pointing VERSION_TABLE_SCHEMA elsewhere
+    must not make a production database look unprotected to seed --prune or reset."""
+    upgraded = run_cli(
+        ["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="production", **LOCAL_OK
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    query(database_url, "CREATE SCHEMA elsewhere")  # with a version table at head there
+    query(database_url, "CREATE TABLE elsewhere.alembic_version AS TABLE public.alembic_version")
+    before = catalog_snapshot(database_url)
+    elsewhere = {"VERSION_TABLE_SCHEMA": "elsewhere", **DEVELOPMENT}
+
+    prune = run_cli(["seed", "--prune"], cwd=project, database_url=database_url, **elsewhere)
+    reset = run_cli(["reset"], cwd=project, database_url=database_url, **elsewhere)
+
+    assert "production" in assert_one_line_failure(prune, 3)
+    assert "production" in assert_one_line_failure(reset, 3)
+    assert catalog_snapshot(database_url) == before
+
+
+def test_an_upgrade_moves_an_old_production_marker_without_lowering_it(
+    project: Path, database_url: str
+) -> None:
+    """Why: existing installations keep their tables beside the version table; the move
+    to migrate-lock's own schema must never lose or lower a production marker."""
+    upgraded = run_cli(
+        ["upgrade", "0020"],
+        cwd=project,
+        database_url=database_url,
+        ENVIRONMENT="production",
+        **LOCAL_OK,
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+    for new, old in (
+        ("environment", "migrate_lock_environment"),
+        ("history", "migrate_lock_history"),
+    ):
+        query(database_url, f"ALTER TABLE migrate_lock.{new} SET SCHEMA public")
+        query(database_url, f"ALTER TABLE public.{new} RENAME TO {old}")
+    query(database_url, "UPDATE migrate_lock_history SET version_table = 'alembic_version'")
+    query(database_url, "DROP SCHEMA migrate_lock CASCADE")
+
+    result = run_cli(["upgrade"], cwd=project, database_url=database_url, **DEVELOPMENT)
+
+    assert result.returncode == 0, result.stderr
+    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [
+        ("production",)
+    ]
+    assert query(
+        database_url,
+        "SELECT to_regclass('public.migrate_lock_environment'),"
+        " to_regclass('public.migrate_lock_history')",
+    ) == [(None, None)]
+    history = query(database_url, "SELECT count(*) FROM migrate_lock.history")
+    assert history == [(21,)]
+    status = run_cli(["status"], cwd=project, database_url=database_url, **DEVELOPMENT)
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_protect_stops_every_create_and_drop_entry_point_in_production(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why: Table.drop() or an Enum's drop() is as destructive as drop_all()."""
+    monkeypatch.setenv("ENVIRONMENT", "production")
+    metadata = MetaData()
+    mood = Enum("happy", "sad", name="mood")
+    orders = Table(
+        "orders",
+        metadata,
+        Column("id", Integer, Sequence("orders_id"), primary_key=True),
+        Column("mood", mood),
+        Column("code", Integer),
+    )
+    code = Index("orders_code", orders.c.code)
+    protect(metadata)
+    late = Table("later", metadata, Column("id", Integer))  # added after protect()
+    with engine.begin() as connection:  # exists already, so that drops reach the guard
+        connection.exec_driver_sql("CREATE TYPE mood AS ENUM ('happy', 'sad')")
+        connection.exec_driver_sql("CREATE SEQUENCE orders_id")
+        connection.exec_driver_sql("CREATE TABLE orders (id int, mood mood, code int)")
+        connection.exec_driver_sql("CREATE INDEX orders_code ON orders (code)")
+    calls = {
+        "metadata.create_all": lambda: metadata.create_all(engine),
+        "metadata.drop_all": lambda: metadata.drop_all(engine),
+        "Table.create": lambda: late.create(engine),
+        "Table.drop": lambda: orders.drop(engine),
+        "Index.create": lambda: code.create(engine),
+        "Index.drop": lambda: code.drop(engine),
+        "Sequence.create": lambda: Sequence("other_seq", metadata=metadata).create(engine),
+        "Sequence.drop": lambda: Sequence("orders_id", metadata=metadata).drop(engine),
+        "Enum.create": lambda: mood.create(engine, checkfirst=False),
+        "Enum.drop": lambda: mood.drop(engine),
+    }
+
+    for name, call in calls.items():
+        with pytest.raises(Refused, match="production"):
+            call()
+        assert name  # every entry point refused
+
+    assert query(
+        str(engine.url.render_as_string(hide_password=False)).replace("+psycopg", ""),
+        "SELECT to_regclass('orders') IS NOT NULL, to_regclass('orders_code') IS NOT NULL,"
+        " to_regclass('orders_id') IS NOT NULL, to_regtype('mood') IS NOT NULL,"
+        " to_regclass('later'), to_regclass('other_seq')",
+    ) == [(True, True, True, True, None, None)]

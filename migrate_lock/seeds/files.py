@@ -13,12 +13,14 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from migrate_lock.version_table import SEEDS_TABLE as OWN_SEEDS_TABLE
+
 if TYPE_CHECKING:
     from migrate_lock.lean.abc import LockConnection
     from migrate_lock.version_table import VersionTable
 
-#: Our record of applied seed files, in the version table's schema.
-SEEDS_TABLE = "migrate_lock_seeds"
+#: Our record of applied seed files: in migrate-lock's own schema (version_table.py).
+SEEDS_TABLE = OWN_SEEDS_TABLE
 
 
 @dataclass(frozen=True)
@@ -66,8 +68,9 @@ def changed_seeds(
 
 
 def tracking_table(table: VersionTable) -> str:
-    """The qualified name of our seeds table beside ``table``."""
-    return f'"{table.schema}"."{SEEDS_TABLE}"'
+    """The qualified name of our seeds table: one place per database (rows are keyed by
+    ``table``'s name)."""
+    return SEEDS_TABLE
 
 
 def _recorded_checksums(connection: LockConnection, table: VersionTable) -> dict[str, str]:
