@@ -44,7 +44,7 @@ from migrate_lock.runner import (
     run_upgrade_in_transaction,
     sqlalchemy_connection,
 )
-from migrate_lock.seeds.apply import apply_seeds
+from migrate_lock.seeds.apply import apply_seeds, check_seed_files
 from migrate_lock.seeds.csv_merge import SeedError
 from migrate_lock.seeds.files import SeedFile, changed_seeds, discover, seeds_dir
 from migrate_lock.settings import Settings, load_settings
@@ -131,6 +131,7 @@ def _protocol(
     state = session.state(wanted, scripts)
     require_known(state)
     if _nothing_to_do(session, state, seeds):
+        _skip_seeds_unless_at_heads(session, state, seeds)
         return _finish(session, "fast_path", state, state, (), 0.0, started)
     in_transaction = session.lock_scope.transaction
     if in_transaction:
@@ -145,6 +146,7 @@ def _protocol(
     ):
         if not hold.acquired:
             after = session.state(wanted, scripts)
+            _skip_seeds_unless_at_heads(session, after, seeds)
             return _finish(session, "waited", state, after, (), hold.waited_seconds, started)
         return _migrate_holding_lock(session, hold, target, wanted, seeds, started, shared)
 
@@ -178,8 +180,34 @@ def _refuse_early_commit(session: DatabaseSession, culprit: str) -> None:
 
 
 def _nothing_to_do(session: DatabaseSession, state: SchemaState, seeds: list[SeedFile]) -> bool:
-    # Seeds count too: at head with a changed seed file is still work to do.
-    return state.ready and not changed_seeds(session.connection, session.version_table, seeds)
+    # Seeds count too: at head with a changed seed file is still work to do. Ahead (a
+    # newer release migrated) they are not ours to apply: see _skip_seeds_unless_at_heads.
+    if not state.ready:
+        return False
+    return state.status != "at_head" or not changed_seeds(
+        session.connection, session.version_table, seeds
+    )
+
+
+def _skip_seeds_unless_at_heads(
+    session: DatabaseSession, state: SchemaState, seeds: list[SeedFile]
+) -> bool:
+    """True (and the ``seed.skipped_not_at_heads`` event when some differ) when the
+    database is not exactly at this code's heads: seeds describe the heads' schema, and
+    during a rolling deploy an old replica would revert the newer release's data (or fail
+    on its columns). Only the release whose heads the database is at applies seeds."""
+    if state.status == "at_head":
+        return False
+    differing = changed_seeds(session.connection, session.version_table, seeds)
+    if differing:
+        log.info(
+            "seed.skipped_not_at_heads",
+            status=state.status,
+            current=list(state.current),
+            heads=list(state.heads),
+            changed=[file.name for file in differing],
+        )
+    return True
 
 
 def upgrade_sql(
@@ -216,7 +244,11 @@ def _migrate_holding_lock(
     waited = hold.waited_seconds
     before = session.state(wanted, session.project.scripts)
     require_known(before)
+    if before.ready and _skip_seeds_unless_at_heads(session, before, seeds):
+        seeds = []
     due = changed_seeds(connection, session.version_table, seeds)
+    # A seed file that would end the transaction is refused before anything runs.
+    check_seed_files(due)
     if before.ready and not due:
         hold.commit()
         return _finish(session, "waited", before, before, (), waited, started)

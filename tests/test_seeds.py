@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
 import psycopg
 import pytest
+
+from migrate_lock.seeds.files import tracking_table
+from migrate_lock.version_table import VersionTable
 
 from support import assert_one_line_failure, query, run_cli, spawn
 
@@ -307,13 +311,20 @@ def test_prune_is_refused_in_production_and_deletes_nothing(
     assert query(database_url, "SELECT count(*) FROM plans") == [(3,)]
 
 
+@pytest.mark.parametrize("kind", ["csv", "sql"])
 def test_seed_verb_gives_up_on_a_busy_table_after_ddl_lock_timeout(
-    seeded_project: Path, database_url: str
+    seeded_project: Path, database_url: str, kind: str
 ) -> None:
     """Why: `seed` holds the migration lock; stuck behind a table lock it would block
-    every replica's upgrade for as long as the table stays busy (it waited 12 s with 1 s)."""
+    every replica's upgrade for as long as the table stays busy (it waited 12 s with 1 s).
+    A SQL seed in that spot exited 1 ("fix the statement"), not 75 like a revision."""
     upgrade_json(seeded_project, database_url)
-    (seeded_project / "seeds" / "10_plans.csv").write_text(PLANS + "max,Max,9900\n")
+    if kind == "csv":
+        (seeded_project / "seeds" / "10_plans.csv").write_text(PLANS + "max,Max,9900\n")
+    else:
+        (seeded_project / "seeds" / "30_flags.sql").write_text(
+            "INSERT INTO plans VALUES ('max', 'Max', 9900);\n"
+        )
     with psycopg.connect(database_url) as blocker:
         blocker.execute("LOCK TABLE plans IN ACCESS EXCLUSIVE MODE")
         started = time.monotonic()
@@ -327,6 +338,171 @@ def test_seed_verb_gives_up_on_a_busy_table_after_ddl_lock_timeout(
         elapsed = time.monotonic() - started
         blocker.rollback()
     line = assert_one_line_failure(result, 75)
-    assert "DDL_LOCK_TIMEOUT" in line
+    where = "10_plans.csv" if kind == "csv" else "30_flags.sql:1"
+    assert f"{where} could not get a table lock within DDL_LOCK_TIMEOUT" in line
     assert elapsed < 10, f"seed waited {elapsed:.1f}s on a 1s DDL_LOCK_TIMEOUT"
     assert query(database_url, "SELECT count(*) FROM plans WHERE code = 'max'") == [(0,)]
+
+
+WRAPPED_FLAGS = "-- psql habit\nBEGIN;\nINSERT INTO seed_log (file) VALUES ('flags');\nCOMMIT;\n"
+
+
+def test_a_wrapped_sql_seed_commits_nothing_in_a_dry_run_or_beside_a_failing_csv(
+    seeded_project: Path, database_url: str
+) -> None:
+    """Why: the file's COMMIT committed its rows and checksum, so a later failure left half a
+    seed run applied (never rerun), and `seed --dry-run` changed the database."""
+    run_cli(["upgrade"], cwd=seeded_project, database_url=database_url, SEED_ON_UPGRADE="false")
+    seeds = seeded_project / "seeds"
+    (seeds / "30_flags.sql").unlink()
+    (seeds / "05_flags.sql").write_text(WRAPPED_FLAGS)
+
+    dry = run_cli(["seed", "--dry-run"], cwd=seeded_project, database_url=database_url)
+    assert dry.returncode == 0, dry.stderr
+    assert query(database_url, "SELECT count(*) FROM seed_log") == [(0,)]
+    assert "sql_file.transaction_wrapper_ignored" in dry.stderr
+
+    (seeds / "10_plans.csv").write_text(PLANS + "max,Max,lots\n")
+    failed = run_cli(["seed"], cwd=seeded_project, database_url=database_url)
+
+    assert "10_plans.csv:5, column price_cents" in assert_one_line_failure(failed, 1)
+    assert query(database_url, "SELECT count(*) FROM seed_log") == [(0,)]
+    assert recorded_seeds(database_url) == []
+
+
+def recorded_seeds(database_url: str) -> list[object]:
+    """The seed files with a recorded checksum, wherever migrate-lock keeps that table."""
+    table = tracking_table(VersionTable("public", "alembic_version"))
+    if query(database_url, "SELECT to_regclass(%s)", (table,)) == [(None,)]:
+        return []
+    return [row[0] for row in query(database_url, f"SELECT name FROM {table} ORDER BY name")]
+
+
+def test_transaction_control_in_a_seed_keeps_the_transaction_scoped_lock(
+    seeded_project: Path, database_url: str
+) -> None:
+    """Why: in the transaction lock scope (what `auto` picks behind PgBouncer) a seed's COMMIT
+    committed the revisions and ended the lock mid-run. A COMMIT inside the file is refused,
+    naming it, before any revision runs; a BEGIN/COMMIT around the whole file is dropped."""
+    (seeded_project / "seeds" / "30_flags.sql").write_text(
+        "INSERT INTO seed_log (file) VALUES ('a');\nCOMMIT;\nINSERT INTO seed_log VALUES ('b');\n"
+    )
+
+    refused = run_cli(
+        ["upgrade"],
+        cwd=seeded_project,
+        database_url=database_url,
+        MIGRATION_LOCK_SCOPE="transaction",
+    )
+
+    line = assert_one_line_failure(refused, 1)
+    assert "30_flags.sql:2: COMMIT controls the transaction" in line
+    assert query(database_url, "SELECT to_regclass('alembic_version')") == [(None,)]
+
+    (seeded_project / "seeds" / "30_flags.sql").write_text(WRAPPED_FLAGS)
+    result = run_cli(
+        ["upgrade", "--json"],
+        cwd=seeded_project,
+        database_url=database_url,
+        MIGRATION_LOCK_SCOPE="transaction",
+        LOG_FORMAT="json",
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["seeded"] == ["10_plans.csv", "20_teams.csv", "30_flags.sql"]
+    assert '"scope": "transaction"' in result.stderr or '"scope":"transaction"' in result.stderr
+    assert query(database_url, "SELECT count(*) FROM seed_log") == [(1,)]
+    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0022",)]
+
+
+@pytest.mark.parametrize("outer_transaction", [False, True], ids=["session", "transaction"])
+def test_a_statement_that_ends_the_seed_transaction_stops_the_run(
+    database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, outer_transaction: bool
+) -> None:
+    """Why: the splitter may miss what the server takes as a COMMIT; checked after every
+    statement, the run stops there instead of going on outside the transaction (or lock)."""
+    from migrate_lock.seeds import apply
+    from migrate_lock.seeds.sql_file import Statement
+
+    script = [
+        Statement("INSERT INTO seed_log VALUES ('a')", 1),
+        Statement("COMMIT", 2),
+        Statement("INSERT INTO seed_log VALUES ('b')", 3),
+    ]
+    monkeypatch.setattr(apply, "read_statements", lambda *_: (script, False))
+    monkeypatch.setattr(apply, "_ensure_table", lambda *_: None)  # tracking: not the point
+    monkeypatch.setattr(apply, "_record", lambda *_: None)
+    path = tmp_path / "30_flags.sql"
+    path.write_text("-- replaced by the script above\n")
+    file = apply.SeedFile(path.name, path, path.read_bytes())
+    with psycopg.connect(database_url, autocommit=not outer_transaction) as connection:
+        connection.execute("CREATE TABLE seed_log (file text)")
+        connection.commit()
+        with pytest.raises(apply.SeedError) as raised:
+            apply.apply_seeds(connection, VersionTable("public", "alembic_version"), [file])
+        assert str(raised.value).startswith("30_flags.sql:2 ended the transaction")
+    assert query(database_url, "SELECT file FROM seed_log") == [("a",)]  # the server committed it
+
+
+def test_a_csv_with_a_byte_order_mark_is_applied(seeded_project: Path, database_url: str) -> None:
+    """Why: Excel's "CSV UTF-8" starts with a BOM; it made the first column unknown."""
+    (seeded_project / "seeds" / "10_plans.csv").write_text("\ufeff" + PLANS, encoding="utf-8")
+
+    result = upgrade_json(seeded_project, database_url)
+
+    assert "10_plans.csv" in result["seeded"]  # type: ignore[operator]
+    assert query(database_url, "SELECT count(*) FROM plans") == [(3,)]
+
+
+# A newer release: one more revision, a NOT NULL column in a seeded table, a changed price.
+V2_REVISION = '''"""tiers"""
+
+from alembic import op
+
+revision = "0023"
+down_revision = "0022"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.execute("ALTER TABLE plans ADD COLUMN tier text NOT NULL DEFAULT 'basic'")
+    op.execute("ALTER TABLE plans ALTER COLUMN tier DROP DEFAULT")
+
+
+def downgrade() -> None:
+    op.execute("ALTER TABLE plans DROP COLUMN tier")
+'''
+V1_PLANS = "code,name,price_cents\nfree,Free,0\npro,Pro,1000\n"
+V2_PLANS = "code,name,price_cents,tier\nfree,Free,0,basic\npro,Pro,1200,plus\n"
+
+
+def test_rolling_deploy_old_replicas_never_revert_newer_seed_data(
+    seeded_project: Path, database_url: str, tmp_path: Path
+) -> None:
+    """Why: during a rolling deploy a v1 restart applied its own changed seeds to a database
+    v2 had migrated: the v2 price went back from 1200 to 1000 (and flipped again on the next
+    v2 start), and with v2's NOT NULL column in the seeded table v1 replicas exited 1."""
+    (seeded_project / "seeds" / "10_plans.csv").write_text(V1_PLANS)
+    v2 = tmp_path / "v2"
+    shutil.copytree(seeded_project, v2)
+    (v2 / "migrations" / "versions" / "0023_tiers.py").write_text(V2_REVISION)
+    (v2 / "seeds" / "10_plans.csv").write_text(V2_PLANS)
+    price = "SELECT price_cents, tier FROM plans WHERE code = 'pro'"
+
+    assert upgrade_json(seeded_project, database_url)["seeded"] != []  # v1 deployed
+    early = run_cli(["seed"], cwd=v2, database_url=database_url)  # v2's seeds, v1's schema
+    assert "behind this code's heads" in assert_one_line_failure(early, 3)
+    assert upgrade_json(v2, database_url)["applied"] == ["0023"]  # v2 rolls out
+    assert query(database_url, price) == [(1200, "plus")]
+
+    v1_restart = run_cli(["upgrade"], cwd=seeded_project, database_url=database_url)
+
+    assert v1_restart.returncode == 0, v1_restart.stderr
+    assert "seed.skipped_not_at_heads" in v1_restart.stderr
+    assert query(database_url, price) == [(1200, "plus")]
+    v2_restart = upgrade_json(v2, database_url)
+    assert (v2_restart["role"], v2_restart["seeded"]) == ("fast_path", [])
+    refused = run_cli(["seed", "--force"], cwd=seeded_project, database_url=database_url)
+    assert "ahead of this code's heads" in assert_one_line_failure(refused, 3)
+    assert query(database_url, price) == [(1200, "plus")]

@@ -26,6 +26,7 @@ _NAME = re.compile(r"^(?:\d+[_-])?(?:(?P<schema>[^.]+)\.)?(?P<table>[^.]+)\.csv$
 _COPY_LINE = re.compile(r"line (\d+)(?:, column ([^:]+))?")
 _STAGE = "migrate_lock_seed_rows"
 _CHUNK = 1 << 20
+_BOM = "\ufeff".encode()
 
 
 class SeedError(MigrationFailed):
@@ -82,6 +83,7 @@ def upsert_csv(
 ) -> Counts:
     """Merge the CSV ``data`` into its table; with ``prune``, delete rows not in it."""
     text = _decode(file_name, data)
+    data = data.removeprefix(_BOM)  # what COPY reads must match what _decode read
     table = _resolve(connection, file_name)
     header = _header(file_name, text)
     columns = _columns(connection, table.oid)
@@ -165,8 +167,9 @@ def _stream(copy: Any, data: bytes) -> None:
 
 
 def _decode(file_name: str, data: bytes) -> str:
+    # Excel's "CSV UTF-8" starts with a byte order mark: not part of the first column.
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8").removeprefix("\ufeff")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
         raise SeedError(

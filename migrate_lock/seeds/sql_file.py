@@ -2,6 +2,12 @@
 
 The splitter knows what can hide a semicolon in PostgreSQL: quoted strings ('…', E'…'),
 quoted identifiers, dollar-quoted bodies ($$…$$, $fn$…$fn$), and both kinds of comment.
+
+A file runs inside a transaction it does not own (the revision's, the seed run's, the
+transaction that holds the migration lock), so it may not control transactions itself:
+``without_transaction_control`` drops one ``BEGIN … COMMIT`` pair that wraps the whole
+file (a common habit; it means what the surrounding transaction already does) and
+refuses every other transaction-control statement, naming its line, before anything runs.
 """
 
 from __future__ import annotations
@@ -14,8 +20,19 @@ from typing import Any
 from alembic import context, op
 
 from migrate_lock.errors import ConfigError, MigrationFailed
+from migrate_lock.logs import log
 
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
+
+#: Statements that begin, end or split a transaction (matched at a statement's start).
+_TRANSACTION_CONTROL = re.compile(
+    r"(?:begin|start\s+transaction|commit|end|rollback|abort|savepoint|release"
+    r"|prepare\s+transaction)(?![A-Za-z0-9_$])",
+    re.IGNORECASE,
+)
+#: The only pair that is dropped, and only as the file's first and last statements.
+_PLAIN_BEGIN = re.compile(r"(?:begin(?:\s+(?:work|transaction))?|start\s+transaction)", re.I)
+_PLAIN_COMMIT = re.compile(r"(?:commit|end)(?:\s+(?:work|transaction))?", re.I)
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,61 @@ def split_statements(text: str) -> list[Statement]:
     return statements
 
 
+class TransactionControlError(ValueError):
+    """A statement of a SQL file that would begin or end a transaction (not the wrapper)."""
+
+    def __init__(self, statement: Statement, keyword: str) -> None:
+        super().__init__(f"line {statement.line}: {keyword}")
+        self.statement = statement
+        self.keyword = keyword
+
+    def describe(self, name: str) -> str:
+        """The one-line refusal, naming the file ``name`` and the line."""
+        return (
+            f"{name}:{self.statement.line}: {self.keyword} controls the transaction, which a "
+            "SQL file may not: it runs inside migrate-lock's transaction (all seed files of a "
+            "run, or the revision, in one transaction); nothing was run"
+        )
+
+    hint = (
+        "remove it (a single BEGIN ... COMMIT around the whole file is allowed and ignored); "
+        "to make a step optional use a DO block or IF NOT EXISTS, not a savepoint"
+    )
+
+
+def transaction_control(statement: Statement) -> str | None:
+    """The transaction-control keyword ``statement`` starts with (``COMMIT``), if any."""
+    code = statement.sql[_code_offset(statement.sql) :]
+    match = _TRANSACTION_CONTROL.match(code)
+    return " ".join(match.group(0).upper().split()) if match else None
+
+
+def without_transaction_control(
+    statements: list[Statement],
+) -> tuple[list[Statement], bool]:
+    """``statements`` without a ``BEGIN … COMMIT`` pair wrapping them all, and whether one
+    was dropped. Raises TransactionControlError for any other transaction control."""
+    wrapped = (
+        len(statements) >= 2
+        and _PLAIN_BEGIN.fullmatch(_code(statements[0])) is not None
+        and _PLAIN_COMMIT.fullmatch(_code(statements[-1])) is not None
+    )
+    inner = statements[1:-1] if wrapped else statements
+    for statement in inner:
+        keyword = transaction_control(statement)
+        if keyword is not None:
+            raise TransactionControlError(statement, keyword)
+    return inner, wrapped
+
+
+def read_statements(source: Path, text: str | None = None) -> tuple[list[Statement], bool]:
+    """The statements of the SQL file ``source`` (or of its ``text``), without a wrapping
+    ``BEGIN … COMMIT`` pair, and whether there was one. Raises TransactionControlError."""
+    if text is None:
+        text = source.read_text(encoding="utf-8-sig")
+    return without_transaction_control(split_statements(text.removeprefix("\ufeff")))
+
+
 def run_sql_file(path: Path | str, connection: Any = None) -> int:
     """Run every statement of the SQL file ``path``; return how many ran.
 
@@ -63,12 +135,15 @@ def run_sql_file(path: Path | str, connection: Any = None) -> int:
     """
     source = Path(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        statements, wrapped = read_statements(source)
     except FileNotFoundError:
         raise ConfigError(f"SQL file not found: {source}") from None
     except UnicodeDecodeError as error:
         raise ConfigError(f"{source} is not UTF-8 (byte {error.start})") from None
-    statements = split_statements(text)
+    except TransactionControlError as error:
+        raise MigrationFailed(error.describe(source.name), hint=error.hint) from None
+    if wrapped:
+        log.warning("sql_file.transaction_wrapper_ignored", file=source.name)
     execute = _executor(connection)
     for statement in statements:
         try:
@@ -92,6 +167,11 @@ def _executor(connection: Any) -> Any:
     driver = getattr(raw, "driver_connection", None)
     target = driver if driver is not None else connection
     return target.execute
+
+
+def _code(statement: Statement) -> str:
+    # The statement without leading comments, its words separated by single spaces.
+    return " ".join(statement.sql[_code_offset(statement.sql) :].split())
 
 
 def _describe(error: BaseException) -> str:

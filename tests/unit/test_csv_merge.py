@@ -91,11 +91,6 @@ def test_invalid_utf8_names_its_line_and_byte() -> None:
     assert str(raised.value) == "cities.csv:3: not UTF-8 (byte 16); save the file as UTF-8"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: the header is decoded as utf-8, not utf-8-sig, so Excel's "
-    "'CSV UTF-8' byte order mark makes the first column '\\ufeffid' (unknown column)",
-)
 def test_a_byte_order_mark_is_not_part_of_the_first_column() -> None:
     """Excel writes "CSV UTF-8" with a byte order mark; the first column must still be found."""
     data = "\ufeffid,name\n1,a\n".encode()

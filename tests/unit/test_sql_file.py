@@ -6,7 +6,12 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migrate_lock.seeds.sql_file import split_statements
+from migrate_lock.seeds.sql_file import (
+    TransactionControlError,
+    split_statements,
+    transaction_control,
+    without_transaction_control,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -77,6 +82,62 @@ def test_an_unterminated_string_keeps_the_rest_as_one_statement() -> None:
 def test_a_file_of_only_comments_has_no_statements() -> None:
     """An empty seed (comments only) runs nothing instead of sending an empty query."""
     assert statements("-- nothing yet;\n/* later; */\n;\n") == []
+
+
+def kept(text: str) -> tuple[list[str], bool]:
+    inner, wrapped = without_transaction_control(split_statements(text))
+    return [statement.sql for statement in inner], wrapped
+
+
+def refused(text: str) -> tuple[int, str]:
+    with pytest.raises(TransactionControlError) as raised:
+        without_transaction_control(split_statements(text))
+    return raised.value.statement.line, raised.value.keyword
+
+
+def test_a_begin_commit_pair_around_the_whole_file_is_dropped() -> None:
+    """The common psql habit: it means what the seed run's one transaction already does."""
+    text = "-- plans\nBEGIN;\nINSERT INTO t VALUES (1);\nINSERT INTO t VALUES (2);\nCOMMIT;\n"
+    assert kept(text) == (["INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"], True)
+    assert kept("start transaction; SELECT 1; end work;") == (["SELECT 1"], True)
+    assert kept("Begin Transaction; SELECT 1; Commit;") == (["SELECT 1"], True)
+    assert kept("SELECT 1; SELECT 2;") == (["SELECT 1", "SELECT 2"], False)
+
+
+@pytest.mark.parametrize(
+    ("text", "line", "keyword"),
+    [
+        ("INSERT INTO t VALUES (1);\nCOMMIT;\nINSERT INTO t VALUES (2);", 2, "COMMIT"),
+        ("BEGIN;\nSELECT 1;\nCOMMIT;\nBEGIN;\nSELECT 2;\nCOMMIT;", 3, "COMMIT"),
+        ("BEGIN;\nSELECT 1;\nROLLBACK;", 1, "BEGIN"),
+        ("BEGIN ISOLATION LEVEL SERIALIZABLE;\nSELECT 1;\nCOMMIT;", 1, "BEGIN"),
+        ("BEGIN;\nSELECT 1;\nCOMMIT AND CHAIN;", 1, "BEGIN"),
+        ("SELECT 1;\n  /* x */ savepoint a;\nSELECT 2;\nrelease savepoint a;", 2, "SAVEPOINT"),
+        ("SELECT 1;\nabort;", 2, "ABORT"),
+        ("SELECT 1;\nEND;", 2, "END"),
+        ("SELECT 1;\nPREPARE TRANSACTION 'x';", 2, "PREPARE TRANSACTION"),
+        ("START\n TRANSACTION;\nSELECT 1;", 1, "START TRANSACTION"),
+        ("COMMIT;", 1, "COMMIT"),
+    ],
+)
+def test_any_other_transaction_control_is_refused_with_its_line(
+    text: str, line: int, keyword: str
+) -> None:
+    """A COMMIT inside a seed commits half a seed run (and ends a transaction-scoped lock)."""
+    assert refused(text) == (line, keyword)
+
+
+def test_transaction_words_inside_bodies_strings_and_names_are_not_control() -> None:
+    """plpgsql's BEGIN/END, a string or a column named commit_sha are ordinary SQL."""
+    text = (
+        "DO $$ BEGIN PERFORM 1; COMMIT; END $$;\n"
+        "INSERT INTO t (commit_sha, note) VALUES ('abc', 'COMMIT;');\n"
+        "-- COMMIT;\n/* ROLLBACK; */ SELECT 1;\n"
+        'PREPARE p AS SELECT 1;\nSELECT * FROM "end";\nbeginning;\n'
+    )
+    assert kept(text)[1] is False
+    assert len(kept(text)[0]) == 6
+    assert [transaction_control(s) for s in split_statements("ENDING; END;")] == [None, "END"]
 
 
 words = st.from_regex(r"[a-z0-9_ ]{0,12}", fullmatch=True)
