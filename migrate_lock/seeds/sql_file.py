@@ -23,6 +23,8 @@ from migrate_lock.errors import ConfigError, MigrationFailed
 from migrate_lock.logs import log
 
 _DOLLAR_TAG = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
+_ROUTINE = re.compile(r"create\s+(?:or\s+replace\s+)?(?:function|procedure)\b", re.IGNORECASE)
+_WORD = re.compile(r"\w[\w$]*")
 
 #: Statements that begin, end or split a transaction (matched at a statement's start).
 _TRANSACTION_CONTROL = re.compile(
@@ -44,11 +46,20 @@ class Statement:
 
 
 def split_statements(text: str) -> list[Statement]:
-    """Split ``text`` at top-level semicolons; empty statements are dropped."""
+    """Split ``text`` at top-level semicolons; empty statements are dropped.
+
+    As psql does, the semicolons inside a SQL-standard routine body (``CREATE FUNCTION …
+    BEGIN ATOMIC …; …; END``) do not split: in a statement that starts ``CREATE [OR
+    REPLACE] FUNCTION|PROCEDURE``, ``BEGIN`` (and ``CASE`` inside it) open a block that
+    ``END`` closes, outside parentheses.
+    """
     statements: list[Statement] = []
     start = 0
     index = 0
     length = len(text)
+    routine: bool | None = None  # None: the statement's first word is still to come
+    depth = 0  # BEGIN … END blocks open in a routine body
+    parens = 0
     while index < length:
         char = text[index]
         if char in {"'", '"'}:
@@ -61,14 +72,38 @@ def split_statements(text: str) -> list[Statement]:
         elif char == "$" and (match := _DOLLAR_TAG.match(text, index)):
             close = text.find(match.group(0), match.end())
             index = length if close == -1 else close + len(match.group(0))
-        elif char == ";":
+        elif char == ";" and depth == 0:
             _add(statements, text, start, index)
             start = index + 1
             index += 1
+            routine, parens = None, 0
         else:
+            if routine is None and not char.isspace():
+                routine = _ROUTINE.match(text, index) is not None
+            if routine:
+                if char.isalpha() or char == "_":
+                    end = _WORD.match(text, index).end()  # type: ignore[union-attr]
+                    if parens == 0:
+                        depth = _nest(text[index:end].lower(), depth)
+                    index = end
+                    continue
+                if char == "(":
+                    parens += 1
+                elif char == ")":
+                    parens = max(0, parens - 1)
             index += 1
     _add(statements, text, start, length)
     return statements
+
+
+def _nest(word: str, depth: int) -> int:
+    if word == "begin":
+        return depth + 1
+    if word == "case" and depth:
+        return depth + 1
+    if word == "end" and depth:
+        return depth - 1
+    return depth
 
 
 class TransactionControlError(ValueError):

@@ -43,6 +43,20 @@ def test_dollar_quoted_function_bodies_stay_whole() -> None:
     assert found[1] == ("SELECT $$;$$", 6)
 
 
+def test_a_sql_standard_routine_body_stays_whole() -> None:
+    """BEGIN ATOMIC … END holds semicolons; split there, its END read as a transaction's."""
+    text = (
+        "CREATE OR REPLACE FUNCTION f(begin int) RETURNS int LANGUAGE sql\n"
+        "BEGIN ATOMIC\n  SELECT CASE WHEN $1 > 0 THEN 1 END;\n  SELECT 2;\nEND;\n"
+        "CREATE PROCEDURE p() LANGUAGE sql BEGIN ATOMIC INSERT INTO t VALUES (1); END;\n"
+        "SELECT 3;\n"
+    )
+    found = statements(text)
+    assert [line for _, line in found] == [1, 6, 7]
+    assert found[0][0].endswith("SELECT 2;\nEND")
+    assert kept("BEGIN;\n" + text + "COMMIT;\n")[1] is True
+
+
 def test_statement_line_is_where_its_code_starts_after_comments() -> None:
     """A failure is reported by line: it must point at the code, not the comment above it."""
     text = "SELECT 1;\n\n-- why\n/* more */\nSELECT 2;\n-- only a comment at the end\n"
