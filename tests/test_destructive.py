@@ -171,7 +171,7 @@ def test_migrated_database_without_a_marker_is_protected_and_says_how_to_mark_it
 ) -> None:
     """Why: a database migrated before the marker existed must fail closed, with a way out."""
     upgrade(project, database_url, ENVIRONMENT="development")
-    query(database_url, "DROP TABLE migrate_lock_environment")
+    query(database_url, "DROP TABLE migrate_lock.environment")
     database = database_url.rsplit("/", 1)[1]
 
     result = run_cli(
@@ -276,7 +276,7 @@ def test_reset_drops_everything_and_migrates_again_keeping_the_marker(
     ) == [(None, None, None, None, None)]
     assert query(database_url, "SELECT count(*) FROM leagues WHERE name = 'x'") == [(0,)]
     assert query(database_url, "SELECT count(*) FROM migration_log") == [(20,)]
-    assert query(database_url, "SELECT environment FROM migrate_lock_environment") == [
+    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [
         ("development",)
     ]
 
@@ -318,4 +318,4 @@ def test_stamp_heads_then_status_is_at_head(project: Path, database_url: str) ->
 
     assert result.returncode == 0, result.stderr
     assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
-    assert query(database_url, "SELECT environment FROM migrate_lock_environment") == [("test",)]
+    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [("test",)]

@@ -118,9 +118,9 @@ def test_a_kill_just_after_the_commit_leaves_history_and_marker_with_the_revisio
 
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
-    history = query(database_url, "SELECT revision FROM migrate_lock_history ORDER BY 1")
+    history = query(database_url, "SELECT revision FROM migrate_lock.history ORDER BY 1")
     assert [revision for (revision,) in history] == [f"{n:04d}" for n in range(1, 22)]
-    assert query(database_url, "SELECT environment FROM migrate_lock_environment") == [("test",)]
+    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [("test",)]
 
 
 def test_unknown_target_revision_is_a_usage_error(project: Path, database_url: str) -> None:
