@@ -24,6 +24,8 @@ from migrate_lock.lock import (
 )
 from migrate_lock.logs import log
 
+from .fakes import Cursor
+
 pytestmark = pytest.mark.unit
 
 identifiers = st.text(min_size=1, max_size=30)
@@ -102,14 +104,6 @@ class Clock:
     def sleep(self, seconds: float) -> None:
         self.slept.append(seconds)
         self.now += seconds
-
-
-@dataclass
-class Cursor:
-    row: tuple[object, ...] | None
-
-    def fetchone(self) -> tuple[object, ...] | None:
-        return self.row
 
 
 @dataclass

@@ -11,6 +11,8 @@ import pytest
 from migrate_lock.logs import log
 from migrate_lock.scope import choose_scope, pooler_in_url, relayed
 
+from .fakes import Cursor
+
 pytestmark = pytest.mark.unit
 
 
@@ -18,14 +20,6 @@ pytestmark = pytest.mark.unit
 class Info:
     host: str
     port: int
-
-
-@dataclass
-class Cursor:
-    row: tuple[object, ...] | None
-
-    def fetchone(self) -> tuple[object, ...] | None:
-        return self.row
 
 
 @dataclass
