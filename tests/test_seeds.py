@@ -83,7 +83,8 @@ def test_upgrade_applies_seeds_after_the_migrations_and_records_their_checksums(
         ("pro", 1900, True),
         ("team", 4900, True),
     ]
-    tracked = query(database_url, "SELECT name, checksum FROM migrate_lock_seeds ORDER BY name")
+    seeds_table = tracking_table(VersionTable("public", "alembic_version"))
+    tracked = query(database_url, f"SELECT name, checksum FROM {seeds_table} ORDER BY name")
     assert [name for name, _ in tracked] == ["10_plans.csv", "20_teams.csv", "30_flags.sql"]
     assert all(str(checksum).startswith("sha256:") for _, checksum in tracked)
 
@@ -152,9 +153,7 @@ def test_dry_run_reports_counts_and_changes_nothing(
     ]
     assert query(database_url, "SELECT count(*) FROM plans") == [(0,)]
     assert query(database_url, "SELECT count(*) FROM seed_log") == [(0,)]
-    assert query(database_url, "SELECT to_regclass('migrate_lock_seeds')") == [(None,)] or query(
-        database_url, "SELECT count(*) FROM migrate_lock_seeds"
-    ) == [(0,)]
+    assert recorded_seeds(database_url) == []
 
 
 def test_seed_on_upgrade_false_leaves_reference_data_alone(
@@ -506,3 +505,24 @@ def test_rolling_deploy_old_replicas_never_revert_newer_seed_data(
     refused = run_cli(["seed", "--force"], cwd=seeded_project, database_url=database_url)
     assert "ahead of this code's heads" in assert_one_line_failure(refused, 3)
     assert query(database_url, price) == [(1200, "plus")]
+
+
+def test_seeds_recorded_by_an_older_release_are_not_applied_again(
+    seeded_project: Path, database_url: str
+) -> None:
+    """Why: an older release kept the checksums beside the version table. At head, with one
+    seed file changed, the first upgrade after moving to migrate-lock's own schema failed
+    (schema "migrate_lock" does not exist) and counted every seed file as changed."""
+    upgrade_json(seeded_project, database_url)
+    with psycopg.connect(database_url, autocommit=True) as connection:  # the old layout
+        connection.execute("ALTER TABLE migrate_lock.seeds SET SCHEMA public")
+        connection.execute("ALTER TABLE public.seeds RENAME TO migrate_lock_seeds")
+        connection.execute("DROP SCHEMA migrate_lock CASCADE")
+    (seeded_project / "seeds" / "10_plans.csv").write_text(PLANS.replace("1900", "2900"))
+
+    result = upgrade_json(seeded_project, database_url)
+
+    assert result["seeded"] == ["10_plans.csv"]
+    assert query(database_url, "SELECT count(*) FROM seed_log") == [(1,)]  # not run again
+    assert recorded_seeds(database_url) == ["10_plans.csv", "20_teams.csv", "30_flags.sql"]
+    assert query(database_url, "SELECT to_regclass('public.migrate_lock_seeds')") == [(None,)]

@@ -30,6 +30,7 @@ from migrate_lock.seeds.sql_file import (
     read_statements,
     run_sql_file,
 )
+from migrate_lock.version_table import ensure_own_schema, move_legacy_tables
 
 if TYPE_CHECKING:
     from migrate_lock.version_table import VersionTable
@@ -204,6 +205,11 @@ def _refuse_ended_transaction(connection: psycopg.Connection[Any], where: str) -
 
 
 def _ensure_table(connection: psycopg.Connection[Any], table: VersionTable) -> None:
+    # Our schema may not exist yet (a database migrated by an older release, its tables
+    # beside the version table): create it (ConfigError, exit 78, when the role may not)
+    # and move those tables in, inside this transaction.
+    ensure_own_schema(connection)
+    move_legacy_tables(connection, table)
     connection.execute(
         f"CREATE TABLE IF NOT EXISTS {tracking_table(table)} ("
         " version_table text NOT NULL,"

@@ -13,6 +13,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
+from migrate_lock.version_table import LEGACY_SEEDS, existing
 from migrate_lock.version_table import SEEDS_TABLE as OWN_SEEDS_TABLE
 
 if TYPE_CHECKING:
@@ -74,11 +75,15 @@ def tracking_table(table: VersionTable) -> str:
 
 
 def _recorded_checksums(connection: LockConnection, table: VersionTable) -> dict[str, str]:
-    row = connection.execute("SELECT to_regclass(%s)", (tracking_table(table),)).fetchone()
-    if not row or row[0] is None:
-        return {}
-    rows = connection.execute(
-        f"SELECT name, checksum FROM {tracking_table(table)} WHERE version_table = %s",
-        (table.name,),
-    ).fetchall()
-    return {str(name): str(checksum) for name, checksum in rows}
+    # An older release kept the table beside the version table; until the next migration
+    # or seed run moves it (version_table.move_legacy_tables), its checksums still count:
+    # otherwise every seed file would run again once after migrate-lock is upgraded.
+    ours, legacy = tracking_table(table), table.legacy(LEGACY_SEEDS)
+    recorded: dict[str, str] = {}
+    for present, where in zip(existing(connection, legacy, ours), (legacy, ours), strict=True):
+        if present:  # ours last: where both exist, its rows are the newer
+            rows = connection.execute(
+                f"SELECT name, checksum FROM {where} WHERE version_table = %s", (table.name,)
+            ).fetchall()
+            recorded.update({str(name): str(checksum) for name, checksum in rows})
+    return recorded
