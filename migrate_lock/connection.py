@@ -20,7 +20,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
-from migrate_lock.dsn import DatabaseUrl, mask_url_text
+from migrate_lock.dsn import DatabaseUrl, scrub_text
 from migrate_lock.errors import ConfigError, DatabaseUnavailable
 from migrate_lock.logs import log
 
@@ -34,20 +34,74 @@ KEEPALIVES = {
 }
 
 # libpq reports no SQLSTATE for a failed connection attempt (psycopg's error has
-# ``sqlstate is None``), so the server's FATAL text is all there is to classify.
+# ``sqlstate is None`` and no class of its own for these), so libpq's and the server's
+# text is all there is to classify: this table is the one place that matches it.
 # Unknown failures count as transient: retrying a configuration error only costs
 # time, while giving up on a transient one crash-loops a healthy deploy.
-_PERMANENT_FAILURES = (
-    ("password authentication failed", "wrong password or user"),
-    ("authentication failed", "authentication failed"),
-    ("no password supplied", "no password given"),
-    ("no pg_hba.conf entry", "the server's pg_hba.conf rejects this client"),
-    ("does not exist", "unknown role or database"),
-    ("permission denied for database", "no CONNECT permission on the database"),
-    ("is not permitted to log in", "the role may not log in"),
-    ("invalid sslmode", "invalid sslmode"),
-    ("invalid connection option", "invalid connection option"),
-    ("certificate", "TLS certificate problem"),
+# Each row: a fragment of libpq's message (lower case), what is wrong, what to do.
+_CHECK_CREDENTIALS = "check the URL's user, password and database name"
+_SSL_ROOT = (
+    "set sslrootcert= to the file of the CA that signed the server's certificate "
+    "(sslrootcert=system for the system's roots), or use sslmode=require"
+)
+_SSL_KEY = "set sslcert= and sslkey= to a readable certificate and its key (key mode 0600)"
+_PERMANENT_FAILURES: tuple[tuple[str, str, str], ...] = (
+    # TLS first: "root certificate file ... does not exist" is no unknown database.
+    (
+        "server does not support ssl",
+        "the server does not support SSL, but the URL's sslmode requires it",
+        "enable SSL on the server, or use sslmode=prefer (or disable) if the network is trusted",
+    ),
+    (
+        "channel binding required, but ssl not in use",
+        "the server does not support SSL, but channel_binding=require needs it",
+        "enable SSL on the server, or drop channel_binding=require",
+    ),
+    (
+        "root certificate file",
+        "the root certificate to verify the server with is missing or unreadable",
+        _SSL_ROOT,
+    ),
+    ("could not load system root certificate", "the system's root certificates", _SSL_ROOT),
+    (
+        "does not match host name",
+        "the server's certificate does not name this host",
+        "connect by a name the certificate lists, or use sslmode=verify-ca",
+    ),
+    (
+        "host name must be specified for a verified ssl connection",
+        "sslmode=verify-full needs a host name to verify",
+        "name the host in the URL, or use sslmode=verify-ca",
+    ),
+    (
+        "certificate verify failed",
+        "the server's certificate does not verify (expired, self-signed or signed by "
+        "another CA than sslrootcert's)",
+        _SSL_ROOT,
+    ),
+    (
+        "server accepted connection without a valid ssl certificate",
+        "the server did not check our client certificate, but sslcertmode=require asks it to",
+        "configure client certificates on the server, or drop sslcertmode=require",
+    ),
+    ("private key file", "the client key (sslkey) is missing, unreadable or too open", _SSL_KEY),
+    ("certificate file", "the client certificate (sslcert) cannot be read", _SSL_KEY),
+    ("does not match private key", "the client certificate does not match its key", _SSL_KEY),
+    ("private ssl key", "the client key (sslkey) cannot be loaded", _SSL_KEY),
+    ("certificate", "TLS certificate problem", _SSL_ROOT),
+    ("password authentication failed", "wrong password or user", _CHECK_CREDENTIALS),
+    ("authentication failed", "authentication failed", _CHECK_CREDENTIALS),
+    ("no password supplied", "no password given", _CHECK_CREDENTIALS),
+    (
+        "no pg_hba.conf entry",
+        "the server's pg_hba.conf rejects this client",
+        "add a pg_hba.conf entry for this client, or use the sslmode it requires",
+    ),
+    ("does not exist", "unknown role or database", _CHECK_CREDENTIALS),
+    ("permission denied for database", "no CONNECT permission on the database", _CHECK_CREDENTIALS),
+    ("is not permitted to log in", "the role may not log in", _CHECK_CREDENTIALS),
+    ("invalid sslmode", "invalid sslmode", "use sslmode=disable, prefer, require or verify-full"),
+    ("invalid connection option", "invalid connection option", _CHECK_CREDENTIALS),
 )
 
 
@@ -87,11 +141,12 @@ def connect(
                 **KEEPALIVES,  # type: ignore[arg-type]
             )
         except psycopg.OperationalError as error:
-            reason = permanent_reason(error)
-            if reason:
+            permanent = classify(error)
+            if permanent is not None:
+                reason, hint = permanent
                 raise ConfigError(
                     f"cannot connect to {url.masked}: {reason} ({_first_line(error)})",
-                    hint="check the URL's user, password and database name",
+                    hint=hint,
                 ) from None
             raise _Transient(_first_line(error)) from None
 
@@ -137,10 +192,16 @@ def connect(
 
 def permanent_reason(error: Exception) -> str | None:
     """Why a connection failure will not go away by retrying, or None if it might."""
+    permanent = classify(error)
+    return permanent[0] if permanent is not None else None
+
+
+def classify(error: Exception) -> tuple[str, str] | None:
+    """(what is wrong, what to do) for a failure retrying will not mend, else None."""
     text = str(error).lower()
-    for fragment, reason in _PERMANENT_FAILURES:
+    for fragment, reason, hint in _PERMANENT_FAILURES:
         if fragment in text:
-            return reason
+            return reason, hint
     return None
 
 
@@ -153,6 +214,9 @@ def _first_line(error: Exception) -> str:
     # psycopg prefixes "connection failed: connection to server at ... failed:";
     # the FATAL part after it is what an operator needs.
     text = lines[0] if lines else type(error).__name__
-    if "FATAL:" in text:
+    if "multiple connection attempts failed" in text.lower():
+        # A failover URL: one "- host: …: why" line per host, all worth reading.
+        text = "; ".join(line.lstrip("- ") for line in lines[1:]) or text
+    elif "FATAL:" in text:
         text = "FATAL:" + text.split("FATAL:", 1)[1]
-    return mask_url_text(text)
+    return scrub_text(text)

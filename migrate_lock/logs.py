@@ -2,7 +2,8 @@
 
 Event names are stable (``lock.waiting``, ``lock.acquired``, ``migrate.revision``,
 ``migrate.done`` …) and documented in docs/logging.md. Known secrets are scrubbed from
-every line, whatever the caller passed in.
+every field before it is encoded (so JSON's escaping cannot hide one from the scrubber),
+whatever the caller passed in.
 """
 
 from __future__ import annotations
@@ -13,13 +14,12 @@ import time
 from datetime import datetime, timezone
 from typing import Any, TextIO
 
-from migrate_lock.dsn import mask_url_text
+from migrate_lock.dsn import is_secret, scrub_text, spellings
 from migrate_lock.lean.settings_schema import choices
 
 #: LOG_LEVEL's values (the settings table lists them mildest first), numbered as the
 #: standard library's logging numbers them.
 LEVELS = {name: 10 * rank for rank, name in enumerate(choices("log_level"), start=1)}
-_NOT_SECRET = {"postgres", "password", "changeme", "postgresql"}
 
 
 class EventLog:
@@ -43,11 +43,12 @@ class EventLog:
         """Never print ``secret``: it is replaced by ``***`` in every later line.
 
         URLs are always masked; this also catches a password quoted on its own. A
-        short or well-known password ("postgres") is no secret, and scrubbing that word
-        would garble every line that names the database or the scheme.
+        secret shorter than ``dsn.MIN_SECRET_LENGTH`` (3) or a well-known word
+        ("postgres") is not scrubbed as a literal: scrubbing "7" or "postgres" would
+        garble every line, and where the stars fall would spell the secret out.
         """
-        if secret and len(secret) >= 8 and secret.lower() not in _NOT_SECRET:
-            self._secrets.add(secret)
+        if secret:
+            self._secrets.update(variant for variant in spellings(secret) if is_secret(variant))
 
     def debug(self, event: str, **fields: Any) -> None:
         self.emit("DEBUG", event, **fields)
@@ -65,20 +66,33 @@ class EventLog:
         if LEVELS[level] < self.level:
             return
         stream = self.stream or sys.stderr
+        # Scrubbed before encoding: JSON (and the text format's quoting) escape quotes and
+        # backslashes, and an escaped password no longer matches the scrubber.
+        fields = {key: self._scrub_value(value) for key, value in fields.items()}
         if self.format == "json":
             record = {"ts": _now(), "level": level.lower(), "event": event, **fields}
             line = json.dumps(record, default=str, ensure_ascii=False)
         else:
             rendered = " ".join(f"{key}={_text_value(value)}" for key, value in fields.items())
             line = f"{_now()[11:23]} {level:<7} {event}" + (f" {rendered}" if rendered else "")
-        stream.write(self.scrub(line) + "\n")
+        stream.write(line + "\n")
         stream.flush()
 
     def scrub(self, text: str) -> str:
-        text = mask_url_text(text)
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
+        """``text`` without any password: URLs masked, every known secret replaced by
+        ``***`` (``dsn.scrub_text``, plus the secrets given to ``add_secret``)."""
+        return scrub_text(text, self._secrets)
+
+    def _scrub_value(self, value: Any) -> Any:
+        if isinstance(value, str):
+            return self.scrub(value)
+        if value is None or isinstance(value, bool | int | float):
+            return value
+        if isinstance(value, dict):
+            return {self.scrub(str(key)): self._scrub_value(item) for key, item in value.items()}
+        if isinstance(value, list | tuple | set | frozenset):
+            return [self._scrub_value(item) for item in value]
+        return self.scrub(str(value))
 
 
 def _text_value(value: Any) -> str:

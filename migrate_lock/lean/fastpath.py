@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,8 @@ def _start(stack: ExitStack, overrides: Mapping[str, Any], started: float) -> Le
         log.add_secret(url.password)
         timeout = int(min(10.0, max(1.0, settings.db_connect_timeout_seconds)))
         connection = stack.enter_context(LeanConnection.connect(url.libpq, timeout_seconds=timeout))
+        # The host libpq connected to (a failover URL lists several), for the pooler check.
+        url = replace(url, host=connection.info.host, port=connection.info.port)
         return _check_or_wait(stack, connection, settings, manifest, started, url)
     except LockTimeout:
         raise

@@ -1,0 +1,147 @@
+"""Issue 14, items 1, 6 and 8 end to end: no password in any output whatever the URL,
+TLS failures classified at once, and libpq's failover URLs on both paths."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from support import assert_one_line_failure, cli_env, run_cli
+
+ENTRYPOINTS = Path(__file__).resolve().parent.parent / "entrypoints"
+
+#: Issue 14's passwords, each with the pieces of it that must never be printed.
+BAD_PASSWORD_URLS = {
+    "unencoded %": ("postgresql://app:Kx9%qT!zPw@127.0.0.1:1/shop", ["Kx9%qT!zPw"]),
+    "spaces": ("postgresql://app:correct horse battery@127.0.0.1:1/shop", ["correct horse"]),
+    "raw @": ("postgresql://app:ret99@Tail@127.0.0.1:1/shop", ["ret99", "Tail"]),
+}
+
+
+def assert_never_printed(pieces: list[str], *outputs: str) -> None:
+    for output in outputs:
+        for piece in pieces:
+            assert piece not in output, output
+
+
+@pytest.mark.parametrize(
+    ("verb", "log_format"), [("upgrade", "text"), ("status", "json"), ("seed", "json")]
+)
+@pytest.mark.parametrize("case", BAD_PASSWORD_URLS)
+def test_a_password_libpq_cannot_parse_is_never_printed(
+    project: Path, case: str, verb: str, log_format: str
+) -> None:
+    """Why: libpq's parse error quotes the token it choked on, and Python and libpq end the
+    password at different "@"s: the password was printed, or tried as a host for 30 s."""
+    raw, pieces = BAD_PASSWORD_URLS[case]
+    result = run_cli(
+        [verb], cwd=project, database_url=raw, LOG_FORMAT=log_format, DB_CONNECT_TIMEOUT_SECONDS="3"
+    )
+
+    assert_never_printed(pieces, result.stdout, result.stderr)
+    assert result.returncode == 78, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "db.retry" not in result.stderr, "refused at once, not retried"
+    if case == "raw @":
+        assert "percent-encode the password" in result.stderr
+    if log_format == "json":
+        events = [json.loads(line) for line in result.stderr.splitlines()]
+        assert events[-1]["event"] == "command.failed"
+
+
+@pytest.mark.parametrize("case", BAD_PASSWORD_URLS)
+def test_smoke_migrate_never_prints_the_password(project: Path, case: str) -> None:
+    """Why: the runbook script prints its own error line; it is scrubbed the same way."""
+    raw, pieces = BAD_PASSWORD_URLS[case]
+    result = subprocess.run(
+        [sys.executable, str(ENTRYPOINTS / "smoke_migrate.py")],
+        cwd=project,
+        env=cli_env(raw, DB_CONNECT_TIMEOUT_SECONDS="3"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert_never_printed(pieces, result.stdout, result.stderr)
+    assert result.returncode == 78, result.stderr
+    assert result.stderr.startswith("smoke_migrate: error:")
+
+
+def with_parameter(url: str, parameter: str) -> str:
+    return url + ("&" if "?" in url else "?") + parameter
+
+
+@pytest.mark.parametrize("sslmode", ["require", "verify-full"])
+def test_sslmode_require_against_a_server_without_ssl_exits_78_at_once(
+    project: Path, database_url: str, sslmode: str
+) -> None:
+    """Why: retrying cannot give the server SSL; 30 s of retries then exit 75 made an
+    orchestrator retry a configuration error forever."""
+    result = run_cli(
+        ["upgrade"],
+        cwd=project,
+        database_url=with_parameter(database_url, f"sslmode={sslmode}"),
+        DB_CONNECT_TIMEOUT_SECONDS="20",
+    )
+
+    line = assert_one_line_failure(result, 78)
+    assert "the server does not support SSL" in line
+    assert "sslmode" in line
+    assert "db.retry" not in result.stderr, "refused at once, not retried"
+
+
+def closed_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on: Supavisor's 6543 when it is free."""
+    for candidate in (6543, 0):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(probe.getsockname()[1])
+    raise AssertionError("no free port")
+
+
+def failover_url(database_url: str, dead_port: int) -> str:
+    """``database_url`` with an unreachable host listed first, in libpq's failover form."""
+    parts = urlsplit(database_url)
+    credentials, _, live = parts.netloc.rpartition("@")
+    query = f"?{parts.query}&" if parts.query else "?"
+    return (
+        f"postgresql://{credentials}@127.0.0.1:{dead_port},{live}{parts.path}"
+        f"{query}target_session_attrs=read-write"
+    )
+
+
+def test_a_failover_url_migrates_and_answers_at_head_through_the_live_host(
+    project: Path, database_url: str
+) -> None:
+    """Why: libpq's multi-host URL was rejected as malformed. The lock and the pooler check
+    follow the host libpq connected to, not the first one listed (here a dead port 6543,
+    which would read as a transaction pooler)."""
+    dead = closed_port()
+    url = failover_url(database_url, dead)
+    assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+
+    migrated = run_cli(["upgrade"], cwd=project, database_url=url, LOG_FORMAT="json")
+    at_head = run_cli(["upgrade"], cwd=project, database_url=url, LOG_FORMAT="json")
+    status = run_cli(["status", "--json"], cwd=project, database_url=url)
+
+    assert migrated.returncode == 0, migrated.stderr
+    events = [json.loads(line) for line in migrated.stderr.splitlines()]
+    scope = next(event for event in events if event["event"] == "lock.scope")
+    assert scope["scope"] == "session", scope
+    assert "direct connection" in scope["reason"]
+    assert any(event["event"] == "lock.acquired" for event in events)
+    assert at_head.returncode == 0, at_head.stderr
+    done = [json.loads(line) for line in at_head.stderr.splitlines()][-1]
+    assert (done["role"], done.get("heads_from")) == ("fast_path", "manifest"), done
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout)["status"] == "at_head"
