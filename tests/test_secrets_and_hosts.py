@@ -3,10 +3,15 @@ TLS failures classified at once, and libpq's failover URLs on both paths."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import socket
+import ssl
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -145,3 +150,89 @@ def test_a_failover_url_migrates_and_answers_at_head_through_the_live_host(
     assert (done["role"], done.get("heads_from")) == ("fast_path", "manifest"), done
     assert status.returncode == 0, status.stderr
     assert json.loads(status.stdout)["status"] == "at_head"
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, Path, Path]]:
+    """A TCP server that answers PostgreSQL's SSLRequest with "S" and a self-signed
+    certificate for the name ``not-this-host``: libpq's real certificate checks fail against
+    it. Yields (port, that certificate, another CA's certificate)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("no openssl on this machine to make a certificate with")
+    folder = tmp_path_factory.mktemp("tls")
+    for name in ("server", "other"):
+        subprocess.run(
+            [
+                *(openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"),
+                *("-keyout", str(folder / f"{name}.key"), "-out", str(folder / f"{name}.crt")),
+                *("-subj", "/CN=not-this-host"),
+            ],
+            check=True,
+            capture_output=True,
+        )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(folder / "server.crt", folder / "server.key")
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def answer(client: socket.socket) -> None:
+        with client:
+            client.settimeout(10)
+            while True:
+                request = client.recv(8)
+                code = int.from_bytes(request[4:8], "big") if len(request) == 8 else None
+                if code == 80877104:  # GSSENCRequest: no
+                    client.sendall(b"N")
+                    continue
+                if code != 80877103:  # anything but SSLRequest
+                    return
+                client.sendall(b"S")
+                # The client gives up on our certificate: that is the point.
+                with contextlib.suppress(OSError, ssl.SSLError):
+                    context.wrap_socket(client, server_side=True).close()
+                return
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                client, _ = listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=answer, args=(client,), daemon=True).start()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(listener.getsockname()[1]), folder / "server.crt", folder / "other.crt"
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    ("root", "says"),
+    [
+        ("other", "the server's certificate does not verify"),
+        ("server", "the server's certificate does not name this host"),
+    ],
+)
+def test_a_certificate_that_fails_verification_exits_78_at_once_naming_what_it_lacks(
+    project: Path, tls_server: tuple[int, Path, Path], root: str, says: str
+) -> None:
+    """Why: a certificate does not fix itself; the line must say what is wrong with it."""
+    port, server_certificate, other_certificate = tls_server
+    rootcert = server_certificate if root == "server" else other_certificate
+    url = (
+        f"postgresql://app:Kx9-tls-secret@127.0.0.1:{port}/shop"
+        f"?sslmode=verify-full&sslrootcert={rootcert}"
+    )
+    result = run_cli(["upgrade"], cwd=project, database_url=url, DB_CONNECT_TIMEOUT_SECONDS="20")
+
+    line = assert_one_line_failure(result, 78)
+    assert says in line
+    assert "sslrootcert" in line or "verify-ca" in line
+    assert "db.retry" not in result.stderr, "refused at once, not retried"
+    assert "Kx9-tls-secret" not in result.stderr
