@@ -5,13 +5,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from sqlalchemy import Column, Enum, Index, Integer, MetaData, Sequence, Table, create_engine
 from sqlalchemy.engine import Engine
 
+from migrate_lock.dsn import parse_database_url, with_database
 from migrate_lock.errors import Refused
 from migrate_lock.metadata_guard import protect
 
@@ -340,21 +344,33 @@ def test_a_production_marker_is_found_whatever_version_table_schema_says(
     project: Path, database_url: str
 ) -> None:
     """Why: the marker belongs to the database; pointing VERSION_TABLE_SCHEMA elsewhere
-    must not make a production database look unprotected to seed --prune or reset."""
+    must not make a production database look unprotected to reset or seed --prune, not
+    even where an older release left a development marker."""
     upgraded = run_cli(
         ["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="production", **LOCAL_OK
     )
     assert upgraded.returncode == 0, upgraded.stderr
-    query(database_url, "CREATE SCHEMA elsewhere")  # with a version table at head there
-    query(database_url, "CREATE TABLE elsewhere.alembic_version AS TABLE public.alembic_version")
-    before = catalog_snapshot(database_url)
+    query(database_url, "CREATE SCHEMA elsewhere")
     elsewhere = {"VERSION_TABLE_SCHEMA": "elsewhere", **DEVELOPMENT}
+    before = catalog_snapshot(database_url)
 
-    prune = run_cli(["seed", "--prune"], cwd=project, database_url=database_url, **elsewhere)
     reset = run_cli(["reset"], cwd=project, database_url=database_url, **elsewhere)
 
-    assert "production" in assert_one_line_failure(prune, 3)
     assert "production" in assert_one_line_failure(reset, 3)
+    assert catalog_snapshot(database_url) == before
+
+    # A version table at head there, and a development marker an older release left.
+    query(database_url, "CREATE TABLE elsewhere.alembic_version AS TABLE public.alembic_version")
+    query(
+        database_url,
+        "CREATE TABLE elsewhere.migrate_lock_environment AS TABLE migrate_lock.environment",
+    )
+    query(database_url, "UPDATE elsewhere.migrate_lock_environment SET environment = 'development'")
+    before = catalog_snapshot(database_url)
+
+    prune = run_cli(["seed", "--prune"], cwd=project, database_url=database_url, **elsewhere)
+
+    assert "production" in assert_one_line_failure(prune, 3)
     assert catalog_snapshot(database_url) == before
 
 
@@ -443,3 +459,37 @@ def test_protect_stops_every_create_and_drop_entry_point_in_production(
         " to_regclass('orders_id') IS NOT NULL, to_regtype('mood') IS NOT NULL,"
         " to_regclass('later'), to_regclass('other_seq')",
     ) == [(True, True, True, True, None, None)]
+
+
+def test_a_role_that_may_not_create_our_schema_is_refused_and_nothing_changes(
+    project: Path, database_url: str, pg_server: Any
+) -> None:
+    """Why: migrate-lock keeps its tables in a schema of its own; a role without CREATE on
+    the database gets a clear refusal (exit 78) naming the grant, not a half-done upgrade.
+    Needs a superuser to create the role."""
+    role = f"no_schema_{uuid.uuid4().hex[:8]}"
+    database = database_url.rsplit("/", 1)[1]
+    admin = with_database(parse_database_url(pg_server.admin_url), database).libpq
+    query(admin, f"CREATE ROLE {role} LOGIN PASSWORD 'Str0ng-and-long'")
+    query(admin, f"GRANT USAGE, CREATE ON SCHEMA public TO {role}")
+    parts = urlsplit(database_url)
+    url = urlunsplit(
+        parts._replace(netloc=f"{role}:Str0ng-and-long@{parts.netloc.rpartition('@')[2]}")
+    )
+    try:
+        before = catalog_snapshot(admin)
+        refused = run_cli(["upgrade"], cwd=project, database_url=url, **DEVELOPMENT)
+
+        line = assert_one_line_failure(refused, 78)
+        assert f'CREATE SCHEMA migrate_lock AUTHORIZATION "{role}"' in line
+        assert catalog_snapshot(admin) == before
+
+        query(admin, f"CREATE SCHEMA migrate_lock AUTHORIZATION {role}")  # as the hint says
+        upgraded = run_cli(["upgrade"], cwd=project, database_url=url, **DEVELOPMENT)
+        assert upgraded.returncode == 0, upgraded.stderr
+        assert query(admin, "SELECT environment FROM migrate_lock.environment") == [
+            ("development",)
+        ]
+    finally:
+        query(admin, f"DROP OWNED BY {role}")
+        query(admin, f"DROP ROLE {role}")
