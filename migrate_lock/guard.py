@@ -5,10 +5,11 @@ Three things live here, all about not wrecking a database by mistake:
 - **start-up checks**: with ``ENVIRONMENT=production`` (and ``staging``, unless
   ``STAGING_URL_CHECKS=false``), a database URL on localhost, with a default or
   placeholder password, or with an empty password is a configuration error (exit 78);
-- **the environment marker**: a one-row table of ours, ``migrate_lock_environment``
-  in the version table's schema, written on upgrade and by ``env set``. The stricter
-  of the marker and the local ``ENVIRONMENT`` decides; a database that has been
-  migrated but carries no marker counts as production (fail closed);
+- **the environment marker**: a one-row table of ours, ``migrate_lock.environment``
+  (one place per database, whatever VERSION_TABLE_SCHEMA says), written on upgrade and
+  by ``env set``. The stricter of the marker and the local ``ENVIRONMENT`` decides; a
+  database that has been migrated but carries no marker counts as production (fail
+  closed), and an upgrade marks it lower only if it was brand-new;
 - **confirmation** of destructive operations (downgrade, stamp, init-db, reset,
   restore, seed pruning, moving the marker down): they run on development and test
   databases; anywhere else they are refused (exit 3, nothing changed) unless the
@@ -17,7 +18,7 @@ Three things live here, all about not wrecking a database by mistake:
   database that is not (and is not treated as) production.
 
 The verbs that show and move the marker are in environment.py; ``protect(metadata)``,
-which makes an application's own ``create_all()`` and ``drop_all()`` raise outside
+which makes an application's own SQLAlchemy creates and drops raise outside
 development and test, is in metadata_guard.py (it needs SQLAlchemy).
 
 Light on purpose (no psycopg, pydantic, SQLAlchemy or Alembic import): the at-head
@@ -197,7 +198,7 @@ def _address(name: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 
 @dataclass(frozen=True)
 class Marker:
-    """The row of ``migrate_lock_environment``: the environment a database is in."""
+    """The row of ``migrate_lock.environment``: the environment a database is in."""
 
     environment: str
     set_at: str

@@ -259,12 +259,12 @@ def _kill_at_random(
             f"{where}: not that revision's schema; differs in"
             f" {_differences(found, references[revision])}"
         )
-        marked = query(url, "SELECT to_regclass('migrate_lock_environment')") != [(None,)]
+        marked = query(url, "SELECT to_regclass('migrate_lock.environment')") != [(None,)]
         assert _applied_counts(url) == _expected_counts(revision), where
         if revision is not None:
             # Written in each revision's own transaction: never a revision without them.
             assert marked, f"{where}: no environment marker"
-            assert (revision,) in query(url, "SELECT revision FROM migrate_lock_history"), where
+            assert (revision,) in query(url, "SELECT revision FROM migrate_lock.history"), where
 
         # The next run in-process: the protocol the CLI calls, without an interpreter
         # start per trial (100 of those made this file 2.5 times as slow).
