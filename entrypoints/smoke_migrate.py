@@ -34,6 +34,8 @@ def main() -> int:
         return _fail("interrupted by SIGTERM; anything open was rolled back", 143)
     except KeyboardInterrupt:
         return _fail("interrupted by SIGINT; anything open was rolled back", 130)
+    except Exception as error:  # noqa: BLE001 - still one scrubbed line, never a traceback
+        return _fail(f"unexpected {type(error).__name__}: {error}", 1)
     revisions = ", ".join(state.current) or "(none)"
     if not state.ready:
         return _fail(f"upgrade returned but the database is {state.status} at {revisions}", 1)
@@ -49,7 +51,8 @@ def main() -> int:
 
 def _fail(message: str, code: int) -> int:
     # Scrubbed like every migrate-lock line: no password ever reaches the output.
-    sys.stderr.write(log.scrub(f"smoke_migrate: error: {message} (exit {code})") + "\n")
+    line = " ".join(log.scrub(f"smoke_migrate: error: {message} (exit {code})").split())
+    sys.stderr.write(line + "\n")
     return code
 
 

@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote
 
 from migrate_lock.errors import ConfigError
 from migrate_lock.lean.pq import LeanUnavailable, conninfo_error
@@ -19,7 +19,7 @@ _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full
 # Any scheme: a mysql:// URL given by mistake must not leak its password either. The
 # password runs to the LAST "@" before the path, the query or a space: a raw "@" in it
 # must not leave its tail visible.
-_URL_IN_TEXT = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^:/@\s]*):([^\s/?#]*)@", re.IGNORECASE)
+_URL_IN_TEXT = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^:/@\s]*):([^\s/?]*)@", re.IGNORECASE)
 #: ``password=`` in a URL's query or a keyword/value conninfo, quoted ('…', with \' and
 #: \\ escapes, as libpq reads it) or not.
 _PASSWORD_PARAMETER = re.compile(
@@ -111,14 +111,14 @@ def parse_database_url(
     )
     try:
         hosts = [_host_and_port(item) for item in hostlist.split(",")] if at or hostlist else []
-        parts = urlsplit("postgresql://" + rest)
     except ValueError:
         raise malformed from None
-    query = dict(parse_qsl(parts.query, keep_blank_values=True))
+    # Read as libpq reads it: "#" is no fragment marker there, so a raw "#" in the password
+    # or the database name is just a character.
+    path, _, query_text = tail.partition("?")
+    query = dict(parse_qsl(query_text, keep_blank_values=True))
     password = unquote(userinfo.partition(":")[2]) if ":" in userinfo else query.get("password")
-    database = unquote(tail.partition("?")[0].partition("#")[0].lstrip("/")) or query.get(
-        "dbname", ""
-    )
+    database = unquote(path.lstrip("/")) or query.get("dbname", "")
     (libpq_check or _check_with_libpq)("postgresql://" + rest, variable)
     sslmode = query.get("sslmode")
     if sslmode is not None and sslmode not in _SSL_MODES:
@@ -255,9 +255,11 @@ def mask_url_text(text: str) -> str:
 
 def with_database(url: DatabaseUrl, database: str) -> DatabaseUrl:
     """The same server and credentials, another database (used for scratch databases)."""
-    parts = urlsplit(url.libpq)
-    query = f"?{parts.query}" if parts.query else ""
-    return parse_database_url(f"postgresql://{parts.netloc}/{quote(database)}{query}")
+    authority, tail = _split_authority(url.libpq.partition("://")[2])
+    query = tail.partition("?")[2]
+    return parse_database_url(
+        f"postgresql://{authority}/{quote(database)}" + (f"?{query}" if query else "")
+    )
 
 
 def _check_with_libpq(text: str, variable: str) -> None:

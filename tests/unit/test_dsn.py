@@ -344,3 +344,15 @@ def test_a_password_with_runs_of_whitespace_is_scrubbed_from_a_one_line_error() 
     error = ConfigError(f"the application said: bad password {password}")
 
     assert scrub_text(str(error)) == "the application said: bad password ***"
+
+
+def test_a_raw_hash_in_the_password_is_read_as_libpq_reads_it() -> None:
+    """libpq has no URL fragments: "#" is part of the password, and the query after it
+    still counts (Python's urlsplit would cut both off)."""
+    url = parse_database_url("postgresql://app:ab#cd-ef@db:5433/shop?sslmode=require")
+
+    assert (url.password, url.host, url.port, url.database) == ("ab#cd-ef", "db", 5433, "shop")
+    assert url.masked == "postgresql://app:***@db:5433/shop?sslmode=require"
+    assert with_database(url, "other").libpq == (
+        "postgresql://app:ab#cd-ef@db:5433/other?sslmode=require"
+    )
