@@ -16,12 +16,19 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from migrate_lock.dsn import parse_database_url, with_database
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.sandbox.example import write_example_project
 
 from support import TEST_PASSWORD, run_cli
+
+# Property tests share a loaded 2-core machine with real servers and replicas: a
+# per-example deadline would measure the machine, not the code. Each test's
+# max_examples still bounds the work.
+hypothesis_settings.register_profile("suite", deadline=None)
+hypothesis_settings.load_profile("suite")
 
 #: The fixtures that start or use PostgreSQL: a unit test (``-m unit``) may not ask for them.
 DATABASE_FIXTURES = frozenset({"pg_server", "database_url"})
