@@ -13,7 +13,7 @@ import click
 
 import migrate_lock
 from migrate_lock import __version__
-from migrate_lock.errors import ExitCode, MigrateLockError
+from migrate_lock.errors import ExitCode, MigrateLockError, unclassified_server_error
 from migrate_lock.interrupts import Terminated, signals_raise
 from migrate_lock.lean.settings_schema import choices, default, read_dotenv, read_field
 from migrate_lock.logs import log
@@ -90,6 +90,9 @@ def _run(action: Callable[[], T]) -> T:
         )
     except Exception as error:  # noqa: BLE001 - the last line of defence: still one line
         log.debug("command.traceback", error=repr(error))
+        explained = unclassified_server_error(error)
+        if explained is not None:
+            _fail(str(explained), explained.exit_code)
         _fail(
             f"unexpected {type(error).__name__}: {error}; this is a bug in migrate-lock, "
             "please report it (LOG_LEVEL=DEBUG shows more)",

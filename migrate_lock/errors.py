@@ -6,8 +6,9 @@ single line and exits with ``error.exit_code``; nothing else decides exit codes.
 
 from __future__ import annotations
 
-import copy
+import os
 from enum import IntEnum
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -46,7 +47,10 @@ class MigrateLockError(Exception):
 
     def with_message(self, message: str) -> MigrateLockError:
         """The same error (class, hint and fields) saying ``message`` instead."""
-        changed = copy.copy(self)
+        # Not copy.copy: that calls __init__ again with ``args``, which fails for the
+        # classes whose __init__ takes other arguments (TableLockTimeout, ProjectFileError).
+        changed = type(self).__new__(type(self), message)
+        changed.__dict__.update(self.__dict__)
         changed.message = message
         changed.args = (message,)
         return changed
@@ -56,6 +60,31 @@ class ConfigError(MigrateLockError):
     """A setting, URL, credential or project file is wrong; retrying will not help."""
 
     exit_code = ExitCode.CONFIG
+
+
+class ProjectFileError(ConfigError):
+    """A file of the project does not load: ``alembic.ini``, a revision, ``env.py`` (or the
+    application code it imports), ``.env``. ``path`` is the file, ``line`` the line when
+    known; the message names both and the first line of the underlying error."""
+
+    def __init__(
+        self, path: str, problem: str, *, line: int | None = None, hint: str | None = None
+    ) -> None:
+        where = f"{path}, line {line}" if line else path
+        super().__init__(f"{where}: {problem}", hint=hint)
+        self.path = path
+        self.line = line
+
+
+class DatabaseObjectsChanged(ConfigError):
+    """The database refused one of migrate-lock's own statements for a reason of its
+    catalog (SQLSTATE class 42: a column or table missing, a privilege lacking): its
+    tables (the environment marker, the history, the version table) are not as
+    migrate-lock made them, or the role may not use them."""
+
+
+class NoRevisions(ConfigError):
+    """The scripts directory has no revision at all (an image built without versions/)."""
 
 
 class UsageError(MigrateLockError):
@@ -131,6 +160,16 @@ class MigrationFailed(MigrateLockError):
         self.sqlstate = sqlstate
 
 
+class IdleInTransactionTimeout(MigrationFailed):
+    """The server ended the migrating session because a revision left its transaction idle
+    for longer than DDL_IDLE_IN_TRANSACTION_TIMEOUT (SQLSTATE 25P03); rolled back. Not a
+    lost connection: running it again would be killed the same way."""
+
+
+class ProcessExited(MigrationFailed):
+    """A revision or ``env.py`` raised SystemExit (``sys.exit()``); rolled back."""
+
+
 class UnknownDatabaseRevision(MigrateLockError):
     """The database is at a revision this code has never seen applied there."""
 
@@ -194,3 +233,41 @@ def describe_sql_error(error: BaseException) -> str:
         flat = " ".join(str(statement).split())
         text += f" in: {flat[:200]}"
     return text
+
+
+def first_line(error: BaseException) -> str:
+    """``Type: the first line of the message`` (pydantic and configparser write several)."""
+    if isinstance(error, SyntaxError) and error.msg:
+        return f"{type(error).__name__}: {error.msg}"  # the file and line are said apart
+    lines = str(error).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the current directory when it is below it (shorter lines)."""
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
+    except (ValueError, OSError):
+        return str(path)
+
+
+def unclassified_server_error(error: BaseException) -> MigrateLockError | None:
+    """What an error that reached the top unclassified is, when the server explains it.
+
+    A statement of ours refused with SQLSTATE class 42 (undefined column or table,
+    insufficient privilege) means the database's migrate-lock tables were changed, or the
+    role lacks a privilege: a configuration problem (exit 78), not a bug.
+    """
+    sql = sql_error_in(error)
+    sqlstate = str(getattr(sql, "sqlstate", "") or "")
+    if sql is None or not sqlstate.startswith("42"):
+        return None
+    hint_text = getattr(getattr(sql, "diag", None), "message_hint", None)
+    detail = describe_sql_error(error) + (f" ({hint_text})" if hint_text else "")
+    return DatabaseObjectsChanged(
+        f"the database refused a statement of migrate-lock's own: {detail}",
+        hint="migrate-lock's tables (the migrate_lock schema, the version table, "
+        "the environment marker) were changed by hand or the role lacks a privilege: "
+        "restore them as migrate-lock made them, or grant it",
+    )

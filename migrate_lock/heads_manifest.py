@@ -18,13 +18,14 @@ from migrate_lock.settings import Settings
 def freeze(*, settings: Settings | None = None) -> Manifest:
     """Write the heads manifest for the project of ``settings`` (alembic.ini, scripts)."""
     project = Project(settings)
+    # Alembic's load first: it names what is wrong with alembic.ini or a revision file.
+    scripts = project.scripts
     files = script_files(project.settings.alembic_config)
     if files is None:
         raise ConfigError(
             f"cannot locate the revision files from {project.settings.alembic_config}",
             hint="freeze needs a filesystem script_location (not package:resource)",
         )
-    scripts = project.scripts
     revisions = sorted(s.revision for s in scripts.script.walk_revisions("base", "heads"))
     manifest = Manifest(
         heads=scripts.heads(),

@@ -6,6 +6,7 @@ settings first, then the project's files, then the network.
 
 from __future__ import annotations
 
+import configparser
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from migrate_lock.guard import check_startup
 from migrate_lock.lock import DdlTimeouts, Hold, lock_key
 from migrate_lock.logs import log
 from migrate_lock.revisions import Scripts, load_scripts
-from migrate_lock.runner import alembic_config
+from migrate_lock.runner import alembic_config, ini_error
 from migrate_lock.scope import ScopeChoice, choose_scope
 from migrate_lock.settings import Settings, load_settings
 from migrate_lock.state import SchemaState, compare
@@ -57,8 +58,11 @@ class Project:
 
     @cached_property
     def scripts(self) -> Scripts:
+        config = self.config
         try:
-            return load_scripts(self.config)
+            return load_scripts(config, allow_none=self.settings.allow_no_revisions)
+        except (configparser.Error, UnicodeDecodeError) as error:
+            raise ini_error(self.settings.alembic_config, error) from None
         except CommandError as error:
             raise ConfigError(
                 f"cannot load the migration scripts of {self.settings.alembic_config}: {error}",

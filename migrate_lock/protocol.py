@@ -19,7 +19,6 @@ from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, TextIO
 
 import psycopg
-from alembic import command
 from alembic.util import CommandError
 from psycopg.pq import TransactionStatus
 
@@ -40,6 +39,9 @@ from migrate_lock.project import DatabaseSession, Project
 from migrate_lock.runner import (
     autocommit_refusal,
     autocommit_revisions,
+    idle_timeout_error,
+    killed_for_idling,
+    run_offline,
     run_upgrade,
     run_upgrade_in_transaction,
     sqlalchemy_connection,
@@ -113,6 +115,8 @@ def _upgrade_once(
         except psycopg.OperationalError as error:
             if not session.connection.broken:
                 raise
+            if killed_for_idling(error):
+                raise idle_timeout_error(error) from None  # the server's verdict: no reconnect
             raise ConnectionLost(
                 f"lost the database connection ({str(error).splitlines()[0]})",
                 hint="retry when the database is back",
@@ -224,7 +228,7 @@ def upgrade_sql(
     if project.settings.version_table_schema:
         config.attributes["version_table_schema"] = project.settings.version_table_schema
     try:
-        command.upgrade(config, target, sql=True)
+        run_offline(config, target)
     except CommandError as error:
         raise UsageError(f"cannot render SQL for '{target}': {error}") from None
 

@@ -10,6 +10,7 @@ transaction and the DDL would be silently rolled back when we close it. Should
 from __future__ import annotations
 
 import ast
+import configparser
 import contextlib
 import inspect
 import sys
@@ -24,6 +25,7 @@ import psycopg.errors
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from alembic.util import CommandError
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.pool import StaticPool
@@ -31,10 +33,15 @@ from sqlalchemy.pool import StaticPool
 from migrate_lock.errors import (
     ConfigError,
     ConnectionLost,
+    IdleInTransactionTimeout,
     MigrateLockError,
     MigrationFailed,
+    ProcessExited,
+    ProjectFileError,
     TableLockTimeout,
     describe_sql_error,
+    first_line,
+    shown_path,
     sql_error_in,
     sqlstate_of,
 )
@@ -64,7 +71,11 @@ def alembic_config(
     config = Config(str(path), stdout=output or sys.stdout)
     if output is not None:
         config.output_buffer = output
-    if not config.get_main_option("script_location"):
+    try:
+        script_location = config.get_main_option("script_location")
+    except (configparser.Error, UnicodeDecodeError) as error:
+        raise ini_error(path, error) from None
+    if not script_location:
         raise ConfigError(
             f"{path} has no script_location in its [alembic] section",
             hint="add `script_location = %(here)s/migrations` (or where your env.py is)",
@@ -78,6 +89,54 @@ def alembic_config(
         config.attributes["version_table"] = version_table.name
         config.attributes["version_table_schema"] = version_table.schema
     return config
+
+
+def ini_error(path: Path | str, error: configparser.Error | UnicodeDecodeError) -> ProjectFileError:
+    """An ``alembic.ini`` that does not parse, as one line naming the file and line.
+
+    The option's value is never shown: it may hold a password (``sqlalchemy.url``).
+    """
+    line: int | None = getattr(error, "lineno", None)
+    hint = "fix alembic.ini"
+    if isinstance(error, UnicodeDecodeError):
+        raw = Path(path).read_bytes() if Path(path).is_file() else b""
+        line = raw.count(b"\n", 0, error.start) + 1 if error.object == raw else None
+        problem = f"is not UTF-8 (byte 0x{error.object[error.start]:02x})"
+        hint = "save alembic.ini as UTF-8"
+    elif isinstance(error, configparser.MissingSectionHeaderError):
+        problem = "has no section header before its first option"
+        hint = "start alembic.ini with an [alembic] line"
+    elif isinstance(error, configparser.DuplicateSectionError):
+        problem = f"section [{error.section}] appears twice"
+    elif isinstance(error, configparser.DuplicateOptionError):
+        problem = f"option {error.option!r} appears twice in section [{error.section}]"
+    elif isinstance(error, configparser.InterpolationError):
+        problem = f"option {error.option!r} in section [{error.section}] has a bad %-reference"
+        if isinstance(error, configparser.InterpolationMissingOptionError):
+            problem += f": %({error.reference})s names no option"
+        hint = "write a literal % as %% (a percent-encoded password too), or %(here)s"
+        line = _option_line(Path(path), error.section, error.option)
+    elif isinstance(error, configparser.ParsingError):
+        line = error.errors[0][0] if error.errors else None
+        problem = "has a line that is neither a [section] nor an option"
+    else:
+        problem = f"does not parse ({type(error).__name__})"
+    return ProjectFileError(shown_path(path), problem, line=line, hint=hint)
+
+
+def _option_line(path: Path, section: str, option: str) -> int | None:
+    try:
+        lines = path.read_text("utf-8").splitlines()
+    except (OSError, UnicodeError):
+        return None
+    current = None
+    for number, text in enumerate(lines, start=1):
+        stripped = text.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            current = stripped[1:-1].strip()
+        elif current == section and stripped.split("=", 1)[0].split(":", 1)[0].strip() == option:
+            return number
+    return None
 
 
 def run_upgrade(
@@ -263,7 +322,14 @@ def _run_on(
     except _HookFailed as failed:
         _rollback_quietly(shared)
         raise failed.error from None
+    except SystemExit as exiting:
+        # sys.exit() in a revision or env.py: not a success, whatever its code.
+        _rollback_quietly(shared)
+        raise process_exited(exiting) from None
     except Exception as error:  # noqa: BLE001 - a revision may raise anything; all roll back
+        if killed_for_idling(error):
+            # The server's verdict on the revision, not a failover: no reconnect.
+            raise idle_timeout_error(error) from None
         if connection.broken or connection.closed:
             # A restart or failover, not the revision's fault: the server rolled it back.
             raise ConnectionLost(
@@ -276,9 +342,90 @@ def _run_on(
         config.attributes.pop("connection", None)
 
 
-def migration_error(error: BaseException) -> Exception:
-    """Turn what a revision raised into one line: the revision, the SQL error, what next."""
+def run_offline(config: Config, target: str) -> None:
+    """``alembic upgrade TARGET --sql`` (``upgrade --sql``, ``lint``, ``plan``): what
+    ``env.py`` or a revision raises is classified as on the online path."""
+    try:
+        command.upgrade(config, target, sql=True)
+    except SystemExit as exiting:
+        raise process_exited(exiting) from None
+    except (CommandError, MigrateLockError):
+        raise
+    except Exception as error:  # noqa: BLE001 - env.py and the revisions may raise anything
+        raise migration_error(error, config) from None
+
+
+def process_exited(exiting: SystemExit) -> ProcessExited:
+    """A revision or env.py called ``sys.exit()``: exit 1 naming it, never its own code."""
+    revision, _ = _failing_revision(exiting.__traceback__)
+    env_py = _env_py_frame(exiting.__traceback__)
+    where = f"revision {revision}" if revision else ("env.py" if env_py else "a revision")
+    return ProcessExited(
+        f"{where} exited the process (SystemExit({exiting.code!r})); rolled back",
+        hint="a revision fails by raising an exception: remove the sys.exit() / exit() call",
+        revision=revision,
+    )
+
+
+def killed_for_idling(error: BaseException) -> bool:
+    """The server ended the session for idling in its transaction (SQLSTATE 25P03)."""
+    if sqlstate_of(error) == "25P03":
+        return True
+    seen: BaseException | None = error
+    while seen is not None:
+        if "idle-in-transaction timeout" in str(getattr(seen, "orig", None) or seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def idle_timeout_error(error: BaseException) -> IdleInTransactionTimeout:
     revision, doc = _failing_revision(error.__traceback__)
+    where = (
+        f"revision {revision}" + (f" ({doc})" if doc else "")
+        if revision
+        else "a revision (or env.py)"
+    )
+    return IdleInTransactionTimeout(
+        f"{where} was ended by the server: its transaction sat idle between two statements "
+        "for longer than DDL_IDLE_IN_TRANSACTION_TIMEOUT (SQLSTATE 25P03); rolled back",
+        hint="raise DDL_IDLE_IN_TRANSACTION_TIMEOUT if the revision does long work in Python "
+        "between statements, or do that work in SQL",
+        revision=revision,
+        sqlstate="25P03",
+    )
+
+
+def migration_error(error: BaseException, config: Config | None = None) -> Exception:
+    """Turn what a revision raised into one line: the revision, the SQL error, what next.
+
+    What ``env.py`` (or the application code it imports: its settings, its models)
+    raised, other than a database error, is a ProjectFileError (exit 78) naming env.py
+    and its line: a configuration problem, not a failed revision nor a bug of ours.
+    """
+    revision, doc = _failing_revision(error.__traceback__)
+    sql = sql_error_in(error)
+    if revision is None and sql is None:
+        if isinstance(error, SyntaxError) and error.filename:
+            return ProjectFileError(
+                shown_path(error.filename),
+                first_line(error),
+                line=error.lineno,
+                hint="fix that file (env.py loads it)",
+            )
+        if isinstance(error, configparser.Error) and config is not None:
+            ini = config.config_file_name or "alembic.ini"
+            return ini_error(ini, error)
+        env_py = _env_py_frame(error.__traceback__)
+        if env_py is not None:
+            path, line = env_py
+            return ProjectFileError(
+                shown_path(path),
+                f"raised {first_line(error)}",
+                line=line,
+                hint="fix env.py or what it loads (the application's settings: are its "
+                "variables set here?)",
+            )
     # No revision frame: env.py itself, Alembic's version-table UPDATE after a revision
     # (a serialization failure), or the commit at the end (a deferred constraint).
     where = (
@@ -286,7 +433,6 @@ def migration_error(error: BaseException) -> Exception:
         if revision
         else "env.py, Alembic's version table update or the commit"
     )
-    sql = sql_error_in(error)
     # Our own helpers (run_sql_file) already said where: keep their words.
     detail = error.message if isinstance(error, MigrateLockError) else describe_sql_error(error)
     if isinstance(sql, psycopg.errors.LockNotAvailable):
@@ -401,6 +547,16 @@ def _failing_revision(trace: TracebackType | None) -> tuple[str | None, str | No
     while trace is not None:
         here = _revision_of(trace.tb_frame)
         found = here if here[0] is not None else found
+        trace = trace.tb_next
+    return found
+
+
+def _env_py_frame(trace: TracebackType | None) -> tuple[str, int] | None:
+    """Where in env.py (Alembic loads it as the module ``env_py``) ``trace`` last was."""
+    found = None
+    while trace is not None:
+        if trace.tb_frame.f_globals.get("__name__") == "env_py":
+            found = (trace.tb_frame.f_code.co_filename, trace.tb_lineno)
         trace = trace.tb_next
     return found
 

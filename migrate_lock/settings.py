@@ -22,18 +22,20 @@ rule is written twice:
 
 from __future__ import annotations
 
+import io
 import os
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, create_model
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from migrate_lock.dsn import DatabaseUrl, parse_database_url
-from migrate_lock.errors import ConfigError
+from migrate_lock.errors import ConfigError, ProjectFileError
 from migrate_lock.lean import settings_schema as schema
 
 #: The file read for settings, in the current directory (the environment beats it).
@@ -121,10 +123,33 @@ class _SchemaSource(PydanticBaseSettingsSource):
 
 
 def read_dotenv() -> dict[str, str | None]:
-    """``.env`` in the current directory, as python-dotenv reads it (empty when missing)."""
+    """``.env`` in the current directory, as python-dotenv reads it (empty when missing).
+
+    A file that is not UTF-8, or has a line python-dotenv cannot parse (an unterminated
+    quote: it would drop the line with a warning, and with it perhaps ENVIRONMENT), is a
+    ProjectFileError (exit 78) naming the line.
+    """
     if not DOTENV.is_file():
         return {}
-    return dotenv_values(DOTENV, encoding="utf-8")
+    raw = DOTENV.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ProjectFileError(
+            str(DOTENV),
+            f"is not UTF-8 (byte 0x{raw[error.start]:02x})",
+            line=raw.count(b"\n", 0, error.start) + 1,
+            hint="save .env as UTF-8",
+        ) from None
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error:
+            raise ProjectFileError(
+                str(DOTENV),
+                "cannot be parsed (an unterminated quote?), and would be skipped",
+                line=binding.original.line,
+                hint="close the quote, or quote a value that holds # or spaces",
+            )
+    return dotenv_values(stream=io.StringIO(text))
 
 
 def load_settings(**overrides: Any) -> Settings:

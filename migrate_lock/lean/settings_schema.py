@@ -126,7 +126,10 @@ class Setting:
 _NUMBER = re.compile(r"\+?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", re.ASCII)
 _INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
 #: A PostgreSQL duration as SET accepts it: 0, 500ms, 10s, 5min, 1h, 1d.
-_DURATION = re.compile(r"\d+(\.\d+)?\s*(us|ms|s|min|h|d)?", re.ASCII)
+_DURATION = re.compile(r"(\d+(\.\d+)?)\s*(us|ms|s|min|h|d)?", re.ASCII)
+#: What one of each duration unit is in milliseconds (no unit: milliseconds).
+_MILLISECONDS = {"us": 0.001, "ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, "d": 86_400_000}
+_INT_MAX = 2**31 - 1
 #: A plain SQL identifier (no quoting needed; NAMEDATALEN - 1 bytes at most).
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", re.ASCII)
 _TRUE = ("1", "true", "t", "yes", "y", "on")
@@ -180,8 +183,17 @@ def _bool(text: str) -> bool:
 
 
 def _duration(text: str) -> str:
-    if not _DURATION.fullmatch(text):
+    match = _DURATION.fullmatch(text)
+    if not match:
         raise ValueError("must be a PostgreSQL duration such as 0, 500ms, 10s, 5min or 1h")
+    # The server keeps these timeouts as a whole number of milliseconds (rounded half to
+    # even, as rint() does), at most INT_MAX: more is refused by SET, under the lock.
+    milliseconds = round(float(match[1]) * _MILLISECONDS[match[3] or "ms"])
+    if milliseconds > _INT_MAX:
+        raise ValueError(
+            f"must be at most {_INT_MAX}ms (24d 20h 31min), the most PostgreSQL accepts; "
+            "0 means no limit"
+        )
     return "".join(text.split())
 
 
@@ -347,8 +359,9 @@ class LeanSettings:
         doc="PostgreSQL `idle_in_transaction_session_timeout` for the migrating session. If "
         "the migrating process stops talking to the server in the middle of its transaction "
         "(frozen, partitioned), the server ends the session after this long, which rolls back "
-        "and frees the lock for the next replica. Raise it if a revision does long work in "
-        "Python between two statements.",
+        "and frees the lock for the next replica. A revision that does longer work in Python "
+        "between two statements is ended the same way: exit 1 naming the revision and this "
+        "setting (not retried); raise it for such a revision.",
     )
     db_connect_timeout_seconds: float = setting(
         "DB_CONNECT_TIMEOUT_SECONDS",
@@ -377,6 +390,16 @@ class LeanSettings:
         default=Path("alembic.ini"),
         doc="The Alembic config file, relative to the current directory. Its `[alembic]` "
         "section must have `script_location`. CLI: `-c` / `--config`.",
+    )
+    allow_no_revisions: bool = setting(
+        "ALLOW_NO_REVISIONS",
+        kind=BOOL,
+        default=False,
+        doc="Accept a project whose versions directory has no revision at all. Not set, "
+        "every verb that loads the revisions (`upgrade`, `run`, `status`, `heads`, `freeze`, "
+        '…) refuses an empty one with exit 78 ("no revisions found in …"): an image built '
+        "without its revision files would otherwise start the application on an empty "
+        "schema. Set it only for a project that really has none yet.",
     )
     version_table: str = setting(
         "VERSION_TABLE",
