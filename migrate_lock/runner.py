@@ -337,7 +337,7 @@ def _run_on(
                 " the server rolled the open transaction back"
             ) from None
         _rollback_quietly(shared)
-        raise migration_error(error) from None
+        raise migration_error(error, config) from None
     finally:
         config.attributes.pop("connection", None)
 

@@ -231,3 +231,17 @@ def test_a_blank_environment_and_app_env_production_is_production_for_the_cli(
     )
     line = assert_one_line_failure(result, 78)
     assert "localhost" in line or "127.0.0.1" in line
+
+
+def test_a_bad_reference_that_env_py_reads_names_alembic_ini(small: Path) -> None:
+    """Why: env.py reads options Alembic never does; their errors are alembic.ini's."""
+    ini = small / "alembic.ini"
+    ini.write_text(ini.read_text().replace("path_separator = os", "path_separator = os\nx = 5%"))
+    _replace(
+        small / "migrations" / "env.py",
+        "config = context.config\n",
+        'config = context.config\nconfig.get_main_option("x")\n',
+    )
+    result = run_cli(["upgrade", "--sql"], cwd=small, database_url=NO_SERVER)
+    line = assert_one_line_failure(result, 78)
+    assert "alembic.ini, line 7: option 'x' in section [alembic] has a bad %-reference" in line
