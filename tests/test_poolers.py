@@ -80,7 +80,7 @@ MENTIONS_AUTOCOMMIT = revision_file(
 def pooled_url(pg_server: Server, database_url: str) -> Iterator[str]:
     """``database_url``, but through PgBouncer with a transaction pool of POOL_SIZE."""
     direct = parse_database_url(database_url)
-    with pgbouncer(pg_server.admin_url, pool_size=POOL_SIZE) as (port, _log):
+    with pgbouncer(pg_server.url("postgres"), pool_size=POOL_SIZE) as (port, _log):
         yield database_url.replace(f"@{direct.host}:{direct.port}/", f"@127.0.0.1:{port}/")
 
 

@@ -185,7 +185,7 @@ def per_migration(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def behind_pgbouncer(per_migration: Upgrade, pg_server: Server) -> Iterator[Upgrade]:
     """The per-migration project, its replicas connecting through a transaction pool of 4."""
-    with pgbouncer(pg_server.admin_url, pool_size=4) as (port, _log):
+    with pgbouncer(pg_server.url("postgres"), pool_size=4) as (port, _log):
         yield Upgrade(per_migration.project, per_migration.window, pooler_port=port)
 
 
@@ -379,7 +379,7 @@ def _snapshot(url: str) -> Snapshot:
     """The schema and data the revisions made, leaving out what may differ between two
     databases at the same revision: serial ids (a rolled-back INSERT used some up),
     migration_log's clock timestamps, and migrate-lock's own bookkeeping tables."""
-    user = "NOT IN ('pg_catalog', 'information_schema', 'pg_toast')"
+    user = "NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'migrate_lock')"
     catalog = {
         "relations": "SELECT n.nspname, c.relname, c.relkind FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"

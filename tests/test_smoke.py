@@ -11,7 +11,13 @@ from conftest import Server
 
 from migrate_lock.sandbox.example import write_example_project
 
-from support import assert_one_line_failure, catalog_snapshot, query, run_cli
+from support import (
+    OWNER_WITHOUT_CREATEDB,
+    assert_one_line_failure,
+    catalog_snapshot,
+    query,
+    run_cli,
+)
 
 MODELS = """
 from sqlalchemy import BigInteger, Column, DateTime, Integer, MetaData, Table, Text
@@ -254,15 +260,11 @@ def test_a_role_that_may_not_create_databases_is_a_configuration_error(
 ) -> None:
     """Smoke never falls back to the named database: without CREATEDB it stops and says why."""
     project = clean_project(tmp_path / "clean")
-    query(database_url, "CREATE ROLE smoke_nocreate LOGIN PASSWORD 'Pw4Tests-e7Qk2' NOCREATEDB")
-    try:
-        url = database_url.replace("postgres:", "smoke_nocreate:", 1)
-        result = run_cli(["smoke", "--database-url", url], cwd=project, database_url=None)
-        line = assert_one_line_failure(result, 78)
-        assert "may not create the scratch database" in line
-        assert "CREATEDB" in line
-    finally:
-        query(database_url, "DROP ROLE smoke_nocreate")
+    url = pg_server.url(database_url.rsplit("/", 1)[1], OWNER_WITHOUT_CREATEDB)
+    result = run_cli(["smoke", "--database-url", url], cwd=project, database_url=None)
+    line = assert_one_line_failure(result, 78)
+    assert "may not create the scratch database" in line
+    assert "CREATEDB" in line
 
 
 def test_an_unknown_check_to_skip_is_a_usage_error(tmp_path: Path) -> None:
