@@ -694,3 +694,20 @@ def test_a_failure_at_any_step_of_the_swap_leaves_the_database_in_place(
     for name in left:  # the scratch database the intruder kept us from dropping
         query(pg_server.admin("postgres"), f'DROP DATABASE "{name}" WITH (FORCE)')
     assert len(left) == (1 if intruder else 0)
+
+
+def test_restore_through_a_url_that_names_the_database_in_its_query_uses_the_scratch_one(
+    project: Path, at_head: str
+) -> None:
+    """Why: libpq lets ?dbname= override the path, so the scratch database's URL still
+    named the live database: the dump was restored into it, and the swap ran from it."""
+    backup = take_backup(project, at_head)
+    query(at_head, "CREATE TABLE made_after_backup (id int)")
+    server, database = at_head.rsplit("/", 1)
+    url = f"{server}/?dbname={database}"
+
+    result = run_cli(["restore", str(backup["path"])], cwd=project, database_url=url)
+
+    assert result.returncode == 0, result.stderr
+    assert query(at_head, "SELECT to_regclass('made_after_backup')") == [(None,)]
+    assert not any("_restore_" in name for name in databases(at_head))
