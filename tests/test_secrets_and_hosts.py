@@ -36,9 +36,16 @@ def assert_never_printed(pieces: list[str], *outputs: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("verb", "log_format"), [("upgrade", "text"), ("status", "json"), ("seed", "json")]
+    ("case", "verb", "log_format"),
+    [
+        ("unencoded %", "upgrade", "text"),
+        ("unencoded %", "status", "json"),
+        ("spaces", "seed", "text"),
+        ("spaces", "upgrade", "json"),
+        ("raw @", "status", "text"),
+        ("raw @", "seed", "json"),
+    ],
 )
-@pytest.mark.parametrize("case", BAD_PASSWORD_URLS)
 def test_a_password_libpq_cannot_parse_is_never_printed(
     project: Path, case: str, verb: str, log_format: str
 ) -> None:
