@@ -566,7 +566,7 @@ def table_fingerprints(connection: psycopg.Connection[Any]) -> dict[str, tuple[i
     """Row count and a content hash of every user table (ours left out)."""
     tables = connection.execute(
         "SELECT schemaname, tablename FROM pg_tables"
-        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema')"
+        " WHERE schemaname NOT IN ('pg_catalog', 'information_schema', 'migrate_lock')"
         " AND tablename NOT LIKE 'migrate\\_lock\\_%' ORDER BY 1, 2"
     ).fetchall()
     prints: dict[str, tuple[int, str]] = {}
