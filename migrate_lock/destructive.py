@@ -32,7 +32,7 @@ from migrate_lock.metadata_guard import ddl_confirmed
 from migrate_lock.migrate import upgrade
 from migrate_lock.project import DatabaseSession, Project
 from migrate_lock.runner import run_alembic
-from migrate_lock.version_table import record_history
+from migrate_lock.version_table import forget_application, record_history
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -137,6 +137,7 @@ def reset(*, settings: Settings | None = None) -> DestructiveResult:
         with session.migration_lock(needs_session_scope="reset"):
             marker = read_marker(session.connection, session.version_table)
             dropped = _drop_schema_objects(session)
+            forget_application(session.connection, session.version_table)
             if marker is not None:
                 write_marker(
                     session.connection, session.version_table, marker.environment, how="reset"

@@ -209,3 +209,13 @@ def move_legacy_tables(connection: LockConnection, table: VersionTable) -> None:
                 (table.schema,) if key_sql else (),
             )
             connection.execute(f"DROP TABLE {legacy}")
+
+
+def forget_application(connection: LockConnection, table: VersionTable) -> None:
+    """Drop our history and seed checksums of ``table``'s application (``reset``: its
+    schema was emptied, so it starts again from nothing; the marker stays)."""
+    history, seeds = existing(connection, HISTORY_TABLE, SEEDS_TABLE)
+    if history:
+        connection.execute(f"DELETE FROM {HISTORY_TABLE} WHERE version_table = %s", (table.key,))
+    if seeds:
+        connection.execute(f"DELETE FROM {SEEDS_TABLE} WHERE version_table = %s", (table.name,))

@@ -493,3 +493,39 @@ def test_a_role_that_may_not_create_our_schema_is_refused_and_nothing_changes(
     finally:
         query(admin, f"DROP OWNED BY {role}")
         query(admin, f"DROP ROLE {role}")
+
+
+PLANS_REVISION = '''"""plans"""
+
+from alembic import op
+
+revision = "0022"
+down_revision = "0021"
+
+
+def upgrade() -> None:
+    op.execute("CREATE TABLE plans (code text PRIMARY KEY, name text NOT NULL)")
+
+
+def downgrade() -> None:
+    op.execute("DROP TABLE plans")
+'''
+
+
+def test_reset_applies_the_seeds_again(project: Path, database_url: str) -> None:
+    """Why: reset empties the application's schema, not migrate-lock's own: the seed
+    checksums and history of that application must go with its tables, or the seeds
+    would count as applied to tables that no longer hold them."""
+    (project / "migrations" / "versions" / "0022_plans.py").write_text(PLANS_REVISION)
+    (project / "seeds").mkdir()
+    (project / "seeds" / "plans.csv").write_text("code,name\nfree,Free\npro,Pro\n")
+    upgraded = run_cli(["upgrade"], cwd=project, database_url=database_url, **DEVELOPMENT)
+    assert upgraded.returncode == 0, upgraded.stderr
+
+    reset = run_cli(["reset"], cwd=project, database_url=database_url, **DEVELOPMENT)
+
+    assert reset.returncode == 0, reset.stderr
+    assert query(database_url, "SELECT code FROM plans ORDER BY 1") == [("free",), ("pro",)]
+    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [
+        ("development",)
+    ]
