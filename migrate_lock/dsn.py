@@ -83,6 +83,12 @@ def parse_database_url(
     def hide(message: str) -> str:
         return scrub_text(message, secrets)
 
+    if "\x00" in text or not _encodes(text):
+        raise ConfigError(
+            f"{variable} holds a NUL byte or bytes that are not UTF-8",
+            hint="set it to a postgresql://USER:PASSWORD@HOST:5432/DBNAME URL in UTF-8, "
+            "special characters percent-encoded",
+        )
     if "://" not in text:
         raise ConfigError(
             f"{variable} is not a URL",
@@ -97,9 +103,10 @@ def parse_database_url(
         )
     authority, tail = _split_authority(rest)
     userinfo, at, hostlist = authority.rpartition("@")
-    if "@" in userinfo:
+    if "@" in userinfo or (at and "@" in tail.partition("?")[0]):
         # libpq ends the password at the first "@" and would try the rest as a host name
-        # (Python ends it at the last one): refuse rather than connect somewhere else.
+        # (Python ends it at the last one), and a raw "/" before another "@" ends the host
+        # part early: refuse rather than connect somewhere else.
         raise ConfigError(
             f"{variable} has a raw '@' in its user name or password ({hide(text)})",
             hint="percent-encode the password: '@' is %40, ':' %3A, '/' %2F, '%' %25",
@@ -144,6 +151,14 @@ def parse_database_url(
     )
 
 
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # a surrogate: bytes the environment could not decode
+        return False
+    return True
+
+
 def _split_authority(rest: str) -> tuple[str, str]:
     """``user:password@hosts`` and the rest (path, query), split where libpq splits."""
     ends = [index for index in (rest.find("/"), rest.find("?")) if index >= 0]
@@ -180,14 +195,21 @@ def secret_candidates(raw: str) -> set[str]:
     _, sep, rest = text.partition("://")
     if sep:
         authority = _split_authority(rest)[0]
-        if "@" in authority:  # Python's split (last "@") and libpq's (first "@")
-            views = {authority.rpartition("@")[0], authority.partition("@")[0]}
-        else:  # a raw "/" or "?" in the password hides its "@" from both
-            views = {rest.rpartition("@")[0]}
-        for userinfo in views:
+        # Python's split (the last "@"), libpq's (the first "@"), each piece around a raw
+        # "@"; and everything up to the last "@" of all, where a raw "/" or "?" in the
+        # password hides its "@" from both parsers.
+        for userinfo in {authority.rpartition("@")[0], authority.partition("@")[0]}:
             if ":" in userinfo:  # a user name alone is no secret
                 password = userinfo.partition(":")[2]
                 found.update((userinfo, password, *password.split("@")))
+        everything = rest.rpartition("@")[0]
+        if ":" in everything:
+            found.update((everything, everything.partition(":")[2]))
+        # In a query a value runs to the next "&", spaces and all (libpq then refuses it).
+        for parameter in rest.partition("?")[2].split("&"):
+            key, equals, value = parameter.partition("=")
+            if equals and key.strip().lower() == "password":
+                found.add(value)
     for match in _PASSWORD_PARAMETER.finditer(text):
         value = match.group(2)
         found.add(value)

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import io
+import json
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from migrate_lock import dsn
 from migrate_lock.dsn import (
     MIN_SECRET_LENGTH,
+    is_secret,
     mask_url_text,
     parse_database_url,
     register_secrets,
@@ -356,3 +358,75 @@ def test_a_raw_hash_in_the_password_is_read_as_libpq_reads_it() -> None:
     assert with_database(url, "other").libpq == (
         "postgresql://app:ab#cd-ef@db:5433/other?sslmode=require"
     )
+
+
+@pytest.mark.parametrize(
+    "raw",
+    ["postgresql://app:@0/@db/shop", "postgresql://app:pw@db/sh@p"],
+)
+def test_a_raw_at_sign_after_a_raw_slash_is_refused_too(raw: str) -> None:
+    """A password like "@0/" makes libpq read a host "0" and a database "@db/shop": refused,
+    not connected somewhere else with the password's tail on show."""
+    with pytest.raises(ConfigError, match="percent-encode the password"):
+        parse_database_url(raw)
+
+
+@pytest.mark.parametrize("raw", ["postgresql://app:a\x00b@db/shop", "postgresql://app:\udcff@db/x"])
+def test_a_nul_byte_or_undecodable_bytes_are_a_config_error(raw: str) -> None:
+    """Bytes the environment could not decode reach us as surrogates: exit 78, not a crash."""
+    with pytest.raises(ConfigError, match="NUL byte or bytes that are not UTF-8"):
+        parse_database_url(raw)
+
+
+def test_a_query_password_with_spaces_is_a_secret_up_to_the_next_ampersand() -> None:
+    """libpq reads a query value up to "&" and quotes all of it when it refuses the spaces."""
+    with pytest.raises(ConfigError) as raised:
+        parse_database_url("postgresql://db/shop?user=app&password=0 zz 9&sslmode=require")
+
+    assert "0 zz 9" not in str(raised.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    password=st.text(st.characters(min_codepoint=32, max_codepoint=126), min_size=3, max_size=16),
+    encoded=st.booleans(),
+    form=st.sampled_from(["authority", "query"]),
+    host=st.sampled_from(["db", "h1:5432,h2:5433", "[::1]:5"]),
+    log_format=st.sampled_from(["json", "text"]),
+)
+def test_no_password_reaches_a_log_line_whatever_the_url(
+    password: str, encoded: bool, form: str, host: str, log_format: str
+) -> None:
+    """Any printable password, percent-encoded or raw, in the authority or the query: the
+    URL is accepted or refused with ConfigError, and neither the masked URL nor the error
+    line shows the password."""
+    assume(is_secret(password) and password not in "***")
+    dsn._registered.clear()
+    text = quote(password, safe="") if encoded else password
+    raw = (
+        f"postgresql://app:{text}@{host}/shop"
+        if form == "authority"
+        else f"postgresql://{host}/shop?user=app&password={text}"
+    )
+    try:
+        shown = parse_database_url(raw).masked
+    except ConfigError as error:
+        shown = str(error)
+    log, stream = event_log(log_format)
+
+    log.error("command.failed", error=shown)
+
+    line = stream.getvalue()
+    value = json.loads(line)["error"] if log_format == "json" else line.split(" error=", 1)[1]
+    assert password not in value or password in _OUR_WORDS
+
+
+#: Our own words around a masked URL: a "password" of three of their letters may show.
+_OUR_WORDS = (
+    "DATABASE_URL is malformed has a raw '@' in its user name or password; percent-encode the "
+    "password: '@' is %40, ':' %3A, '/' %2F, '%' %25 use postgresql://USER:PASSWORD@HOST:5432/"
+    "DBNAME; percent-encode special characters in the password invalid URI query parameter "
+    'invalid port number unexpected spaces found in "***", use percent-encoded spaces (%20) '
+    'instead invalid percent-encoded token: extra key/value separator "=" in URI query '
+    "parameter: postgresql://app:***@db/shop?user=app&password=*** h1:5432,h2:5433 [::1]:5"
+)
