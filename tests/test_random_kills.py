@@ -185,7 +185,7 @@ def per_migration(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -
 @pytest.fixture(scope="module")
 def behind_pgbouncer(per_migration: Upgrade, pg_server: Server) -> Iterator[Upgrade]:
     """The per-migration project, its replicas connecting through a transaction pool of 4."""
-    with pgbouncer(pg_server.admin_url, pool_size=4) as (port, _log):
+    with pgbouncer(pg_server.url("postgres"), pool_size=4) as (port, _log):
         yield Upgrade(per_migration.project, per_migration.window, pooler_port=port)
 
 
