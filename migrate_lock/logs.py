@@ -86,8 +86,13 @@ class EventLog:
     def _scrub_value(self, value: Any) -> Any:
         if isinstance(value, str):
             return self.scrub(value)
-        if value is None or isinstance(value, bool | int | float):
+        if value is None:
             return value
+        if isinstance(value, bool | int | float):
+            # A number stays a number unless it spells a secret (a password of digits).
+            text = str(value)
+            scrubbed = self.scrub(text)
+            return value if scrubbed == text else scrubbed
         if isinstance(value, dict):
             return {self.scrub(str(key)): self._scrub_value(item) for key, item in value.items()}
         if isinstance(value, list | tuple | set | frozenset):

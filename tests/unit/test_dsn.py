@@ -430,3 +430,15 @@ _OUR_WORDS = (
     'instead invalid percent-encoded token: extra key/value separator "=" in URI query '
     "parameter: postgresql://app:***@db/shop?user=app&password=*** h1:5432,h2:5433 [::1]:5"
 )
+
+
+@pytest.mark.parametrize("log_format", ["json", "text"])
+def test_a_password_of_digits_is_scrubbed_from_a_number_field(log_format: str) -> None:
+    """A field that is a number is scrubbed too; other numbers stay numbers."""
+    log, stream = event_log(log_format)
+    log.add_secret("20261201")
+
+    log.info("db.retry", sleep_ms=20261201, attempt=2)
+
+    assert "20261201" not in stream.getvalue()
+    assert ('"attempt": 2' if log_format == "json" else "attempt=2") in stream.getvalue()
