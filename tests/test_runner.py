@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import Server
 
-from support import assert_one_line_failure, cli_env, query, run_cli
+from support import APP_ROLE, assert_one_line_failure, cli_env, query, run_cli
 
 OWN_CONNECTION_ENV = """
 from alembic import context
@@ -113,7 +113,9 @@ def test_host_less_url_connects_through_a_unix_socket(
         pytest.skip("needs the embedded server's socket directory")
     database = database_url.rsplit("/", 1)[1]
     server = pg_server.embedded
-    socket_url = f"postgresql:///{database}?host={server.data_dir}&port={server.port}&user=postgres"
+    socket_url = (
+        f"postgresql:///{database}?host={server.data_dir}&port={server.port}&user={APP_ROLE}"
+    )
 
     result = run_cli(["upgrade"], cwd=project, database_url=socket_url)
 
