@@ -448,10 +448,16 @@ def test_protect_stops_every_create_and_drop_entry_point_in_production(
         "Enum.drop": lambda: mood.drop(engine),
     }
 
+    not_refused = []
     for name, call in calls.items():
-        with pytest.raises(Refused, match="production"):
+        try:
             call()
-        assert name  # every entry point refused
+        except Refused as error:
+            assert "production" in error.message, name
+        else:
+            not_refused.append(name)
+
+    assert not_refused == []
 
     assert query(
         str(engine.url.render_as_string(hide_password=False)).replace("+psycopg", ""),
