@@ -414,7 +414,7 @@ class LeanSettings:
         default=None,
         default_doc="the connection's `current_schema()` (usually `public`)",
         allowed_doc="an SQL identifier",
-        doc="The schema of the version table (and of `migrate_lock_history`). Part of the "
+        doc="The schema of the version table (not of migrate-lock's own tables). Part of the "
         'lock key. Handed to `env.py` as `config.attributes["version_table_schema"]`.',
     )
     seeds_dir: Path | None = setting(
