@@ -126,12 +126,16 @@ class DatabaseSession:
 
     @cached_property
     def lock_scope(self) -> ScopeChoice:
-        """Session or transaction lock (MIGRATION_LOCK_SCOPE; ``auto`` looks for a pooler)."""
-        url = self.project.url
+        """Session or transaction lock (MIGRATION_LOCK_SCOPE; ``auto`` looks for a pooler).
+
+        Judged by the host and port libpq actually connected to: with a multi-host URL
+        that is one of several, as the lean path judges it too.
+        """
+        endpoint = self.connection.info
         return choose_scope(
             self.project.settings.migration_lock_scope,
-            host=url.host,
-            port=url.port,
+            host=endpoint.host,
+            port=endpoint.port,
             connection=self.connection,
         )
 
