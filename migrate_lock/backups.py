@@ -32,14 +32,13 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from migrate_lock.connection import connect
-from migrate_lock.dsn import DatabaseUrl, parse_database_url, with_database
+from migrate_lock.dsn import DatabaseUrl, with_database
 from migrate_lock.errors import (
     BackupFailed,
     ConfigError,
@@ -571,18 +570,6 @@ def _fsync(path: Path) -> None:
 # --- restore steps ----------------------------------------------------------------------
 
 
-def _on_database(url: DatabaseUrl, database: str) -> DatabaseUrl:
-    """``url`` on another database (the scratch one, the maintenance one). libpq lets a
-    ``?dbname=`` in the query override the path, so it goes first: otherwise the dump would
-    be restored into the live database instead of the scratch one."""
-    parts = urlsplit(url.libpq)
-    query = urlencode(
-        [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "dbname"]
-    )
-    bare = f"postgresql://{parts.netloc}{parts.path}" + (f"?{query}" if query else "")
-    return with_database(parse_database_url(bare), database)
-
-
 def _maintenance_connection(url: DatabaseUrl, settings: Settings) -> psycopg.Connection[Any]:
     # The swap renames and drops the database, which no session of it can do.
 
@@ -592,7 +579,7 @@ def _maintenance_connection(url: DatabaseUrl, settings: Settings) -> psycopg.Con
             continue
         try:
             return connect(
-                _on_database(url, name),
+                with_database(url, name),
                 timeout_seconds=settings.db_connect_timeout_seconds,
                 application_name="migrate-lock restore",
             )
@@ -694,7 +681,7 @@ def _restore_into(
     no_owner: bool,
     no_privileges: bool,
 ) -> None:
-    conninfo, env = _libpq_target(_on_database(url, scratch), "migrate-lock restore")
+    conninfo, env = _libpq_target(with_database(url, scratch), "migrate-lock restore")
     args = [client.tool("pg_restore"), "--exit-on-error", "--no-password", f"--dbname={conninfo}"]
     if no_owner:
         args.append("--no-owner")
@@ -715,7 +702,7 @@ def _check_scratch(
 ) -> tuple[tuple[str, ...], int, int]:
     settings = session.project.settings
     with connect(
-        _on_database(url, scratch),
+        with_database(url, scratch),
         timeout_seconds=settings.db_connect_timeout_seconds,
         application_name="migrate-lock restore",
     ) as connection:

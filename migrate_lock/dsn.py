@@ -276,9 +276,17 @@ def mask_url_text(text: str) -> str:
 
 
 def with_database(url: DatabaseUrl, database: str) -> DatabaseUrl:
-    """The same server and credentials, another database (used for scratch databases)."""
+    """The same server and credentials, another database (used for scratch databases).
+
+    A ``dbname`` in the query would beat the path for libpq, and a scratch URL would
+    then name the very database it must never touch: it goes.
+    """
     authority, tail = _split_authority(url.libpq.partition("://")[2])
-    query = tail.partition("?")[2]
+    query = "&".join(
+        item
+        for item in tail.partition("?")[2].split("&")
+        if item and unquote(item.partition("=")[0]).strip() != "dbname"
+    )
     return parse_database_url(
         f"postgresql://{authority}/{quote(database)}" + (f"?{query}" if query else "")
     )

@@ -442,3 +442,15 @@ def test_a_password_of_digits_is_scrubbed_from_a_number_field(log_format: str) -
 
     assert "20261201" not in stream.getvalue()
     assert ('"attempt": 2' if log_format == "json" else "attempt=2") in stream.getvalue()
+
+
+@pytest.mark.parametrize("name", ["dbname", "%64bname", "dbname "])
+def test_a_scratch_url_never_keeps_a_dbname_from_the_query(name: str) -> None:
+    """Why: libpq lets ?dbname= beat the path; smoke's stairway and restore's scratch
+    database would otherwise run against the very database the URL names."""
+    url = parse_database_url(
+        f"postgresql://app:secret-pass@db.example.com:5432/?{name}=shop&sslmode=require"
+    )
+    scratch = with_database(url, "scratch_1").libpq
+    assert "shop" not in scratch
+    assert scratch.endswith("/scratch_1?sslmode=require")
