@@ -184,12 +184,12 @@ def move_legacy_tables(connection: LockConnection, table: VersionTable) -> None:
     The environment marker moves with ``guard.move_legacy_marker``. Call under the lock,
     in the migrating transaction, after ``ensure_own_schema``.
     """
-    # History rows are keyed by the qualified version table; seed rows keep the version
-    # table's name (seeds/apply.py writes it so).
+    # Rows of the old tables carry the version table's bare name (each sat beside its
+    # version table); ours are keyed by the qualified one.
     rekey = "'\"' || %s || '\".\"' || version_table || '\"'"
-    for legacy_name, ours, columns, key_sql in (
-        (LEGACY_HISTORY, HISTORY_TABLE, HISTORY_COLUMNS, rekey),
-        (LEGACY_SEEDS, SEEDS_TABLE, SEEDS_COLUMNS, None),
+    for legacy_name, ours, columns in (
+        (LEGACY_HISTORY, HISTORY_TABLE, HISTORY_COLUMNS),
+        (LEGACY_SEEDS, SEEDS_TABLE, SEEDS_COLUMNS),
     ):
         legacy = table.legacy(legacy_name)
         old, new = existing(connection, legacy, ours)
@@ -199,14 +199,13 @@ def move_legacy_tables(connection: LockConnection, table: VersionTable) -> None:
             bare = ours.split(".")[1].strip('"')
             connection.execute(f'ALTER TABLE {legacy} SET SCHEMA "{OWN_SCHEMA}"')
             connection.execute(f'ALTER TABLE "{OWN_SCHEMA}"."{legacy_name}" RENAME TO "{bare}"')
-            if key_sql:
-                connection.execute(f"UPDATE {ours} SET version_table = {key_sql}", (table.schema,))
+            connection.execute(f"UPDATE {ours} SET version_table = {rekey}", (table.schema,))
         else:
             connection.execute(
                 f"INSERT INTO {ours} ({', '.join(columns)})"
-                f" SELECT {key_sql or 'version_table'}, {', '.join(columns[1:])} FROM {legacy}"
+                f" SELECT {rekey}, {', '.join(columns[1:])} FROM {legacy}"
                 " ON CONFLICT DO NOTHING",
-                (table.schema,) if key_sql else (),
+                (table.schema,),
             )
             connection.execute(f"DROP TABLE {legacy}")
 
@@ -218,4 +217,4 @@ def forget_application(connection: LockConnection, table: VersionTable) -> None:
     if history:
         connection.execute(f"DELETE FROM {HISTORY_TABLE} WHERE version_table = %s", (table.key,))
     if seeds:
-        connection.execute(f"DELETE FROM {SEEDS_TABLE} WHERE version_table = %s", (table.name,))
+        connection.execute(f"DELETE FROM {SEEDS_TABLE} WHERE version_table = %s", (table.key,))

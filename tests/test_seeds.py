@@ -10,8 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from migrate_lock.seeds.files import tracking_table
-from migrate_lock.version_table import VersionTable
+from migrate_lock.seeds.apply import apply_seeds
+from migrate_lock.seeds.files import changed_seeds, discover, tracking_table
+from migrate_lock.version_table import VersionTable, ensure_own_schema
 
 from support import assert_one_line_failure, query, run_cli, spawn
 
@@ -526,3 +527,25 @@ def test_seeds_recorded_by_an_older_release_are_not_applied_again(
     assert query(database_url, "SELECT count(*) FROM seed_log") == [(1,)]  # not run again
     assert recorded_seeds(database_url) == ["10_plans.csv", "20_teams.csv", "30_flags.sql"]
     assert query(database_url, "SELECT to_regclass('public.migrate_lock_seeds')") == [(None,)]
+
+
+def test_two_applications_in_one_database_keep_their_seed_checksums_apart(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Why: two applications with version tables in different schemas, each with a seed
+    file of the same name, must not overwrite each other's checksum and re-apply forever."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    for folder, price in ((first, 1900), (second, 2900)):
+        folder.mkdir()
+        (folder / "10_plans.csv").write_text(f"code,name,price_cents\npro,Pro,{price}\n")
+    with psycopg.connect(database_url, autocommit=True) as connection:
+        connection.execute(
+            "CREATE SCHEMA app_a; CREATE SCHEMA app_b; CREATE TABLE plans"
+            " (code text PRIMARY KEY, name text NOT NULL, price_cents integer NOT NULL)"
+        )
+        ensure_own_schema(connection)
+        tables = VersionTable("app_a", "alembic_version"), VersionTable("app_b", "alembic_version")
+        for table, folder in zip(tables, (first, second), strict=True):
+            apply_seeds(connection, table, discover(folder))
+        assert changed_seeds(connection, tables[0], discover(first)) == []
+        assert changed_seeds(connection, tables[1], discover(second)) == []

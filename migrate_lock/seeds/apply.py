@@ -233,7 +233,7 @@ def _record(connection: psycopg.Connection[Any], table: VersionTable, result: Se
         " applied_at = now(), inserted = EXCLUDED.inserted, updated = EXCLUDED.updated,"
         " unchanged = EXCLUDED.unchanged, deleted = EXCLUDED.deleted",
         (
-            table.name,
+            table.key,
             result.name,
             result.checksum,
             result.inserted,

@@ -70,7 +70,7 @@ def changed_seeds(
 
 def tracking_table(table: VersionTable) -> str:
     """The qualified name of our seeds table: one place per database (rows are keyed by
-    ``table``'s name)."""
+    ``table``'s qualified name, ``table.key``, as the history is)."""
     return SEEDS_TABLE
 
 
@@ -80,10 +80,13 @@ def _recorded_checksums(connection: LockConnection, table: VersionTable) -> dict
     # otherwise every seed file would run again once after migrate-lock is upgraded.
     ours, legacy = tracking_table(table), table.legacy(LEGACY_SEEDS)
     recorded: dict[str, str] = {}
-    for present, where in zip(existing(connection, legacy, ours), (legacy, ours), strict=True):
+    # The old table sat beside the version table, so its rows carry the bare name; ours
+    # holds every application of the database, keyed by the qualified version table.
+    places = ((legacy, table.name), (ours, table.key))
+    for present, (where, key) in zip(existing(connection, legacy, ours), places, strict=True):
         if present:  # ours last: where both exist, its rows are the newer
             rows = connection.execute(
-                f"SELECT name, checksum FROM {where} WHERE version_table = %s", (table.name,)
+                f"SELECT name, checksum FROM {where} WHERE version_table = %s", (key,)
             ).fetchall()
             recorded.update({str(name): str(checksum) for name, checksum in rows})
     return recorded
