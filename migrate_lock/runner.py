@@ -45,6 +45,7 @@ from migrate_lock.errors import (
     sql_error_in,
     sqlstate_of,
 )
+from migrate_lock.interrupts import Terminated
 from migrate_lock.logs import log
 from migrate_lock.revisions import Scripts
 from migrate_lock.version_table import VersionTable
@@ -322,6 +323,8 @@ def _run_on(
     except _HookFailed as failed:
         _rollback_quietly(shared)
         raise failed.error from None
+    except Terminated:
+        raise  # our own SIGTERM (a SystemExit too): exit 143, rolled back by the caller
     except SystemExit as exiting:
         # sys.exit() in a revision or env.py: not a success, whatever its code.
         _rollback_quietly(shared)
@@ -347,6 +350,8 @@ def run_offline(config: Config, target: str) -> None:
     ``env.py`` or a revision raises is classified as on the online path."""
     try:
         command.upgrade(config, target, sql=True)
+    except Terminated:
+        raise  # our own SIGTERM, not the revision's exit
     except SystemExit as exiting:
         raise process_exited(exiting) from None
     except (CommandError, MigrateLockError):

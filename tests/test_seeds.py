@@ -518,6 +518,8 @@ def test_seeds_recorded_by_an_older_release_are_not_applied_again(
     with psycopg.connect(database_url, autocommit=True) as connection:  # the old layout
         connection.execute("ALTER TABLE migrate_lock.seeds SET SCHEMA public")
         connection.execute("ALTER TABLE public.seeds RENAME TO migrate_lock_seeds")
+        # Its rows named the version table bare: it sat beside it.
+        connection.execute("UPDATE public.migrate_lock_seeds SET version_table = 'alembic_version'")
         connection.execute("DROP SCHEMA migrate_lock CASCADE")
     (seeded_project / "seeds" / "10_plans.csv").write_text(PLANS.replace("1900", "2900"))
 
