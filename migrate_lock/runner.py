@@ -27,7 +27,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
 from migrate_lock.errors import (
@@ -52,7 +52,6 @@ from migrate_lock.version_table import VersionTable
 
 if TYPE_CHECKING:
     import psycopg
-    from sqlalchemy.engine import Connection
 
 
 def alembic_config(
@@ -515,7 +514,7 @@ def sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]:
     with a ROLLBACK. Disposing of the engine is never needed (we close ``raw``).
     """
     engine = create_engine("postgresql+psycopg://", creator=lambda: raw, poolclass=StaticPool)
-    connection = engine.connect()
+    connection = LockedConnection(engine)  # what engine.connect() does, as our subclass
     try:
         yield connection
     finally:
@@ -526,6 +525,21 @@ def sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]:
         with contextlib.suppress(Exception):
             connection.close()
         engine.dispose(close=False)
+
+
+class LockedConnection(Connection):
+    """The connection that holds the migration lock, as env.py gets it in
+    ``config.attributes["connection"]``.
+
+    It is a SQLAlchemy ``Connection``: pass it to ``context.configure(connection=...)``
+    as it is. It also answers ``connect()`` as an Engine does, for an env.py written as
+    pytest-alembic's docs say (``with connectable.connect() as connection:``, where
+    pytest-alembic hands over an Engine): the block gets this same connection, and
+    leaving it does not close it (the lock's session outlives env.py).
+    """
+
+    def connect(self) -> contextlib.nullcontext[LockedConnection]:
+        return contextlib.nullcontext(self)
 
 
 def _rollback_quietly(connection: Connection) -> None:

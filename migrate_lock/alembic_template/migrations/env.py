@@ -3,7 +3,9 @@
 Under `migrate-lock upgrade` this file is handed the connection that holds the
 migration lock (``config.attributes["connection"]``) and must use it: opening a
 connection of its own would run migrations outside the lock, so migrate-lock
-refuses that. Under plain `alembic` it connects to DATABASE_URL itself.
+refuses that. Under pytest-alembic the same attribute holds an Engine (its
+``alembic_engine`` fixture), which this file connects with. Under plain `alembic`
+it connects to DATABASE_URL itself.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from logging.config import fileConfig
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
+from sqlalchemy.engine import Connection
 
 config = context.config
 
@@ -68,13 +71,17 @@ def run_on(connection) -> None:  # type: ignore[no-untyped-def]
 
 
 def run_migrations_online() -> None:
-    shared = config.attributes.get("connection")
-    if shared is not None:
-        run_on(shared)
+    given = config.attributes.get("connection")
+    if isinstance(given, Connection):
+        # migrate-lock's connection (it holds the migration lock): run on it as it is.
+        run_on(given)
         return
-    engine = engine_from_config(
-        {"sqlalchemy.url": database_url()}, prefix="sqlalchemy.", poolclass=pool.NullPool
-    )
+    # An Engine handed over (pytest-alembic's alembic_engine), or one of our own.
+    engine = given
+    if engine is None:
+        engine = engine_from_config(
+            {"sqlalchemy.url": database_url()}, prefix="sqlalchemy.", poolclass=pool.NullPool
+        )
     with engine.connect() as connection:
         run_on(connection)
 
