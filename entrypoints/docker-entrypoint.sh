@@ -6,7 +6,7 @@
 #   ENTRYPOINT ["docker-entrypoint.sh"]
 #   CMD ["gunicorn", "--bind", "0.0.0.0:8000", "app:app"]
 #
-# Commands named in ENTRYPOINT_PASSTHROUGH (default: migrate-lock alembic) are exec'd as
+# Commands named in ENTRYPOINT_PASSTHROUGH (default: migrate-lock alembic flask) are exec'd as
 # they are: no migration first, and no Python, so they start even when the settings are
 # broken. Add "sh bash" to get a debug shell that way; but then a CMD such as
 # ["sh", "-c", "exec gunicorn ..."] would skip the migration too.
@@ -14,7 +14,7 @@
 set -eu
 
 # The default of ENTRYPOINT_PASSTHROUGH (migrate_lock/lean/settings_schema.py).
-PASSTHROUGH_DEFAULT="migrate-lock alembic"
+PASSTHROUGH_DEFAULT="migrate-lock alembic flask"
 
 # Whether ENTRYPOINT_PASSTHROUGH names the command $1, read as migrate-lock reads every
 # setting: surrounding whitespace ignored, a blank value is the default, names separated

@@ -444,7 +444,7 @@ class LeanSettings:
     entrypoint_passthrough: str = setting(
         "ENTRYPOINT_PASSTHROUGH",
         kind=COMMANDS,
-        default="migrate-lock alembic",
+        default="migrate-lock alembic flask",
         doc="Commands that `migrate-lock run` and `entrypoints/docker-entrypoint.sh` start as "
         "they are, without migrating first (so `docker compose run api alembic downgrade -1` "
         "does not upgrade to head first). The script checks it before starting Python, so a "
