@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import pytest
 
 from migrate_lock.lock import holder_application_name, lock_key
 
-from support import assert_one_line_failure, query, run_cli
+from support import assert_one_line_failure, cli_env, query, run_cli
 
 
 def hold_lock(database_url: str) -> psycopg.Connection[tuple[object, ...]]:
@@ -155,3 +157,37 @@ def test_lock_key_setting_must_be_a_signed_64_bit_integer(
     result = run_cli(["upgrade"], cwd=project, database_url=database_url, MIGRATION_LOCK_KEY=value)
     line = assert_one_line_failure(result, 78)
     assert "MIGRATION_LOCK_KEY" in line
+
+
+def test_application_code_under_migration_lock_holds_off_every_upgrade(
+    project: Path, database_url: str
+) -> None:
+    """Why: bootstrap code (a first admin user, computed defaults) must not run beside a
+    migration; migrate_lock.migration_lock() is the same lock every replica's upgrade takes."""
+    program = (
+        "import sys, migrate_lock\n"
+        "with migrate_lock.migration_lock() as hold:\n"
+        "    print('held', flush=True)\n"
+        "    sys.stdin.readline()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", program],
+        cwd=project,
+        env=cli_env(database_url),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        waiting = run_cli(
+            ["upgrade"], cwd=project, database_url=database_url, MIGRATION_LOCK_TIMEOUT_SECONDS="1"
+        )
+        line = assert_one_line_failure(waiting, 75)
+        assert "migrating since" in line
+    finally:
+        holder.communicate("\n", timeout=30)
+    assert holder.returncode == 0, holder.stderr
+    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
+    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
