@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -19,6 +20,7 @@ from migrate_lock.lean.settings_schema import choices, default, read_dotenv, rea
 from migrate_lock.logs import log
 
 if TYPE_CHECKING:
+    from migrate_lock.outcome import UpgradeResult
     from migrate_lock.settings import Settings
 
 T = TypeVar("T")
@@ -67,7 +69,13 @@ def _settings(ctx: click.Context, **more: Any) -> Settings:
 
 
 def _run(action: Callable[[], T]) -> T:
-    """Call the library; turn its failures into one line and a documented exit code."""
+    """Call the library; turn its failures into one line and a documented exit code.
+
+    While the library runs, ``print()`` goes to stderr: stdout carries only what the verb
+    prints after it (a JSON document, SQL, a table), never what revisions, env.py or the
+    application code they import print while they load or run. An action that writes its
+    document as it goes (``upgrade --sql``, ``demo``) is given the real stdout.
+    """
     # Until settings are validated, honour the log settings as given, so that even a
     # settings error is reported in the format the operator asked for.
     flags = click.get_current_context().find_root().obj or {}
@@ -76,7 +84,7 @@ def _run(action: Callable[[], T]) -> T:
         level=flags.get("log_level") or _early_setting("log_level"),
     )
     try:
-        with signals_raise():
+        with signals_raise(), contextlib.redirect_stdout(sys.stderr):
             return action()
     except MigrateLockError as error:
         _fail(str(error), error.exit_code)
@@ -162,12 +170,13 @@ def upgrade(
     backup_first: bool | None,
 ) -> None:
     """Upgrade to REVISION (default: heads) under the migration lock."""
+    document = sys.stdout  # for the SQL: _run sends everything else printed to stderr
 
-    def action() -> None:
+    def action() -> UpgradeResult | None:
         if sql:
-            migrate_lock.upgrade_sql(revision, settings=_settings(ctx))
-            return
-        result = migrate_lock.upgrade(
+            migrate_lock.upgrade_sql(revision, settings=_settings(ctx), output=document)
+            return None
+        return migrate_lock.upgrade(
             revision,
             overrides=_overrides(
                 ctx,
@@ -175,10 +184,10 @@ def upgrade(
                 backup_before_upgrade=backup_first,
             ),
         )
-        if as_json:
-            _print_json(result.as_dict())
 
-    _run(action)
+    result = _run(action)
+    if as_json and result is not None:
+        _print_json(result.as_dict())
 
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
@@ -232,9 +241,7 @@ def heads(ctx: click.Context) -> None:
 def history(ctx: click.Context) -> None:
     """List the revisions of the migration scripts, newest first."""
     for info in _run(lambda: migrate_lock.history(settings=_settings(ctx))):
-        down = ", ".join(info.down_revisions) or "<base>"
-        head = " (head)" if info.is_head else ""
-        click.echo(f"{down} -> {info.revision}{head}, {info.doc}")
+        click.echo(info.line)  # as `alembic history` prints it, markers included
 
 
 @main.command()
@@ -292,7 +299,8 @@ def init(path: Path) -> None:
 @click.option("--replicas", type=click.IntRange(1, 64), default=8, show_default=True)
 def demo(replicas: int) -> None:
     """Start N replicas at once on an embedded PostgreSQL and show that one migrates."""
-    report = _run(lambda: migrate_lock.run_demo(replicas=replicas))
+    document = sys.stdout  # the demo prints its table as it goes
+    report = _run(lambda: migrate_lock.run_demo(replicas=replicas, out=document))
     sys.exit(0 if report.exactly_once else int(ExitCode.MIGRATION_FAILED))
 
 

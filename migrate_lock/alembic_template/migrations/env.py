@@ -1,11 +1,9 @@
 """Alembic environment, written by `migrate-lock init`.
 
 Under `migrate-lock upgrade` this file is handed the connection that holds the
-migration lock (``config.attributes["connection"]``) and must use it: opening a
-connection of its own would run migrations outside the lock, so migrate-lock
-refuses that. Under pytest-alembic the same attribute holds an Engine (its
-``alembic_engine`` fixture), which this file connects with. Under plain `alembic`
-it connects to DATABASE_URL itself.
+migration lock (``config.attributes["connection"]``) and must use it: opening one of
+its own would run migrations outside the lock, so migrate-lock refuses that. Under
+pytest-alembic that attribute is an Engine; under plain `alembic` it is not set.
 """
 
 from __future__ import annotations
@@ -14,8 +12,7 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
-from sqlalchemy import engine_from_config, pool
-from sqlalchemy.engine import Connection
+from sqlalchemy import Connection, engine_from_config, pool
 
 config = context.config
 
