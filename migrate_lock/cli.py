@@ -367,7 +367,7 @@ def lint(ctx: click.Context, rev_range: str | None, as_json: bool) -> None:
 @click.pass_context
 def plan(ctx: click.Context, as_json: bool, no_sql: bool) -> None:
     """What `upgrade` would do now: pending revisions, their SQL and risks. Changes nothing."""
-    result = _run(lambda: migrate_lock.plan(settings=_settings(ctx)))
+    result = _run(lambda: migrate_lock.plan(settings=_settings(ctx), sql=not no_sql))
     if as_json:
         _print_json(result.as_dict())
         return

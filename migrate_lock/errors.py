@@ -87,6 +87,16 @@ class NoRevisions(ConfigError):
     """The scripts directory has no revision at all (an image built without versions/)."""
 
 
+class NeedsLiveDatabase(ConfigError):
+    """A revision reads from the database (``op.get_bind().execute(...).fetchall()``, an
+    inspector) and so cannot be rendered as offline SQL (``upgrade --sql``, ``lint``,
+    ``plan``). ``revision`` names it."""
+
+    def __init__(self, message: str, *, hint: str | None = None, revision: str) -> None:
+        super().__init__(message, hint=hint)
+        self.revision = revision
+
+
 class UsageError(MigrateLockError):
     """The command's arguments are wrong (an unknown revision, a bad flag value)."""
 

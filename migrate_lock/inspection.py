@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from migrate_lock.errors import ExitCode
+from migrate_lock.lean.manifest import Manifest, read_manifest
 from migrate_lock.lock import LockHolder, find_holder
-from migrate_lock.project import Project
+from migrate_lock.project import DatabaseSession, Project, located_script_files
 from migrate_lock.settings import Settings, load_settings
 from migrate_lock.state import SchemaState
 
@@ -43,10 +44,12 @@ class Status:
 def status(*, settings: Settings | None = None) -> Status:
     """Where the database stands against the code's heads, and who holds the lock."""
     project = Project(settings)
-    scripts = project.scripts
+    manifest = _fresh_manifest(project)
+    if manifest is None:
+        project.scripts  # noqa: B018 - a revision that does not load fails before connecting
     with project.session(application_name="migrate-lock status") as session:
         return Status(
-            state=session.state(scripts.heads(), scripts),
+            state=_state(project, session, manifest),
             lock_key=session.lock_key,
             lock_holder=find_holder(session.connection, session.lock_key),
         )
@@ -63,9 +66,28 @@ def schema_state(
     if settings is None:
         settings = load_settings(database_url=database_url, migration_database_url=database_url)
     project = Project(settings)
-    scripts = project.scripts
+    manifest = _fresh_manifest(project)
+    if manifest is None:
+        project.scripts  # noqa: B018 - a revision that does not load fails before connecting
     with project.session(application_name="migrate-lock readiness") as session:
-        return session.state(scripts.heads(), scripts)
+        return _state(project, session, manifest)
+
+
+def _fresh_manifest(project: Project) -> Manifest | None:
+    """The heads manifest (``migrate-lock freeze``) when it still matches the files."""
+    files = located_script_files(project.settings.alembic_config)
+    return read_manifest(files) if files is not None else None
+
+
+def _state(project: Project, session: DatabaseSession, manifest: Manifest | None) -> SchemaState:
+    """The database against the heads: at head answered from a fresh manifest with no
+    revision file loaded; anything else from the scripts (loaded once per process)."""
+    if manifest is not None:
+        current = session.current()
+        if current and set(current) == set(manifest.heads):
+            return SchemaState("at_head", current, manifest.heads, (), ())
+    scripts = project.scripts
+    return session.state(scripts.heads(), scripts)
 
 
 def current(*, settings: Settings | None = None) -> tuple[str, ...]:
@@ -82,12 +104,20 @@ def heads(*, settings: Settings | None = None) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class RevisionInfo:
-    """One revision of the scripts, newest first in ``history``."""
+    """One revision of the scripts, newest first in ``history``.
+
+    ``line`` is the revision as ``alembic history`` prints it: parents, branch labels and
+    the ``(head)``, ``(branchpoint)`` and ``(mergepoint)`` markers, then the message.
+    """
 
     revision: str
     down_revisions: tuple[str, ...]
     doc: str
     is_head: bool
+    branch_labels: tuple[str, ...] = ()
+    is_branch_point: bool = False
+    is_merge_point: bool = False
+    line: str = ""
 
 
 def history(*, settings: Settings | None = None) -> list[RevisionInfo]:
@@ -103,6 +133,13 @@ def history(*, settings: Settings | None = None) -> list[RevisionInfo]:
                 down_revisions=downs,
                 doc=revision.doc or "",
                 is_head=revision.is_head,
+                branch_labels=tuple(sorted(revision.branch_labels)),
+                is_branch_point=revision.is_branch_point,
+                is_merge_point=revision.is_merge_point,
+                # Alembic's own words, so both tools print one history the same way.
+                line=revision.cmd_format(
+                    verbose=False, include_branches=True, include_doc=True, include_parents=True
+                ),
             )
         )
     return found

@@ -7,10 +7,12 @@ settings first, then the project's files, then the network.
 from __future__ import annotations
 
 import configparser
+import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from alembic.util import CommandError
@@ -20,6 +22,7 @@ from migrate_lock.connection import connect
 from migrate_lock.dsn import DatabaseUrl
 from migrate_lock.errors import ConfigError
 from migrate_lock.guard import check_startup
+from migrate_lock.lean.manifest import ScriptFiles, script_files
 from migrate_lock.lock import DdlTimeouts, Hold, lock_key
 from migrate_lock.logs import log
 from migrate_lock.revisions import Scripts, load_scripts
@@ -58,9 +61,14 @@ class Project:
 
     @cached_property
     def scripts(self) -> Scripts:
+        """The scripts, loaded once per process: a later Project of the same alembic.ini
+        reuses them while no revision file changed (size, modification time, name)."""
+        key = _scripts_key(self.settings)
+        if key is not None and key in _LOADED:
+            return _LOADED[key]
         config = self.config
         try:
-            return load_scripts(config, allow_none=self.settings.allow_no_revisions)
+            scripts = load_scripts(config, allow_none=self.settings.allow_no_revisions)
         except (configparser.Error, UnicodeDecodeError) as error:
             raise ini_error(self.settings.alembic_config, error) from None
         except CommandError as error:
@@ -68,6 +76,10 @@ class Project:
                 f"cannot load the migration scripts of {self.settings.alembic_config}: {error}",
                 hint="check script_location in alembic.ini",
             ) from None
+        if key is not None:
+            _LOADED.clear()  # one project per process, as a rule: keep the latest only
+            _LOADED[key] = scripts
+        return scripts
 
     @cached_property
     def url(self) -> DatabaseUrl:
@@ -96,6 +108,54 @@ class Project:
         if self.settings.migration_database_url or self.settings.database_url:
             return self.url
         return None
+
+
+#: Scripts already loaded in this process, by _scripts_key.
+_LOADED: dict[tuple[object, ...], Scripts] = {}
+
+
+#: Where alembic.ini says the revision files are, by _ini_key (parsing it costs ~2 ms).
+_LOCATED: dict[tuple[object, ...], ScriptFiles | None] = {}
+
+
+def _ini_key(ini: Path) -> tuple[object, ...]:
+    """alembic.ini's path, size and time, and the working directory (relative locations)."""
+    about = ini.stat()
+    return (str(ini.absolute()), about.st_size, about.st_mtime_ns, os.getcwd())
+
+
+def located_script_files(alembic_ini: Path | str) -> ScriptFiles | None:
+    """lean.manifest.script_files, read again only when alembic.ini changed."""
+    ini = Path(alembic_ini)
+    try:
+        key = _ini_key(ini)
+    except OSError:
+        return None
+    if key not in _LOCATED:
+        _LOCATED.clear()
+        _LOCATED[key] = script_files(ini)
+    return _LOCATED[key]
+
+
+def _scripts_key(settings: Settings) -> tuple[object, ...] | None:
+    """What the loaded scripts depend on: alembic.ini (path, size, time), the working
+    directory, and every revision file's name, size and modification time. None (no
+    caching) when only Alembic knows where the files are (package:resource)."""
+    ini = Path(settings.alembic_config)
+    try:
+        files = located_script_files(ini)
+        if files is None:
+            return None
+        stats = files.stats()
+        return (
+            *_ini_key(ini),
+            settings.allow_no_revisions,
+            files.script_dir,
+            files.version_dirs,
+            tuple(tuple(entry) for entry in stats),
+        )
+    except OSError:
+        return None  # let the load report it
 
 
 @dataclass

@@ -73,6 +73,8 @@ class Scripts:
         """Revisions to apply to go from ``current`` to ``target``, oldest first."""
         done = self.ancestry(current)
         wanted = self.ancestry(target)
+        if wanted <= done:
+            return []  # at head (or ahead): no need to walk the whole graph
         order = [s.revision for s in self.script.walk_revisions("base", "heads")]
         return [rev for rev in reversed(order) if rev in wanted and rev not in done]
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import ast
 import configparser
 import contextlib
+import functools
 import inspect
+import re
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -22,9 +24,9 @@ from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 import psycopg.errors
-from alembic import command
+from alembic import command, op
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
+from alembic.runtime.migration import MigrationContext, RevisionStep
 from alembic.util import CommandError
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
@@ -36,6 +38,7 @@ from migrate_lock.errors import (
     IdleInTransactionTimeout,
     MigrateLockError,
     MigrationFailed,
+    NeedsLiveDatabase,
     ProcessExited,
     ProjectFileError,
     TableLockTimeout,
@@ -346,9 +349,16 @@ def _run_on(
 
 def run_offline(config: Config, target: str) -> None:
     """``alembic upgrade TARGET --sql`` (``upgrade --sql``, ``lint``, ``plan``): what
-    ``env.py`` or a revision raises is classified as on the online path."""
+    ``env.py`` or a revision raises is classified as on the online path.
+
+    A revision that reads from the database (``op.get_bind().execute(...).fetchall()``,
+    an inspector) cannot be rendered: NeedsLiveDatabase (exit 78) names it. Inside
+    ``skipping_live_revisions()`` such a revision is written as a
+    ``NEEDS_DATABASE_MARK`` comment instead and the rendering goes on.
+    """
     try:
-        command.upgrade(config, target, sql=True)
+        with _offline_results():
+            command.upgrade(config, target, sql=True)
     except Terminated:
         raise  # our own SIGTERM, not the revision's exit
     except SystemExit as exiting:
@@ -356,7 +366,136 @@ def run_offline(config: Config, target: str) -> None:
     except (CommandError, MigrateLockError):
         raise
     except Exception as error:  # noqa: BLE001 - env.py and the revisions may raise anything
+        revision, _ = _failing_revision(error.__traceback__)
+        if revision is not None and _reads_the_database(error):
+            raise needs_live_database(revision, error) from None
         raise migration_error(error, config) from None
+
+
+#: The comment ``run_offline`` writes, in ``skipping_live_revisions()``, in place of the
+#: SQL of a revision that needs a live database (lint.split_revisions looks for it).
+NEEDS_DATABASE_MARK = "-- migrate-lock: needs a live database, SQL not rendered:"
+
+_skipping: list[list[str]] = []
+
+
+@contextmanager
+def skipping_live_revisions() -> Iterator[list[str]]:
+    """Within the block, ``run_offline`` renders past the revisions that need a live
+    database (``lint``, ``plan``); yields the list it appends their ids to."""
+    skipped: list[str] = []
+    _skipping.append(skipped)
+    try:
+        yield skipped
+    finally:
+        _skipping.remove(skipped)
+
+
+def needs_live_database(revision: str, error: BaseException) -> NeedsLiveDatabase:
+    return NeedsLiveDatabase(
+        f"revision {revision} needs a live database: it {_what_it_reads(error)}, so its "
+        "SQL cannot be rendered offline (upgrade --sql, lint, plan); nothing was run",
+        hint="run `migrate-lock upgrade` against a database (or `upgrade START:END --sql` "
+        "for the revisions around it)",
+        revision=revision,
+    )
+
+
+class _NeedsDatabase(Exception):
+    """A revision used the result of a statement while SQL was rendered offline."""
+
+
+class _OfflineResult:
+    """What ``op.get_bind().execute(...)`` returns while SQL is rendered offline: the
+    statement was written out, and there are no rows. Reading it raises _NeedsDatabase
+    (Alembic returns None there, and the revision fails on ``None.fetchall()``)."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise _NeedsDatabase(f"reads a query's result (.{name})")
+
+    def __iter__(self) -> Iterator[Any]:
+        raise _NeedsDatabase("reads a query's result (iterates over its rows)")
+
+    def __getitem__(self, key: Any) -> Any:
+        raise _NeedsDatabase("reads a query's result")
+
+    def __bool__(self) -> bool:
+        return False  # as the None Alembic returns
+
+
+@contextmanager
+def _offline_results() -> Iterator[None]:
+    """Offline, the bind's ``execute()`` returns an _OfflineResult; and, inside
+    ``skipping_live_revisions()``, a revision that needs the database is skipped."""
+    stdout_connection = MigrationContext._stdout_connection
+    revision_step_init = RevisionStep.__init__
+    skipped = _skipping[-1] if _skipping else None
+
+    def offline_connection(self: MigrationContext, connection: Any) -> Any:
+        mock = stdout_connection(self, connection)
+        execute = mock._execute_impl
+
+        def execute_then_mark(obj: Any, parameters: Any = None) -> _OfflineResult:
+            execute(obj, parameters)
+            return _OfflineResult()
+
+        mock._execute_impl = execute_then_mark
+        return mock
+
+    def step_init(self: RevisionStep, *args: Any, **kwargs: Any) -> None:
+        revision_step_init(self, *args, **kwargs)
+        if skipped is not None and self.is_upgrade:
+            self.migration_fn = _skipping_if_live(
+                self.migration_fn, self.revision.revision, skipped
+            )
+
+    MigrationContext._stdout_connection = offline_connection  # type: ignore[method-assign]
+    RevisionStep.__init__ = step_init  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        MigrationContext._stdout_connection = stdout_connection  # type: ignore[method-assign]
+        RevisionStep.__init__ = revision_step_init  # type: ignore[method-assign]
+
+
+def _skipping_if_live(
+    upgrade: Callable[..., Any], revision: str, skipped: list[str]
+) -> Callable[..., Any]:
+    @functools.wraps(upgrade)
+    def run(**kw: Any) -> None:
+        try:
+            upgrade(**kw)
+        except Exception as error:
+            if not _reads_the_database(error):
+                raise
+            skipped.append(revision)
+            reason = " ".join(_what_it_reads(error).split())
+            op.get_context().impl.static_output(f"{NEEDS_DATABASE_MARK} {reason}")
+
+    return run
+
+
+def _reads_the_database(error: BaseException) -> bool:
+    """``error`` came from reading the database offline: our _OfflineResult, or
+    SQLAlchemy's mock connection (``inspect(bind)``, ``bind.scalar()``, ...)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, _NeedsDatabase) or "MockConnection" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def _what_it_reads(error: BaseException) -> str:
+    if isinstance(error, _NeedsDatabase):
+        return str(error)
+    text = str(error)
+    if "No inspection system" in text:
+        return "inspects the database (sqlalchemy.inspect(op.get_bind()))"
+    missing = re.search(r"'MockConnection' object has no attribute '(\w+)'", text)
+    if missing:
+        return f"calls op.get_bind().{missing[1]}(), which offline SQL does not have"
+    return f"asks the database for something ({first_line(error)})"
 
 
 def process_exited(exiting: SystemExit) -> ProcessExited:

@@ -27,6 +27,7 @@ from migrate_lock.errors import ConfigError, MigrationFailed
 from migrate_lock.logs import log
 from migrate_lock.project import Project
 from migrate_lock.protocol import upgrade_sql
+from migrate_lock.runner import NEEDS_DATABASE_MARK, skipping_live_revisions
 from migrate_lock.settings import Settings
 
 Kind = Literal["destructive", "lock-heavy", "advice"]
@@ -77,6 +78,8 @@ class RevisionSql:
     revision: str
     down_revisions: tuple[str, ...]
     sql: str
+    #: Why its SQL was not rendered (it reads from the database), else None.
+    needs_database: str | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,8 @@ class LintReport:
     findings: tuple[Finding, ...]
     excluded: tuple[str, ...]
     ignored: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Revisions not linted because they read from the database: id -> why.
+    needs_database: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -116,6 +121,7 @@ class LintReport:
             "excluded_rules": list(self.excluded),
             "ignored_per_revision": {rev: list(rules) for rev, rules in self.ignored.items()},
             "findings": [asdict(finding) for finding in self.findings],
+            "needs_database": dict(self.needs_database),
         }
 
 
@@ -130,22 +136,36 @@ def lint(rev_range: str | None = None, *, settings: Settings | None = None) -> L
     revisions = render_revisions(project.settings, rev_range or "heads")
     excluded = excluded_rules(project.settings)
     ignored = per_revision_ignores(project, [r.revision for r in revisions])
-    findings = run_squawk(revisions, excluded=excluded, ignored=ignored)
+    rendered = [r for r in revisions if r.needs_database is None]
+    findings = run_squawk(rendered, excluded=excluded, ignored=ignored)
     for finding in findings:
         log.debug("lint.finding", **asdict(finding))
-    log.info("lint.done", revisions=len(revisions), findings=len(findings))
+    skipped = {r.revision: r.needs_database for r in revisions if r.needs_database is not None}
+    for revision, reason in skipped.items():
+        log.warning(
+            "lint.skipped",
+            revision=revision,
+            detail=f"revision {revision} not linted: it needs a live database (it {reason})",
+        )
+    log.info("lint.done", revisions=len(revisions), findings=len(findings), skipped=len(skipped))
     return LintReport(
         revisions=tuple(r.revision for r in revisions),
         findings=tuple(findings),
         excluded=tuple(sorted(excluded)),
         ignored={rev: tuple(sorted(rules)) for rev, rules in ignored.items() if rules},
+        needs_database=skipped,
     )
 
 
 def render_revisions(settings: Settings, target: str) -> list[RevisionSql]:
-    """The offline SQL of every revision ``upgrade TARGET --sql`` would run, one per revision."""
+    """The offline SQL of every revision ``upgrade TARGET --sql`` would run, one per revision.
+
+    A revision that reads from the database cannot be rendered: it comes back with
+    ``needs_database`` set and no SQL, and the revisions after it are rendered.
+    """
     buffer = io.StringIO()
-    upgrade_sql(target, settings=settings, output=buffer)
+    with skipping_live_revisions():
+        upgrade_sql(target, settings=settings, output=buffer)
     return split_revisions(buffer.getvalue())
 
 
@@ -165,6 +185,12 @@ def split_revisions(sql: str) -> list[RevisionSql]:
             chunks[-1][2].append(line)
     revisions = []
     for revision, downs, lines in chunks:
+        marks = [line for line in lines if line.startswith(NEEDS_DATABASE_MARK)]
+        if marks:
+            # What it wrote before it failed is not its SQL: none is shown.
+            reason = marks[-1].removeprefix(NEEDS_DATABASE_MARK).strip()
+            revisions.append(RevisionSql(revision, downs, "", needs_database=reason))
+            continue
         text = "\n".join(lines).strip("\n")
         for frame in ("COMMIT;", "BEGIN;"):
             text = text.removesuffix(frame).rstrip()

@@ -33,6 +33,8 @@ class PlannedRevision:
     doc: str
     sql: str
     findings: tuple[Finding, ...]
+    #: Why its SQL was not rendered (it reads from the database), else None.
+    needs_database: str | None = None
 
     @property
     def destructive(self) -> bool:
@@ -50,6 +52,7 @@ class PlannedRevision:
             "lock_heavy": self.lock_heavy,
             "findings": [asdict(f) for f in self.findings],
             "sql": self.sql,
+            "needs_database": self.needs_database,
         }
 
 
@@ -77,8 +80,12 @@ class Plan:
         }
 
 
-def plan(*, settings: Settings | None = None) -> Plan:
+def plan(*, settings: Settings | None = None, sql: bool = True) -> Plan:
     """Read where the database is and describe the upgrade to the heads. Changes nothing.
+
+    ``sql=False`` (``plan --no-sql``) renders no SQL at all, so there are no lint
+    findings either. A revision that reads from the database is shown as needing a live
+    database, its SQL not rendered; the others are rendered and linted.
 
     Raises UnknownDatabaseRevision (exit 5) when the database is at a revision this code
     does not know, and the usual connection and configuration errors.
@@ -95,7 +102,7 @@ def plan(*, settings: Settings | None = None) -> Plan:
             files = discover(seeds_dir(settings.seeds_dir, settings.alembic_config))
             due = changed_seeds(session.connection, session.version_table, files)
             seeds = [file.name for file in due]
-    pending = _planned(project, list(state.pending))
+    pending = _planned(project, list(state.pending), sql=sql)
     result = Plan(
         database=project.url.masked,
         status=state.status,
@@ -121,21 +128,37 @@ def plan(*, settings: Settings | None = None) -> Plan:
     return result
 
 
-def _planned(project: Project, pending: list[str]) -> list[PlannedRevision]:
+def _planned(project: Project, pending: list[str], *, sql: bool) -> list[PlannedRevision]:
     if not pending:
         return []
+    if not sql:
+        return [PlannedRevision(rev, _doc(project, rev), "", ()) for rev in pending]
     # Rendered from base (offline, so cheap): works whatever the database's revisions are.
     rendered = {r.revision: r for r in render_revisions(project.settings, "heads")}
     chosen = [rendered[rev] for rev in pending if rev in rendered]
     findings = run_squawk(
-        chosen,
+        [r for r in chosen if r.needs_database is None],
         excluded=excluded_rules(project.settings),
         ignored=per_revision_ignores(project, pending),
     )
     planned = []
     for revision in chosen:
-        script = project.scripts.script.get_revision(revision.revision)
-        doc = (script.doc or "").strip() if script is not None else ""
         mine = tuple(f for f in findings if f.revision == revision.revision)
-        planned.append(PlannedRevision(revision.revision, doc, revision.sql, mine))
+        text = revision.sql
+        if revision.needs_database is not None:
+            text = f"-- needs a live database, SQL not rendered: it {revision.needs_database}\n"
+        planned.append(
+            PlannedRevision(
+                revision.revision,
+                _doc(project, revision.revision),
+                text,
+                mine,
+                needs_database=revision.needs_database,
+            )
+        )
     return planned
+
+
+def _doc(project: Project, revision: str) -> str:
+    script = project.scripts.script.get_revision(revision)
+    return (script.doc or "").strip() if script is not None else ""
