@@ -64,8 +64,9 @@ class Project:
         """The scripts, loaded once per process: a later Project of the same alembic.ini
         reuses them while no revision file changed (size, modification time, name)."""
         key = _scripts_key(self.settings)
-        if key is not None and key in _LOADED:
-            return _LOADED[key]
+        cached = _LOADED.get(key) if key is not None else None
+        if cached is not None:
+            return cached
         config = self.config
         try:
             scripts = load_scripts(config, allow_none=self.settings.allow_no_revisions)
@@ -115,7 +116,7 @@ _LOADED: dict[tuple[object, ...], Scripts] = {}
 
 
 #: Where alembic.ini says the revision files are, by _ini_key (parsing it costs ~2 ms).
-_LOCATED: dict[tuple[object, ...], ScriptFiles | None] = {}
+_LOCATED: dict[tuple[object, ...], tuple[ScriptFiles | None]] = {}
 
 
 def _ini_key(ini: Path) -> tuple[object, ...]:
@@ -131,10 +132,14 @@ def located_script_files(alembic_ini: Path | str) -> ScriptFiles | None:
         key = _ini_key(ini)
     except OSError:
         return None
-    if key not in _LOCATED:
-        _LOCATED.clear()
-        _LOCATED[key] = script_files(ini)
-    return _LOCATED[key]
+    # .get(), never `in` then [key]: a readiness probe may call from several threads.
+    known = _LOCATED.get(key)
+    if known is not None:
+        return known[0]
+    found = script_files(ini)
+    _LOCATED.clear()
+    _LOCATED[key] = (found,)
+    return found
 
 
 def _scripts_key(settings: Settings) -> tuple[object, ...] | None:
