@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,16 +146,47 @@ def database_url(pg_server: Server) -> Iterator[str]:
         yield url
 
 
+def copy_database(server: Server, database_url: str, template: str) -> str:
+    """Replace ``database_url``'s database with a copy of ``template`` (same name, same
+    owner): CREATE DATABASE ... TEMPLATE, a few ms instead of a ``migrate-lock`` process."""
+    name = parse_database_url(database_url).database
+    with psycopg.connect(server.admin_url, autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}" OWNER "{APP_ROLE}"')
+    return database_url
+
+
 @pytest.fixture(scope="session")
-def head_template(pg_server: Server, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def migrated_templates(
+    pg_server: Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[..., str]]:
+    """``template(**env)``: the name of a database that a real ``migrate-lock upgrade`` of
+    the example project, run with ``env`` (e.g. ENVIRONMENT=production, so it carries that
+    marker), left at head. Made once per worker and environment, for tests to copy
+    (``copy_database``) where that upgrade is setup, not the behaviour under test."""
+    made: dict[tuple[tuple[str, str], ...], str] = {}
+    with contextlib.ExitStack() as stack:
+
+        def template(**env: str) -> str:
+            key = tuple(sorted(env.items()))
+            if key not in made:
+                project = tmp_path_factory.mktemp("template") / "project"
+                write_example_project(project, 21)
+                url = stack.enter_context(fresh_database(pg_server))
+                result = run_cli(["upgrade"], cwd=project, database_url=url, **env)
+                assert result.returncode == 0, result.stderr
+                made[key] = parse_database_url(url).database
+            return made[key]
+
+        yield template
+
+
+@pytest.fixture(scope="session")
+def head_template(migrated_templates: Callable[..., str]) -> str:
     """A database at the example project's head, made once per worker by a real
-    ``migrate-lock upgrade``: the name ``at_head`` copies."""
-    project = tmp_path_factory.mktemp("head-template") / "project"
-    write_example_project(project, 21)
-    with fresh_database(pg_server) as url:
-        result = run_cli(["upgrade"], cwd=project, database_url=url)
-        assert result.returncode == 0, result.stderr
-        yield parse_database_url(url).database
+    ``migrate-lock upgrade`` (ENVIRONMENT=test, as every CLI run of the suite by default):
+    the one ``at_head`` copies."""
+    return migrated_templates()
 
 
 @pytest.fixture
@@ -163,11 +194,21 @@ def at_head(pg_server: Server, database_url: str, head_template: str) -> str:
     """``database_url`` as ``upgrade`` of ``project`` leaves it: at head, with the marker,
     the history and the seeds. A copy of ``head_template`` (CREATE DATABASE ... TEMPLATE,
     a few ms), for tests where that upgrade is setup, not the behaviour under test."""
-    name = parse_database_url(database_url).database
-    with psycopg.connect(pg_server.admin_url, autocommit=True) as admin:
-        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-        admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{head_template}" OWNER "{APP_ROLE}"')
-    return database_url
+    return copy_database(pg_server, database_url, head_template)
+
+
+@pytest.fixture
+def upgraded(
+    pg_server: Server, database_url: str, migrated_templates: Callable[..., str]
+) -> Callable[..., None]:
+    """``upgraded(**env)``: ``database_url`` as ``migrate-lock upgrade`` of ``project`` with
+    ``env`` leaves it (at head, marked with env's ENVIRONMENT): a copy of the template that
+    upgrade made once per worker (``migrated_templates``), for tests where it is setup."""
+
+    def upgrade(**env: str) -> None:
+        copy_database(pg_server, database_url, migrated_templates(**env))
+
+    return upgrade
 
 
 @pytest.fixture

@@ -66,9 +66,9 @@ def stem(database: str) -> str:
     return f"{readable}-{hashlib.sha256(database.encode()).hexdigest()[:12]}"
 
 
+@pytest.mark.usefixtures("at_head")
 def test_backup_then_restore_gives_back_identical_rows(project: Path, database_url: str) -> None:
     """Why: a backup is only worth what its restore gives back."""
-    upgrade(project, database_url)
     query(
         database_url,
         "INSERT INTO leagues (name) SELECT 'League ' || g FROM generate_series(1, 500) g",
@@ -95,11 +95,11 @@ def test_backup_then_restore_gives_back_identical_rows(project: Path, database_u
     assert not any("_restore_" in name for name in databases(database_url))
 
 
+@pytest.mark.usefixtures("at_head")
 def test_truncated_backup_is_refused_and_the_database_is_untouched(
     project: Path, database_url: str
 ) -> None:
     """Why: a half-copied file must never replace a working database with a broken one."""
-    upgrade(project, database_url)
     query(
         database_url,
         "CREATE TABLE bulk AS SELECT g AS id, md5(g::text) AS v FROM generate_series(1, 50000) g",
@@ -124,10 +124,10 @@ def test_truncated_backup_is_refused_and_the_database_is_untouched(
     assert not any("_restore_" in name for name in databases(database_url))
 
 
+@pytest.mark.usefixtures("at_head")
 def test_a_file_that_is_not_a_dump_is_refused_before_anything_is_created(
     project: Path, database_url: str
 ) -> None:
-    upgrade(project, database_url)
     (project / "notes.dump").write_text("not a dump\n")
     names = databases(database_url)
 
@@ -159,11 +159,11 @@ def test_restore_of_a_dump_without_a_version_table_is_refused(
     assert catalog_snapshot(database_url) == before
 
 
+@pytest.mark.usefixtures("at_head")  # marked test, and so is the dump
 def test_restore_keeps_the_marker_of_the_database_restored_into(
     project: Path, database_url: str
 ) -> None:
     """Why: restoring a test dump must not unprotect the staging database it lands in."""
-    upgrade(project, database_url)  # marked test, and so is the dump
     backup = take_backup(project, database_url)
     assert (
         run_cli(["env", "set", "staging"], cwd=project, database_url=database_url).returncode == 0
@@ -181,11 +181,11 @@ def test_restore_keeps_the_marker_of_the_database_restored_into(
     assert json.loads(shown.stdout)["marker"] == "staging", shown.stdout + shown.stderr
 
 
+@pytest.mark.usefixtures("at_head")
 def test_restore_keep_previous_leaves_the_replaced_database_aside(
     project: Path, database_url: str
 ) -> None:
     """Why: an operator may want the replaced database back after a restore."""
-    upgrade(project, database_url)
     backup = take_backup(project, database_url)
     query(database_url, "CREATE TABLE made_after_backup (id int)")
 
@@ -207,9 +207,8 @@ def test_restore_keep_previous_leaves_the_replaced_database_aside(
         )
 
 
+@pytest.mark.usefixtures("at_head")
 def test_backup_writes_a_verified_file_and_a_latest_link(project: Path, database_url: str) -> None:
-    upgrade(project, database_url)
-
     backup = take_backup(project, database_url, "--dir", "nightly")
 
     path = Path(str(backup["path"]))
@@ -262,11 +261,11 @@ def test_a_client_older_than_the_server_is_refused(project: Path, database_url: 
     assert not (project / "backups").exists() or list((project / "backups").iterdir()) == []
 
 
+@pytest.mark.usefixtures("at_head")
 def test_upgrade_backup_first_backs_up_before_migrating_and_not_at_head(
     project: Path, database_url: str
 ) -> None:
     """Why: the pre-migration state is the one worth having when a migration goes wrong."""
-    upgrade(project, database_url)
     assert run_cli(["downgrade", "0020"], cwd=project, database_url=database_url).returncode == 0
 
     first = run_cli(["upgrade", "--backup-first"], cwd=project, database_url=database_url)
@@ -329,10 +328,10 @@ def test_retention_deletes_by_age_only_among_this_databases_verified_backups(
     assert all(path.exists() for path in [*keep, other, unrelated])
 
 
+@pytest.mark.usefixtures("at_head")
 def test_backup_command_applies_retention_after_a_verified_backup(
     project: Path, database_url: str
 ) -> None:
-    upgrade(project, database_url)
     database = database_url.rsplit("/", 1)[1]
     folder = project / "backups"
     folder.mkdir()
@@ -345,11 +344,11 @@ def test_backup_command_applies_retention_after_a_verified_backup(
     assert old[0].exists() and Path(str(backup["path"])).exists()
 
 
+@pytest.mark.usefixtures("at_head")
 def test_restore_keeps_the_grants_and_settings_of_the_database_object(
     pg_server: Server, project: Path, database_url: str
 ) -> None:
     """Why: a dump has no database-level GRANTs or settings; losing them locks the app out."""
-    upgrade(project, database_url)
     database = database_url.rsplit("/", 1)[1]
     role = f"app_{database[-8:]}"
     backup = take_backup(project, database_url)
@@ -376,11 +375,11 @@ def test_restore_keeps_the_grants_and_settings_of_the_database_object(
         query(admin, f'DROP ROLE "{role}"')
 
 
+@pytest.mark.usefixtures("at_head")
 def test_sigterm_during_a_backup_stops_pg_dump_and_leaves_no_file(
     project: Path, database_url: str
 ) -> None:
     """Why: a backup job stopped by its scheduler must not leave a dump that looks finished."""
-    upgrade(project, database_url)
     dumping = (
         "SELECT count(*) FROM pg_stat_activity"
         " WHERE application_name = 'migrate-lock backup' AND wait_event_type = 'Lock'"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 import pytest
+from conftest import Server
 
 from migrate_lock.lock import lock_key
+from migrate_lock.sandbox.example import write_example_project
 
 from support import assert_one_line_failure, catalog_snapshot, query, run_cli
 
@@ -36,28 +39,55 @@ VERBS = {
     "env set": ["env", "set", "development"],
 }
 
-
-def upgrade(project: Path, url: str, **env: str) -> None:
-    result = run_cli(["upgrade"], cwd=project, database_url=url, **env)
-    assert result.returncode == 0, result.stderr
+#: A setup step: ``step(**env)``.
+Setup = Callable[..., None]
 
 
-def prepare(project: Path, url: str, **env: str) -> None:
-    """Upgrade (marking the database with ENVIRONMENT), write models.py and a backup file."""
-    upgrade(project, url, **env)
-    (project / "models.py").write_text(MODELS)
-    result = run_cli(["backup", "--json"], cwd=project, database_url=url, **env)
-    assert result.returncode == 0, result.stderr
-    (project / "backups" / "snapshot.dump").symlink_to(Path(json.loads(result.stdout)["path"]))
+@pytest.fixture(scope="module")
+def template_backups(
+    pg_server: Server,
+    migrated_templates: Callable[..., str],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[..., Path]:
+    """``backup(**env)``: a ``migrate-lock backup`` file of ``migrated_templates(**env)``,
+    taken once per worker and environment."""
+    made: dict[tuple[tuple[str, str], ...], Path] = {}
+
+    def backup(**env: str) -> Path:
+        key = tuple(sorted(env.items()))
+        if key not in made:
+            project = tmp_path_factory.mktemp("backup") / "project"
+            write_example_project(project, 21)
+            url = pg_server.url(migrated_templates(**env))
+            result = run_cli(["backup", "--json"], cwd=project, database_url=url, **env)
+            assert result.returncode == 0, result.stderr
+            made[key] = Path(json.loads(result.stdout)["path"])
+        return made[key]
+
+    return backup
+
+
+@pytest.fixture
+def prepared(project: Path, upgraded: Setup, template_backups: Callable[..., Path]) -> Setup:
+    """``prepared(**env)``: upgraded (marking the database with ENVIRONMENT), models.py
+    written, and a backup file of such a database at backups/snapshot.dump."""
+
+    def prepare(**env: str) -> None:
+        upgraded(**env)
+        (project / "models.py").write_text(MODELS)
+        (project / "backups").mkdir(exist_ok=True)
+        (project / "backups" / "snapshot.dump").symlink_to(template_backups(**env))
+
+    return prepare
 
 
 @pytest.mark.parametrize("environment", [STAGING, PRODUCTION], ids=["staging", "production"])
 @pytest.mark.parametrize("verb", list(VERBS))
 def test_destructive_verb_is_refused_without_confirmation_and_changes_nothing(
-    project: Path, database_url: str, verb: str, environment: dict[str, str]
+    project: Path, database_url: str, prepared: Setup, verb: str, environment: dict[str, str]
 ) -> None:
     """Why: a typo or a wrong .env must not wreck a staging or production database."""
-    prepare(project, database_url, **environment)
+    prepared(**environment)
     before = catalog_snapshot(database_url)
 
     result = run_cli(VERBS[verb], cwd=project, database_url=database_url, **environment)
@@ -72,10 +102,10 @@ def test_destructive_verb_is_refused_without_confirmation_and_changes_nothing(
 
 @pytest.mark.parametrize("verb", [v for v in VERBS if v != "reset"])
 def test_destructive_verb_runs_in_production_when_confirmed_with_the_database_name(
-    project: Path, database_url: str, verb: str
+    project: Path, database_url: str, prepared: Setup, verb: str
 ) -> None:
     """Why: an operator who names the database on purpose must be able to do the job."""
-    prepare(project, database_url, **PRODUCTION)
+    prepared(**PRODUCTION)
     database = database_url.rsplit("/", 1)[1]
     if verb == "init-db":  # init-db is for a brand-new database
         query(database_url, "DROP SCHEMA public CASCADE; CREATE SCHEMA public")
@@ -94,9 +124,11 @@ def test_destructive_verb_runs_in_production_when_confirmed_with_the_database_na
         assert catalog_snapshot(database_url) != before
 
 
-def test_confirmation_naming_another_database_is_refused(project: Path, database_url: str) -> None:
+def test_confirmation_naming_another_database_is_refused(
+    project: Path, database_url: str, prepared: Setup
+) -> None:
     """Why: a name that is not the connected database means the command points elsewhere."""
-    prepare(project, database_url, **PRODUCTION)
+    prepared(**PRODUCTION)
     before = catalog_snapshot(database_url)
 
     result = run_cli(
@@ -113,10 +145,10 @@ def test_confirmation_naming_another_database_is_refused(project: Path, database
 
 
 def test_confirm_destructive_true_is_refused_on_a_production_marked_database(
-    project: Path, database_url: str
+    project: Path, database_url: str, upgraded: Setup
 ) -> None:
     """Why: CONFIRM_DESTRUCTIVE=true left in a runbook must not be enough for production."""
-    upgrade(project, database_url, **PRODUCTION)
+    upgraded(**PRODUCTION)
     before = catalog_snapshot(database_url)
 
     result = run_cli(
@@ -133,10 +165,10 @@ def test_confirm_destructive_true_is_refused_on_a_production_marked_database(
 
 
 def test_confirm_destructive_true_is_accepted_on_a_staging_database(
-    project: Path, database_url: str
+    project: Path, database_url: str, upgraded: Setup
 ) -> None:
     """Why: existing staging runbooks say CONFIRM_DESTRUCTIVE=true; staging keeps that habit."""
-    upgrade(project, database_url, **STAGING)
+    upgraded(**STAGING)
 
     result = run_cli(
         ["downgrade", "-1"],
@@ -151,10 +183,10 @@ def test_confirm_destructive_true_is_accepted_on_a_staging_database(
 
 
 def test_production_marked_database_refuses_downgrade_from_a_development_process(
-    project: Path, database_url: str
+    project: Path, database_url: str, upgraded: Setup
 ) -> None:
     """Why: a laptop whose .env says development must not be able to downgrade production."""
-    upgrade(project, database_url, **PRODUCTION)
+    upgraded(**PRODUCTION)
     before = catalog_snapshot(database_url)
 
     result = run_cli(
@@ -167,10 +199,10 @@ def test_production_marked_database_refuses_downgrade_from_a_development_process
 
 
 def test_migrated_database_without_a_marker_is_protected_and_says_how_to_mark_it(
-    project: Path, database_url: str
+    project: Path, database_url: str, upgraded: Setup
 ) -> None:
     """Why: a database migrated before the marker existed must fail closed, with a way out."""
-    upgrade(project, database_url, ENVIRONMENT="development")
+    upgraded(ENVIRONMENT="development")
     query(database_url, "DROP TABLE migrate_lock.environment")
     database = database_url.rsplit("/", 1)[1]
 
@@ -183,9 +215,11 @@ def test_migrated_database_without_a_marker_is_protected_and_says_how_to_mark_it
     assert f"migrate-lock env set development --confirm-destructive {database}" in line
 
 
-def test_downgrade_runs_freely_on_a_test_database(project: Path, database_url: str) -> None:
+def test_downgrade_runs_freely_on_a_test_database(
+    project: Path, database_url: str, upgraded: Setup
+) -> None:
     """Why: guardrails must not get in the way where destruction is the point."""
-    upgrade(project, database_url)
+    upgraded()
 
     result = run_cli(["downgrade", "0018", "--json"], cwd=project, database_url=database_url)
 
@@ -198,10 +232,10 @@ def test_downgrade_runs_freely_on_a_test_database(project: Path, database_url: s
 
 
 def test_downgrade_waits_for_the_migration_lock_and_gives_up_without_changing_anything(
-    project: Path, database_url: str
+    project: Path, database_url: str, upgraded: Setup
 ) -> None:
     """Why: a downgrade racing a replica's upgrade would leave the schema half-done."""
-    upgrade(project, database_url)
+    upgraded()
     database = database_url.rsplit("/", 1)[1]
     before = catalog_snapshot(database_url)
     with psycopg.connect(database_url, autocommit=True) as holder:
@@ -221,8 +255,10 @@ def test_downgrade_waits_for_the_migration_lock_and_gives_up_without_changing_an
     assert catalog_snapshot(database_url) == before
 
 
-def test_unknown_downgrade_target_is_a_usage_error(project: Path, database_url: str) -> None:
-    upgrade(project, database_url)
+def test_unknown_downgrade_target_is_a_usage_error(
+    project: Path, database_url: str, upgraded: Setup
+) -> None:
+    upgraded()
 
     result = run_cli(["downgrade", "9999"], cwd=project, database_url=database_url)
 
@@ -231,10 +267,10 @@ def test_unknown_downgrade_target_is_a_usage_error(project: Path, database_url: 
 
 
 def test_reset_is_refused_in_production_even_when_confirmed(
-    project: Path, database_url: str
+    project: Path, database_url: str, upgraded: Setup
 ) -> None:
     """Why: dropping every table is never the way to fix production; restore is."""
-    upgrade(project, database_url, **PRODUCTION)
+    upgraded(**PRODUCTION)
     database = database_url.rsplit("/", 1)[1]
     before = catalog_snapshot(database_url)
 
@@ -252,10 +288,10 @@ def test_reset_is_refused_in_production_even_when_confirmed(
 
 
 def test_reset_drops_everything_and_migrates_again_keeping_the_marker(
-    project: Path, database_url: str
+    project: Path, database_url: str, upgraded: Setup
 ) -> None:
     """Why: a developer's broken local schema must be one command away from fresh."""
-    upgrade(project, database_url, ENVIRONMENT="development")
+    upgraded(ENVIRONMENT="development")
     query(
         database_url, "CREATE TABLE scratch_notes (id int); INSERT INTO leagues (name) VALUES ('x')"
     )

@@ -6,7 +6,7 @@ import json
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -85,11 +85,11 @@ def test_staging_url_checks_false_lets_a_local_staging_database_migrate(
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.usefixtures("at_head")
 def test_production_start_up_checks_also_stop_the_at_head_fast_path(
     project: Path, database_url: str
 ) -> None:
     """Why: the lean at-head path must not wave through what the full path refuses."""
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     assert run_cli(["freeze"], cwd=project, database_url=database_url).returncode == 0
 
     result = run_cli(["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="production")
@@ -97,11 +97,11 @@ def test_production_start_up_checks_also_stop_the_at_head_fast_path(
     assert_one_line_failure(result, 78)
 
 
+@pytest.mark.usefixtures("at_head")
 def test_production_at_head_with_a_manifest_still_takes_the_lean_path(
     project: Path, database_url: str
 ) -> None:
     """Why: the start-up checks must not cost production replicas their cheap start."""
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     assert run_cli(["freeze"], cwd=project, database_url=database_url).returncode == 0
 
     result = run_cli(
@@ -188,8 +188,10 @@ def test_upgrade_without_environment_writes_no_marker(project: Path, database_ur
     assert shown["effective"] == "production"
 
 
-def test_env_set_raises_protection_without_confirmation(project: Path, database_url: str) -> None:
-    run_cli(["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="development")
+def test_env_set_raises_protection_without_confirmation(
+    project: Path, database_url: str, upgraded: Callable[..., None]
+) -> None:
+    upgraded(ENVIRONMENT="development")
 
     result = run_cli(["env", "set", "production"], cwd=project, database_url=database_url)
 
@@ -199,11 +201,11 @@ def test_env_set_raises_protection_without_confirmation(project: Path, database_
     ]
 
 
-def test_env_set_lowers_production_only_when_confirmed(project: Path, database_url: str) -> None:
+def test_env_set_lowers_production_only_when_confirmed(
+    project: Path, database_url: str, upgraded: Callable[..., None]
+) -> None:
     """Why: unmarking production is how its protection would be defeated; it needs a name."""
-    run_cli(
-        ["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="production", **LOCAL_OK
-    )
+    upgraded(ENVIRONMENT="production", **LOCAL_OK)
     database = database_url.rsplit("/", 1)[1]
 
     refused = run_cli(["env", "set", "test"], cwd=project, database_url=database_url)
@@ -273,12 +275,15 @@ def test_protect_refuses_drop_all_on_a_production_marked_database_from_developme
 
 
 def test_protect_reads_a_lowercase_environment_variable(
-    project: Path, engine: Engine, database_url: str, monkeypatch: pytest.MonkeyPatch
+    engine: Engine,
+    database_url: str,
+    upgraded: Callable[..., None],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Why: ``environment=production`` is ENVIRONMENT=production for every other check;
     protect() read only the upper-case name, so a database marked development took a
     production process's create_all()."""
-    run_cli(["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="development")
+    upgraded(ENVIRONMENT="development")
     for name in ("ENVIRONMENT", "APP_ENV"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("environment", "production")
