@@ -160,20 +160,21 @@ def copy_database(server: Server, database_url: str, template: str) -> str:
 def migrated_templates(
     pg_server: Server, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Callable[..., str]]:
-    """``template(**env)``: the name of a database that a real ``migrate-lock upgrade`` of
-    the example project, run with ``env`` (e.g. ENVIRONMENT=production, so it carries that
-    marker), left at head. Made once per worker and environment, for tests to copy
-    (``copy_database``) where that upgrade is setup, not the behaviour under test."""
-    made: dict[tuple[tuple[str, str], ...], str] = {}
+    """``template(*target, **env)``: the name of a database that a real ``migrate-lock
+    upgrade [TARGET]`` of the example project, run with ``env`` (e.g. ENVIRONMENT=production,
+    so it carries that marker), left at head (or at TARGET). Made once per worker, target and
+    environment, for tests to copy (``copy_database``) where that upgrade is setup, not the
+    behaviour under test."""
+    made: dict[tuple[object, ...], str] = {}
     with contextlib.ExitStack() as stack:
 
-        def template(**env: str) -> str:
-            key = tuple(sorted(env.items()))
+        def template(*target: str, **env: str) -> str:
+            key = (target, *sorted(env.items()))
             if key not in made:
                 project = tmp_path_factory.mktemp("template") / "project"
                 write_example_project(project, 21)
                 url = stack.enter_context(fresh_database(pg_server))
-                result = run_cli(["upgrade"], cwd=project, database_url=url, **env)
+                result = run_cli(["upgrade", *target], cwd=project, database_url=url, **env)
                 assert result.returncode == 0, result.stderr
                 made[key] = parse_database_url(url).database
             return made[key]
@@ -201,12 +202,13 @@ def at_head(pg_server: Server, database_url: str, head_template: str) -> str:
 def upgraded(
     pg_server: Server, database_url: str, migrated_templates: Callable[..., str]
 ) -> Callable[..., None]:
-    """``upgraded(**env)``: ``database_url`` as ``migrate-lock upgrade`` of ``project`` with
-    ``env`` leaves it (at head, marked with env's ENVIRONMENT): a copy of the template that
-    upgrade made once per worker (``migrated_templates``), for tests where it is setup."""
+    """``upgraded(*target, **env)``: ``database_url`` as ``migrate-lock upgrade [TARGET]`` of
+    ``project`` with ``env`` leaves it (at head or TARGET, marked with env's ENVIRONMENT): a
+    copy of the template that upgrade made once per worker (``migrated_templates``), for
+    tests where it is setup."""
 
-    def upgrade(**env: str) -> None:
-        copy_database(pg_server, database_url, migrated_templates(**env))
+    def upgrade(*target: str, **env: str) -> None:
+        copy_database(pg_server, database_url, migrated_templates(*target, **env))
 
     return upgrade
 

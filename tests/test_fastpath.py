@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
@@ -68,8 +69,10 @@ def test_a_stale_manifest_never_hides_a_new_revision(
     assert query(database_url, "SELECT version_num FROM alembic_version") == [("0022",)]
 
 
-def test_database_behind_the_manifest_is_migrated(project: Path, database_url: str) -> None:
-    assert run_cli(["upgrade", "0010"], cwd=project, database_url=database_url).returncode == 0
+def test_database_behind_the_manifest_is_migrated(
+    project: Path, database_url: str, upgraded: Callable[..., None]
+) -> None:
+    upgraded("0010")
     run_cli(["freeze"], cwd=project, database_url=None)
     code, events = upgrade_events(project, database_url)
     assert code == 0 and finished(events)["role"] == "migrated"
@@ -151,11 +154,11 @@ def test_lock_timeout_on_the_lean_path_exits_75_naming_the_holder(
 
 
 def test_the_migrating_replica_logs_one_lock_acquired_and_one_lock_released(
-    project: Path, database_url: str
+    project: Path, database_url: str, upgraded: Callable[..., None]
 ) -> None:
     """Why: operators count lock.acquired/lock.released to see who held the lock and how
     long; the lean path's hand-over to the full path logged lock.acquired twice."""
-    assert run_cli(["upgrade", "0010"], cwd=project, database_url=database_url).returncode == 0
+    upgraded("0010")
     assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
     code, events = upgrade_events(project, database_url)
     assert code == 0 and finished(events)["role"] == "migrated"
@@ -166,11 +169,11 @@ def test_the_migrating_replica_logs_one_lock_acquired_and_one_lock_released(
 
 
 def test_a_lean_lock_timeout_names_the_holder_and_since_when(
-    project: Path, database_url: str
+    project: Path, database_url: str, upgraded: Callable[..., None]
 ) -> None:
     """Why: "held by pid 123" is not enough to decide whether to wait or to terminate it;
     the full path said since when, the lean path did not."""
-    assert run_cli(["upgrade", "0010"], cwd=project, database_url=database_url).returncode == 0
+    upgraded("0010")
     assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
     database = database_url.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
     key = lock_key(database, "public", "alembic_version")

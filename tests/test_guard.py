@@ -258,12 +258,10 @@ def test_protect_lets_create_all_and_drop_all_run_in_development(
 
 
 def test_protect_refuses_drop_all_on_a_production_marked_database_from_development(
-    project: Path, engine: Engine, database_url: str
+    engine: Engine, database_url: str, upgraded: Callable[..., None]
 ) -> None:
     """Why: the database's marker wins over the process's ENVIRONMENT, for drop_all too."""
-    run_cli(
-        ["upgrade"], cwd=project, database_url=database_url, ENVIRONMENT="production", **LOCAL_OK
-    )
+    upgraded(ENVIRONMENT="production", **LOCAL_OK)
     metadata = MetaData()
     Table("leagues", metadata, Column("id", Integer, primary_key=True))
     protect(metadata, environment="development")

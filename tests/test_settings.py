@@ -116,12 +116,12 @@ def run_as_operator(
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["without_manifest", "with_manifest"])
+@pytest.mark.usefixtures("at_head")
 def test_a_lowercase_environment_name_is_read_with_or_without_a_heads_manifest(
     project: Path, database_url: str, frozen: bool
 ) -> None:
     """Why: ``environment=production`` was ignored by the at-head path alone: a localhost URL
     was refused (exit 78) without a manifest and accepted (exit 0) with one."""
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     if frozen:
         assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
     result = run_as_operator(
@@ -132,11 +132,11 @@ def test_a_lowercase_environment_name_is_read_with_or_without_a_heads_manifest(
 
 
 @pytest.mark.parametrize("verb", [["upgrade"], ["run", "--", "true"]], ids=["upgrade", "run"])
+@pytest.mark.usefixtures("at_head")
 def test_a_path_in_entrypoint_passthrough_is_refused_at_head_with_a_manifest(
     project: Path, database_url: str, verb: list[str]
 ) -> None:
     """Why: the at-head path accepted ``/bin/sh`` that the settings model refuses."""
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
     result = run_cli(verb, cwd=project, database_url=database_url, ENTRYPOINT_PASSTHROUGH="/bin/sh")
     line = assert_one_line_failure(result, 78)
@@ -144,13 +144,13 @@ def test_a_path_in_entrypoint_passthrough_is_refused_at_head_with_a_manifest(
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["without_manifest", "with_manifest"])
+@pytest.mark.usefixtures("at_head")
 def test_a_malformed_database_url_is_refused_even_when_the_migration_url_is_used(
     project: Path, database_url: str, frozen: bool
 ) -> None:
     """Why: the at-head path parsed only the URL it connects with: beside a good
     MIGRATION_DATABASE_URL a malformed DATABASE_URL was exit 78 without a manifest and
     "at head" (exit 0) with one."""
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     if frozen:
         assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
     result = run_cli(
@@ -164,12 +164,12 @@ def test_a_malformed_database_url_is_refused_even_when_the_migration_url_is_used
 
 
 @pytest.mark.parametrize("frozen", [False, True], ids=["without_manifest", "with_manifest"])
+@pytest.mark.usefixtures("at_head")
 def test_the_database_url_flag_beats_migration_database_url_on_both_paths(
     project: Path, database_url: str, frozen: bool
 ) -> None:
     """Why: ``--database-url`` names the one database to use; the settings table says so
     (cli.py no longer repeats it), so both the lean and the full path must honour it."""
-    assert run_cli(["upgrade"], cwd=project, database_url=database_url).returncode == 0
     if frozen:
         assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
     result = run_cli(
