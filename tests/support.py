@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import psycopg
@@ -133,3 +134,18 @@ def catalog_snapshot(url: str) -> dict[str, object]:
             f' FROM "{schema}"."{table}" t',
         )
     return snapshot
+
+
+def wait_for_a_sleeping_revision(url: str, timeout: float = 60) -> None:
+    """Wait until another session of ``url``'s database runs a revision's ``pg_sleep``
+    (the example project's slow revision, after its CREATE TABLE): an event to wait for,
+    not a guessed number of seconds."""
+    deadline = time.monotonic() + timeout
+    while not query(
+        url,
+        "SELECT 1 FROM pg_stat_activity WHERE state = 'active' AND query LIKE %s"
+        " AND pid <> pg_backend_pid() AND datname = current_database()",
+        ("%pg_sleep%",),
+    ):
+        assert time.monotonic() < deadline, "the slow revision never started"
+        time.sleep(0.02)

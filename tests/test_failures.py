@@ -12,7 +12,14 @@ import pytest
 
 from migrate_lock.sandbox.example import write_example_project
 
-from support import assert_one_line_failure, cli_env, query, run_cli, spawn
+from support import (
+    assert_one_line_failure,
+    cli_env,
+    query,
+    run_cli,
+    spawn,
+    wait_for_a_sleeping_revision,
+)
 
 FAILING_REVISION = '''"""break on purpose"""
 
@@ -64,7 +71,7 @@ def test_sigkill_in_the_middle_of_a_revision_leaves_nothing_half_applied(
     for line in migrator.stderr:
         if "migrate.revision revision=0011" in line:
             break
-    time.sleep(0.5)  # now inside revision 0012's pg_sleep, after its CREATE TABLE
+    wait_for_a_sleeping_revision(database_url)  # inside revision 0012, after its CREATE TABLE
     migrator.send_signal(signal.SIGKILL)
     migrator.wait(timeout=10)
 

@@ -15,7 +15,7 @@ import pytest
 from migrate_lock.lock import lock_key
 from migrate_lock.sandbox.example import write_example_project
 
-from support import cli_env, query, run_cli, spawn
+from support import cli_env, query, run_cli, spawn, wait_for_a_sleeping_revision
 
 #: CMD for the tests; it must never run when the upgrade was interrupted.
 NEVER = [sys.executable, "-c", "print('COMMAND STARTED')"]
@@ -96,7 +96,7 @@ def test_signal_during_a_slow_migration_rolls_back_and_the_next_start_completes(
     write_example_project(project, 21, slow_revision=12, slow_seconds=4)
     migrator = spawn(["run", "--", *NEVER], cwd=project, database_url=database_url)
     _wait_for_line(migrator, "migrate.revision revision=0011")
-    time.sleep(0.5)  # inside revision 0012's pg_sleep, after its CREATE TABLE
+    wait_for_a_sleeping_revision(database_url)  # inside revision 0012, after its CREATE TABLE
 
     signalled = time.monotonic()
     migrator.send_signal(signum)
