@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -95,9 +96,10 @@ def test_64_replicas_against_20_connections_all_succeed_exactly_once(
     assert retries > 0  # the limit was really hit
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def restartable_server() -> Iterator[EmbeddedPostgres]:
-    """A server of this test's own: restarting the shared one would disturb other tests."""
+    """A server of this module's own: restarting the shared one would disturb other tests.
+    Started once for the restart tests; each of them migrates a database of its own."""
     with EmbeddedPostgres(password=TEST_PASSWORD) as server:
         yield server
 
@@ -112,7 +114,9 @@ def test_a_database_restart_mid_migration_is_survived_exactly_once(
     write_example_project(project, 21, slow_revision=12, slow_seconds=4)
     if frozen:
         run_cli(["freeze"], cwd=project, database_url=None)
-    url = restartable_server.url()
+    database = f"restart_{uuid.uuid4().hex[:12]}"
+    query(restartable_server.url(), f'CREATE DATABASE "{database}"')
+    url = restartable_server.url(database)
     processes = [
         spawn(["upgrade"], cwd=project, database_url=url, LOG_FORMAT="json") for _ in range(4)
     ]
