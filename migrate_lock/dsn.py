@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, quote, unquote
+from urllib.parse import parse_qsl, quote, unquote, unquote_to_bytes
 
 from migrate_lock.errors import ConfigError
 from migrate_lock.lean.pq import LeanUnavailable, conninfo_error
@@ -94,6 +94,12 @@ def parse_database_url(
             f"{variable} is not a URL",
             hint="use postgresql://USER:PASSWORD@HOST:5432/DBNAME",
         )
+    if not _decodes(text):
+        # libpq takes them, psycopg does not: it reads every value of the URL as UTF-8.
+        raise ConfigError(
+            f"{variable} has percent-encoded bytes that are not UTF-8",
+            hint="percent-encode the UTF-8 bytes of each character (é is %C3%A9)",
+        )
     scheme_text, _, rest = text.partition("://")
     base_scheme = scheme_text.lower().partition("+")[0]
     if base_scheme not in _PLAIN_SCHEMES:
@@ -155,6 +161,15 @@ def _encodes(text: str) -> bool:
     try:
         text.encode()
     except UnicodeEncodeError:  # a surrogate: bytes the environment could not decode
+        return False
+    return True
+
+
+def _decodes(text: str) -> bool:
+    """Whether ``text`` percent-decodes to UTF-8 (``%D9`` alone does not)."""
+    try:
+        unquote_to_bytes(text).decode()
+    except UnicodeDecodeError:
         return False
     return True
 
@@ -242,9 +257,13 @@ def scrub_text(text: str, extra: Iterable[str] = ()) -> str:
     """``text`` without secrets: URL passwords and ``password=`` values masked, then every
     registered secret, ``extra``, and the candidates in DATABASE_URL,
     MIGRATION_DATABASE_URL and PGPASSWORD replaced by ``***``, longest first."""
+    secrets = sorted(_registered.union(extra, _environment_secrets()), key=len, reverse=True)
+    # A secret with a blank in it goes first: the masking ends a ``password=`` value at its
+    # first blank, and the rest of the password would no longer match the whole secret.
+    for secret in [secret for secret in secrets if secret != "".join(secret.split())]:
+        text = text.replace(secret, _MASK)
     text = mask_url_text(text)
-    secrets = _registered.union(extra, _environment_secrets())
-    for secret in sorted(secrets, key=len, reverse=True):
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, _MASK)
     return text

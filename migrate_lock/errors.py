@@ -234,9 +234,13 @@ def describe_sql_error(error: BaseException) -> str:
     """``[SQLSTATE] primary message in: statement`` (or the exception) in one line."""
     sql = sql_error_in(error)
     if sql is None:
-        return f"{type(error).__name__}: {error}"
+        return f"{type(error).__name__}: {text_of(error)}"
     diag = getattr(sql, "diag", None)
-    primary = getattr(diag, "message_primary", None) or str(sql).splitlines()[0]
+    primary = (
+        getattr(diag, "message_primary", None)
+        or next(iter(text_of(sql).strip().splitlines()), "")
+        or type(sql).__name__
+    )
     statement = getattr(error, "statement", None)
     text = f"[{getattr(sql, 'sqlstate', '?')}] {primary}"
     if statement:
@@ -249,9 +253,18 @@ def first_line(error: BaseException) -> str:
     """``Type: the first line of the message`` (pydantic and configparser write several)."""
     if isinstance(error, SyntaxError) and error.msg:
         return f"{type(error).__name__}: {error.msg}"  # the file and line are said apart
-    lines = str(error).strip().splitlines()
+    lines = text_of(error).strip().splitlines()
     text = lines[0].strip() if lines else ""
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def text_of(error: BaseException) -> str:
+    """``str(error)``, or "" when the application's exception cannot say it (its
+    ``__str__`` raised): the report of a failure must not fail itself."""
+    try:
+        return str(error)
+    except Exception:  # noqa: BLE001 - any __str__ may raise anything
+        return ""
 
 
 def shown_path(path: str | os.PathLike[str]) -> str:

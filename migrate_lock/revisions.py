@@ -15,6 +15,7 @@ from alembic.script.revision import CycleDetected, MultipleHeads, ResolutionErro
 from alembic.util import CommandError
 
 from migrate_lock.errors import NoRevisions, ProjectFileError, UsageError, first_line, shown_path
+from migrate_lock.interrupts import Terminated
 
 
 class Scripts:
@@ -106,7 +107,9 @@ def load_scripts(config: Any, *, allow_none: bool = False) -> Scripts:
             script.get_heads()
         except Exception as error:  # noqa: BLE001 - a revision file may raise anything
             raise _load_error(error, loaded, [str(w.message) for w in caught]) from None
-        except SystemExit as error:
+        except (KeyboardInterrupt, Terminated):
+            raise
+        except BaseException as error:  # noqa: BLE001 - SystemExit, asyncio.CancelledError, …
             raise _load_error(error, loaded, []) from None
     _refuse_duplicates(loaded)
     if not loaded and not allow_none:
@@ -180,15 +183,26 @@ def _failing_file(error: BaseException) -> tuple[str | None, int | None]:
 
 
 def _down_revisions(item: Script) -> tuple[str, ...]:
-    down = item.down_revision
-    everything = (down,) if isinstance(down, str) else tuple(down or ())
-    depends = item.dependencies
-    return everything + ((depends,) if isinstance(depends, str) else tuple(depends or ()))
+    return _ids(item.down_revision) + _ids(item.dependencies)
+
+
+def _ids(value: object) -> tuple[str, ...]:
+    """A ``down_revision`` or ``depends_on`` as a tuple, whatever the file assigned (a
+    number there must not fail the report of what is wrong)."""
+    if isinstance(value, str):
+        return (value,)
+    return tuple(value) if isinstance(value, list | tuple | set | frozenset) else ()
 
 
 def _refuse_duplicates(loaded: list[Script]) -> None:
     first: dict[str, str] = {}
     for item in loaded:
+        if not isinstance(item.revision, str):
+            raise ProjectFileError(
+                shown_path(item.path),
+                f"its revision id is a {type(item.revision).__name__}, not a string",
+                hint=_HINT,
+            )
         if item.revision in first:
             raise ProjectFileError(
                 shown_path(item.path),

@@ -78,6 +78,13 @@ def alembic_config(
         script_location = config.get_main_option("script_location")
     except (configparser.Error, UnicodeDecodeError) as error:
         raise ini_error(path, error) from None
+    except CommandError:  # Alembic's words for a file without an [alembic] section
+        raise ProjectFileError(
+            shown_path(path),
+            "has no [alembic] section",
+            hint="start alembic.ini with an [alembic] line and script_location = "
+            "%(here)s/migrations",
+        ) from None
     if not script_location:
         raise ConfigError(
             f"{path} has no script_location in its [alembic] section",
@@ -327,11 +334,15 @@ def _run_on(
         raise failed.error from None
     except Terminated:
         raise  # our own SIGTERM (a SystemExit too): exit 143, rolled back by the caller
+    except KeyboardInterrupt:
+        raise  # SIGINT, not the revision's doing: exit 130
     except SystemExit as exiting:
         # sys.exit() in a revision or env.py: not a success, whatever its code.
         _rollback_quietly(shared)
         raise process_exited(exiting) from None
-    except Exception as error:  # noqa: BLE001 - a revision may raise anything; all roll back
+    # A revision may raise anything, BaseExceptions too (asyncio.CancelledError, the
+    # application's own): all roll back and are classified.
+    except BaseException as error:  # noqa: BLE001
         if killed_for_idling(error):
             # The server's verdict on the revision, not a failover: no reconnect.
             raise idle_timeout_error(error) from None
@@ -361,11 +372,13 @@ def run_offline(config: Config, target: str) -> None:
             command.upgrade(config, target, sql=True)
     except Terminated:
         raise  # our own SIGTERM, not the revision's exit
+    except KeyboardInterrupt:
+        raise
     except SystemExit as exiting:
         raise process_exited(exiting) from None
     except (CommandError, MigrateLockError):
         raise
-    except Exception as error:  # noqa: BLE001 - env.py and the revisions may raise anything
+    except BaseException as error:  # noqa: BLE001 - env.py and the revisions may raise anything
         revision, _ = _failing_revision(error.__traceback__)
         if revision is not None and _reads_the_database(error):
             raise needs_live_database(revision, error) from None
