@@ -25,20 +25,27 @@ ANY_CHARACTER = st.characters(blacklist_categories=("Cs",), blacklist_characters
 PRINTABLE_ASCII = st.sampled_from(string.printable)
 
 
-def password_middles() -> st.SearchStrategy[str]:
-    piece = st.one_of(
+#: Bytes that are not UTF-8, as the environment hands them to Python (surrogate escapes:
+#: the process receives the raw bytes 0x80-0xff).
+RAW_BYTES = st.text(
+    st.characters(min_codepoint=0xDC80, max_codepoint=0xDCFF), min_size=1, max_size=3
+)
+
+
+def password_middles(*, binary: bool) -> st.SearchStrategy[str]:
+    pieces = [
         st.sampled_from(SPECIAL),
         st.text(PRINTABLE_ASCII, min_size=1, max_size=6),
         st.text(ANY_CHARACTER, min_size=1, max_size=4),
-    )
-    return st.lists(piece, max_size=6).map("".join)
+    ]
+    return st.lists(st.one_of(*pieces, *([RAW_BYTES] if binary else [])), max_size=6).map("".join)
 
 
 @dataclass(frozen=True)
 class Password:
-    """A password (None when it is bytes that are no text) and how the input writes it."""
+    """A password (bytes that are not UTF-8 as surrogate escapes) and how the input writes it."""
 
-    text: str | None
+    text: str
     written: str
 
     @property
@@ -48,24 +55,24 @@ class Password:
 
 @st.composite
 def passwords(draw: st.DrawFn, *, url: bool = True, binary: bool = True) -> Password:
-    """Marked passwords, written raw, percent-encoded or partly; or (``binary``) arbitrary
-    bytes, percent-encoded. ``url``: as in a URL; else as text, raw."""
+    """Marked passwords, written raw, percent-encoded or partly; with ``binary``, also
+    bytes that are not UTF-8, raw or percent-encoded. ``url``: as in a URL; else raw."""
     if url and binary and draw(st.integers(0, 5)) == 0:
         raw = draw(st.binary(max_size=10))
         written = MARK_START + quote_from_bytes(raw, safe="") + MARK_END
         decoded = raw.decode("utf-8", "ignore")
         return Password(MARK_START + decoded + MARK_END, written)
-    text = MARK_START + draw(password_middles()) + MARK_END
+    text = MARK_START + draw(password_middles(binary=binary)) + MARK_END
     if not url:
         return Password(text, text)
     encoding = draw(st.sampled_from(["raw", "encoded", "partly"]))
     if encoding == "raw":
         written = text
     elif encoding == "encoded":
-        written = quote(text, safe="")
+        written = quote(text, safe="", errors="surrogateescape")
     else:
         safe = "".join(draw(st.lists(st.sampled_from("%@:/?#&=' ;,+$!*"), unique=True)))
-        written = quote(text, safe=safe)
+        written = quote(text, safe=safe, errors="surrogateescape")
     return Password(text, written)
 
 
@@ -104,7 +111,7 @@ class DatabaseInput:
 
 
 def _keyword_value(password: Password, quoted: bool) -> str:
-    text = password.text or password.written
+    text = password.text
     if quoted:
         text = "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
     return f"host=127.0.0.1 port={CLOSED_PORTS[0]} user=app password={text} dbname=shop"
@@ -404,7 +411,9 @@ def broken_revisions(draw: st.DrawFn, source: bytes) -> bytes:
     """``source`` (a revision file) with one or two things wrong."""
     for _ in range(draw(st.integers(1, 2))):
         lines = source.split(b"\n")
-        how = draw(st.sampled_from(["assign", "delete", "insert", "bytes", "truncate", "body"]))
+        how = draw(
+            st.sampled_from(["assign", "assign", "delete", "insert", "bytes", "truncate", "body"])
+        )
         if how == "assign":
             name = draw(st.sampled_from(ASSIGNED)).encode()
             value = draw(st.sampled_from(VALUES)).encode()
