@@ -9,6 +9,7 @@ both documented forms of ``env.py`` run under both tools.
 
 from __future__ import annotations
 
+import importlib
 import re
 import sys
 from collections.abc import Iterator
@@ -99,12 +100,21 @@ def write_shop(path: Path, env_py: str | None = None) -> Path:
     return path
 
 
+def enter_project(project: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run in ``project`` as pytest-alembic users do. ``prepend_sys_path = .`` makes "." a
+    path entry; its cached finder may still list an earlier test's directory, so the
+    models module written just now is only found once the import caches are dropped."""
+    monkeypatch.chdir(project)
+    sys.modules.pop(MODELS, None)
+    importlib.invalidate_caches()
+
+
 @pytest.fixture
 def shop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     # pytest-alembic reads alembic.ini from the directory pytest runs in, and
     # `prepend_sys_path = .` is relative to it, as in an application's repository.
     project = write_shop(tmp_path / "shop")
-    monkeypatch.chdir(project)
+    enter_project(project, monkeypatch)
     yield project
     sys.modules.pop(MODELS, None)
 
@@ -165,7 +175,7 @@ def test_both_env_py_forms_run_under_both_tools(
     revision"); the documented env.py gave pytest-alembic's Engine to context.configure."""
     assert callable(env_py)
     project = write_shop(tmp_path / "shop", env_py())
-    monkeypatch.chdir(project)
+    enter_project(project, monkeypatch)
 
     result = run_cli(["upgrade"], cwd=project, database_url=database_url)
 
