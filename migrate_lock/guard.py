@@ -36,7 +36,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from migrate_lock.dsn import parse_database_url
 from migrate_lock.errors import ConfigError, Refused
-from migrate_lock.lean.settings_schema import ENVIRONMENTS
+from migrate_lock.lean.settings_schema import ENVIRONMENTS, LeanSettings
 from migrate_lock.logs import log
 from migrate_lock.version_table import (
     LEGACY_HISTORY,
@@ -77,8 +77,11 @@ _CONFIRM_YES = "true"
 # --- start-up checks --------------------------------------------------------------------
 
 
-def check_startup(settings: Settings) -> None:
-    """Refuse unsafe database URLs for production (and staging): ConfigError, exit 78."""
+def check_startup(settings: LeanSettings) -> None:
+    """Refuse unsafe database URLs for production (and staging): ConfigError, exit 78.
+
+    Takes the lean settings or the full ones (``Settings`` has every field of
+    ``LeanSettings``), so the at-head path checks exactly what the full path does."""
     check_database_urls(
         settings.environment,
         {
@@ -97,7 +100,7 @@ def check_database_urls(
     staging_checks: bool = True,
     allow_localhost: bool = False,
 ) -> None:
-    """The start-up checks on plain values (the fast path has no Settings object).
+    """The start-up checks on plain values (``check_startup`` passes the settings' URLs).
 
     ``urls`` maps variable names to raw URLs (None: not set). Raises ConfigError
     listing every problem, each naming its variable; passwords are never printed.

@@ -147,8 +147,6 @@ class Hold:
         try:
             announce_done(self.connection, self.key)  # delivered at the commit
             self.connection.execute("COMMIT")
-        except MigrateLockError:
-            raise
         except Exception as error:  # noqa: BLE001 - psycopg's or libpq's: same meaning
             raise commit_error(error, self.connection) from None
 

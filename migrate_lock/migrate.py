@@ -16,9 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from migrate_lock.errors import MigrateLockError
-from migrate_lock.lean.fastpath import LeanStart, lean_upgrade
-from migrate_lock.lean.pq import LeanUnavailable
+from migrate_lock.lean.fastpath import UNDECIDED, LeanStart, lean_upgrade
 from migrate_lock.lean.settings_schema import LeanSettings, read_dotenv, read_settings
 from migrate_lock.logs import log
 from migrate_lock.outcome import UpgradeResult
@@ -70,7 +68,7 @@ def start_settings(overrides: Mapping[str, Any] | None = None) -> LeanSettings |
     full (ConfigError, exit 78, on a wrong value). Logging is configured from them."""
     try:
         lean = read_settings(os.environ, read_dotenv(Path(".env")), overrides or {})
-    except (LeanUnavailable, MigrateLockError, OSError, ValueError):
+    except UNDECIDED:
         from migrate_lock.settings import load_settings  # noqa: PLC0415 - as protocol above
 
         full = load_settings(**(overrides or {}))

@@ -27,7 +27,7 @@ from typing import Any
 
 from migrate_lock.dsn import DatabaseUrl, parse_database_url
 from migrate_lock.errors import LockTimeout, MigrateLockError
-from migrate_lock.guard import check_database_urls
+from migrate_lock.guard import check_startup
 from migrate_lock.lean.manifest import Manifest, read_manifest, script_files
 from migrate_lock.lean.pq import LeanConnection, LeanUnavailable, conninfo_is_valid
 from migrate_lock.lean.settings_schema import LeanSettings, read_dotenv, read_settings
@@ -37,6 +37,10 @@ from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.scope import choose_scope
 from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
 from migrate_lock.version_table import VersionTable, current_schema, database_revisions
+
+#: What makes the lean path leave a decision to the full path (which then reports it
+#: properly, or finds it fine): a setting or URL it cannot vouch for, libpq trouble.
+UNDECIDED = (LeanUnavailable, MigrateLockError, OSError, ValueError)
 
 
 @dataclass
@@ -72,7 +76,7 @@ def lean_upgrade(overrides: Mapping[str, Any] | None = None) -> Iterator[LeanSta
 
     The lean connection (and any lock it holds) lives until the block ends; the
     caller runs the full path inside the block when there is no result, handing the
-    lock over (``hold.hand_over()``) once its own connection is open. ``overrides``
+    lock over (``LeanStart.hand_over()``) once its own connection is open. ``overrides``
     are settings by field name (None = not given). A lock timeout is raised
     (LockTimeout, exit 75); anything else uncertain yields an empty LeanStart.
     """
@@ -92,15 +96,7 @@ def _start(stack: ExitStack, overrides: Mapping[str, Any], started: float) -> Le
         if manifest is None:
             return LeanStart()
         url = _migration_url(settings)
-        check_database_urls(
-            settings.environment,
-            {
-                "DATABASE_URL": settings.database_url,
-                "MIGRATION_DATABASE_URL": settings.migration_database_url,
-            },
-            staging_checks=settings.staging_url_checks,
-            allow_localhost=settings.allow_localhost_database,
-        )
+        check_startup(settings)
         log.add_secret(url.password)
         timeout = int(min(10.0, max(1.0, settings.db_connect_timeout_seconds)))
         connection = stack.enter_context(LeanConnection.connect(url.libpq, timeout_seconds=timeout))
@@ -109,7 +105,7 @@ def _start(stack: ExitStack, overrides: Mapping[str, Any], started: float) -> Le
         return _check_or_wait(stack, connection, settings, manifest, started, url)
     except LockTimeout:
         raise
-    except (LeanUnavailable, MigrateLockError, OSError, ValueError):
+    except UNDECIDED:
         return LeanStart()
 
 
