@@ -1,0 +1,94 @@
+"""JUnit XML reports for CI systems (``lint --junit FILE``, ``smoke --junit FILE``).
+
+One ``<testsuite>`` in a ``<testsuites>`` root, one ``<testcase>`` per case: the format
+GitHub Actions test reporters, GitLab, Jenkins and Azure Pipelines all read. A case
+fails with a ``<failure message=…>`` (its ``details`` as the element's text), is skipped
+with a ``<skipped message=…>``, or passes. Standard library only.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from migrate_lock.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class JUnitCase:
+    """One test case. ``failure`` (a one-line message) makes it fail; ``skipped`` skips it."""
+
+    name: str
+    classname: str = ""
+    failure: str | None = None
+    #: The failure's full text (the element body), or what a passing case wants to show.
+    details: str = ""
+    skipped: str | None = None
+    seconds: float = 0.0
+    #: Where the case points (a revision file), for reporters that link to it.
+    file: str | None = None
+    line: int | None = None
+
+
+def render_junit(suite_name: str, cases: Sequence[JUnitCase]) -> str:
+    """The JUnit XML document for ``cases`` as one suite named ``suite_name``."""
+    failures = sum(1 for case in cases if case.failure is not None)
+    skipped = sum(1 for case in cases if case.failure is None and case.skipped is not None)
+    seconds = f"{sum(case.seconds for case in cases):.3f}"
+    counts = {"tests": str(len(cases)), "failures": str(failures), "errors": "0"}
+    root = ET.Element("testsuites", {"name": suite_name, "time": seconds, **counts})
+    suite = ET.SubElement(
+        root,
+        "testsuite",
+        {"name": suite_name, "skipped": str(skipped), "time": seconds, **counts},
+    )
+    for case in cases:
+        element = ET.SubElement(
+            suite,
+            "testcase",
+            name=case.name,
+            classname=case.classname or suite_name,
+            time=f"{case.seconds:.3f}",
+        )
+        if case.file is not None:
+            element.set("file", case.file)
+        if case.line is not None:
+            element.set("line", str(case.line))
+        if case.failure is not None:
+            failure = ET.SubElement(element, "failure", message=case.failure, type="failure")
+            failure.text = case.details or case.failure
+        elif case.skipped is not None:
+            ET.SubElement(element, "skipped", message=case.skipped)
+        elif case.details:
+            ET.SubElement(element, "system-out").text = case.details
+    ET.indent(root)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def write_junit(path: str | Path, suite_name: str, cases: Sequence[JUnitCase]) -> None:
+    """Write the report to ``path`` (its folder created), replacing it atomically.
+
+    Raises ConfigError (exit 78) naming the file when it cannot be written.
+    """
+    target = Path(path)
+    document = render_junit(suite_name, cases)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(document)
+            os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide it from a CI uploader
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError as error:
+        raise ConfigError(
+            f"cannot write the JUnit report {target}: {error.strerror or error}",
+            hint="give --junit a path in a writable folder",
+        ) from None
