@@ -21,10 +21,10 @@ import hashlib
 import random
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from migrate_lock.errors import (
     ConnectionLost,
@@ -39,6 +39,8 @@ from migrate_lock.scope import LockScope
 if TYPE_CHECKING:
     from migrate_lock.lean.abc import LockConnection
 
+AnyConnection = TypeVar("AnyConnection", bound="LockConnection")
+
 #: How often a waiter logs who holds the lock.
 HOLDER_REPORT_INTERVAL_SECONDS = 5.0
 #: Polling backoff: from the first to the longest pause between two attempts.
@@ -49,6 +51,10 @@ MAX_POLL_SECONDS_WITHOUT_NOTIFY = 0.25
 #: How long a transaction-scope waiter that finds the lock newly free leaves it to a
 #: hand-over in progress (measured gap: ~11 ms from release to the full path's try).
 HANDOVER_GRACE_SECONDS = 0.1
+#: A waiter that gave its connection back polls at most this often (jittered: half to all).
+MAX_POLL_SECONDS_WITHOUT_CONNECTION = 1.0
+#: The share of usable connection slots in use from which a waiter keeps none.
+CROWDED_SHARE = 0.75
 
 _APPLICATION_NAME_PREFIX = "migrate-lock: migrating since "
 #: True when this backend holds the key (params: its two halves, see ``_split``).
@@ -187,7 +193,7 @@ def migration_lock(
     (a hand-over); ``announce=False`` holds it silently, for a hold that only keeps
     the lock until ``Hold.hand_over``.
     """
-    hold = _wait(connection, key, scope, timeout_seconds, work_is_done or _never)
+    hold = _wait(connection, key, scope, timeout_seconds, work_is_done or _never, waited_before)
     if not hold.acquired:
         yield hold
         return
@@ -247,9 +253,12 @@ def _wait(
     scope: LockScope,
     timeout_seconds: float,
     work_is_done: Callable[[], bool],
+    waited_before: float,
 ) -> Hold:
     wait = _wait_in_transaction if scope == "transaction" else _wait_in_session
-    acquired, waited, attempts = wait(connection, key, timeout_seconds, work_is_done)
+    acquired, waited, attempts = wait(
+        connection, key, timeout_seconds, work_is_done, waited_before=waited_before
+    )
     return Hold(connection, key, scope, acquired=acquired, waited_seconds=waited, attempts=attempts)
 
 
@@ -438,6 +447,8 @@ def _wait_in_session(
     key: int,
     timeout_seconds: float,
     work_is_done: Callable[[], bool],
+    *,
+    waited_before: float = 0.0,
 ) -> tuple[bool, float, int]:
     """Poll for the session lock until acquired, until ``work_is_done()``, or the timeout.
 
@@ -454,6 +465,7 @@ def _wait_in_session(
             work_is_done,
             attempt=lambda: _try_in_session(connection, key),
             sleep=lambda seconds: _wait_for_notify(connection, seconds),
+            waited_before=waited_before,
         )
     finally:
         if not connection.closed and not connection.broken:
@@ -465,6 +477,8 @@ def _wait_in_transaction(
     key: int,
     timeout_seconds: float,
     work_is_done: Callable[[], bool],
+    *,
+    waited_before: float = 0.0,
 ) -> tuple[bool, float, int]:
     """``_wait_in_session`` for the transaction scope; acquired, the transaction stays open.
 
@@ -496,6 +510,7 @@ def _wait_in_transaction(
         attempt=attempt,
         sleep=time.sleep,
         longest_pause=MAX_POLL_SECONDS_WITHOUT_NOTIFY,
+        waited_before=waited_before,
     )
 
 
@@ -513,6 +528,7 @@ def _poll(
     attempt: Callable[[], bool],
     sleep: Callable[[float], None],
     longest_pause: float = MAX_POLL_SECONDS,
+    waited_before: float = 0.0,
 ) -> tuple[bool, float, int]:
     started = time.monotonic()
     deadline = started + timeout_seconds
@@ -539,19 +555,106 @@ def _poll(
             )
             next_report = now + HOLDER_REPORT_INTERVAL_SECONDS
         if now >= deadline:
-            holder = find_holder(connection, key) or holder
-            who = holder.describe() if holder else "a session this role cannot see"
-            raise LockTimeout(
-                f"gave up waiting for the migration lock after {timeout_seconds:g}s; held by {who}",
-                hint="retry later, raise MIGRATION_LOCK_TIMEOUT_SECONDS, or if that session "
-                f"is stuck: SELECT pg_terminate_backend({holder.pid if holder else 'PID'})",
-                holder=holder,
-                waited_seconds=now - started,
+            raise gave_up(
+                find_holder(connection, key) or holder,
+                timeout_seconds=waited_before + timeout_seconds,
+                waited_seconds=waited_before + now - started,
             )
         # Jitter (half to all of the pause) keeps many replicas from polling in lockstep.
         longest = min(pause, deadline - now)
         sleep(max(0.0, random.uniform(longest / 2, longest)))  # noqa: S311
         pause = min(pause * 1.6, longest_pause)
+
+
+def gave_up(
+    holder: LockHolder | None, *, timeout_seconds: float, waited_seconds: float
+) -> LockTimeout:
+    """The one LockTimeout a waiter raises at its deadline, naming the holder."""
+    who = holder.describe() if holder else "a session this role cannot see"
+    return LockTimeout(
+        f"gave up waiting for the migration lock after {timeout_seconds:g}s; held by {who}",
+        hint="retry later, raise MIGRATION_LOCK_TIMEOUT_SECONDS, or if that session "
+        f"is stuck: SELECT pg_terminate_backend({holder.pid if holder else 'PID'})",
+        holder=holder,
+        waited_seconds=waited_seconds,
+    )
+
+
+def server_is_crowded(connection: LockConnection) -> bool:
+    """Whether the server's connection slots are nearly all taken (CROWDED_SHARE of those
+    an ordinary role may use): a waiter then gives its connection back at once."""
+    row = connection.execute(
+        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datid IS NOT NULL),"
+        " current_setting('max_connections')::int"
+        " - current_setting('superuser_reserved_connections')::int"
+        " - coalesce(current_setting('reserved_connections', true)::int, 0)"
+    ).fetchone()
+    if row is None:
+        return False
+    in_use, usable = int(str(row[0])), int(str(row[1]))
+    return in_use >= CROWDED_SHARE * max(usable, 1)
+
+
+def lock_is_free(connection: LockConnection, key: int) -> bool:
+    """Whether no session of this database holds the lock now (a glance, not an attempt)."""
+    row = connection.execute(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND classid::bigint = %s AND objid::bigint = %s AND objsubid = 1)",
+        _split(key),
+    ).fetchone()
+    return bool(row and row[0])
+
+
+def wait_without_connection(
+    connect: Callable[[], AbstractContextManager[AnyConnection]],
+    key: int,
+    *,
+    timeout_seconds: float,
+    waited_before: float,
+    work_is_done: Callable[[AnyConnection], bool],
+) -> bool:
+    """Wait for the lock's holder while holding no connection slot.
+
+    A waiter that has waited its first window on its own connection (with LISTEN, for
+    the fast hand-off) gives that connection back and comes here: every ~second it opens
+    a short connection and asks whether the work is done (True: nothing left to do) or
+    the lock is free (False: take it on a connection of its own, the usual way). It still
+    reports the holder every HOLDER_REPORT_INTERVAL_SECONDS and raises LockTimeout at
+    ``timeout_seconds`` (counted with ``waited_before``). A poll that cannot connect
+    (the server is full, restarting) is skipped: the next one tries again.
+    """
+    started = time.monotonic() - waited_before
+    deadline = started + timeout_seconds
+    next_report = time.monotonic()
+    holder: LockHolder | None = None
+    log.info("lock.waiting_without_connection", lock_key=key, waited_ms=round(waited_before * 1000))
+    while True:
+        now = time.monotonic()
+        pause = min(MAX_POLL_SECONDS_WITHOUT_CONNECTION, max(0.0, deadline - now))
+        time.sleep(random.uniform(pause / 2, pause))  # noqa: S311 - jitter, not secrecy
+        now = time.monotonic()
+        try:
+            with connect() as connection:
+                if work_is_done(connection):
+                    return True
+                if lock_is_free(connection, key):
+                    return False
+                if now >= next_report or now >= deadline:
+                    holder = find_holder(connection, key) or holder
+        except Exception as error:  # noqa: BLE001 - any failure to poll: poll again later
+            log.debug("lock.poll_failed", lock_key=key, error=type(error).__name__)
+        if now >= deadline:
+            raise gave_up(holder, timeout_seconds=timeout_seconds, waited_seconds=now - started)
+        if now >= next_report:
+            log.info(
+                "lock.waiting",
+                lock_key=key,
+                waited_ms=round((now - started) * 1000),
+                connection="released",
+                **(holder.as_fields() if holder else {"holder_pid": None}),
+            )
+            next_report = now + HOLDER_REPORT_INTERVAL_SECONDS
 
 
 def _wait_for_notify(connection: LockConnection, seconds: float) -> None:

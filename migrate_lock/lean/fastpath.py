@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
-from pathlib import Path
+from functools import partial
 from typing import Any
 
 from migrate_lock.dsn import DatabaseUrl, parse_database_url
@@ -30,8 +30,19 @@ from migrate_lock.errors import LockTimeout, MigrateLockError
 from migrate_lock.guard import check_startup
 from migrate_lock.lean.manifest import Manifest, read_manifest, script_files
 from migrate_lock.lean.pq import LeanConnection, LeanUnavailable, conninfo_is_valid
-from migrate_lock.lean.settings_schema import LeanSettings, read_dotenv, read_settings
-from migrate_lock.lock import Hold, lock_key, migration_lock
+from migrate_lock.lean.settings_schema import (
+    LeanSettings,
+    dotenv_path,
+    read_dotenv,
+    read_settings,
+)
+from migrate_lock.lock import (
+    Hold,
+    lock_key,
+    migration_lock,
+    server_is_crowded,
+    wait_without_connection,
+)
 from migrate_lock.logs import log
 from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.scope import choose_scope
@@ -56,10 +67,12 @@ class LeanStart:
     result: UpgradeResult | None = None
     hold: Hold | None = None
     connection: LeanConnection | None = None
+    #: How long it waited before ``hold``'s wait, without a connection (lock.py).
+    waited_before: float = 0.0
 
     @property
     def waited_seconds(self) -> float:
-        return self.hold.waited_seconds if self.hold is not None else 0.0
+        return self.waited_before + (self.hold.waited_seconds if self.hold is not None else 0.0)
 
     def hand_over(self) -> None:
         """Let go of the lock and give the lean connection's slot back: with the server
@@ -89,7 +102,8 @@ def lean_upgrade(overrides: Mapping[str, Any] | None = None) -> Iterator[LeanSta
 
 def _start(stack: ExitStack, overrides: Mapping[str, Any], started: float) -> LeanStart:
     try:
-        settings = read_settings(os.environ, read_dotenv(Path(".env")), overrides)
+        dotenv = read_dotenv(dotenv_path(os.environ, overrides))
+        settings = read_settings(os.environ, dotenv, overrides)
         log.configure(log_format=settings.log_format, level=settings.log_level)
         files = script_files(settings.alembic_config)
         manifest = read_manifest(files) if files is not None else None
@@ -99,10 +113,14 @@ def _start(stack: ExitStack, overrides: Mapping[str, Any], started: float) -> Le
         check_startup(settings)
         log.add_secret(url.password)
         timeout = int(min(10.0, max(1.0, settings.db_connect_timeout_seconds)))
-        connection = stack.enter_context(LeanConnection.connect(url.libpq, timeout_seconds=timeout))
+
+        def connect() -> LeanConnection:
+            return LeanConnection.connect(url.libpq, timeout_seconds=timeout)
+
+        connection = stack.enter_context(connect())
         # The host libpq connected to (a failover URL lists several), for the pooler check.
         url = replace(url, host=connection.info.host, port=connection.info.port)
-        return _check_or_wait(stack, connection, settings, manifest, started, url)
+        return _check_or_wait(stack, connection, settings, manifest, started, url, connect)
     except LockTimeout:
         raise
     except UNDECIDED:
@@ -116,6 +134,7 @@ def _check_or_wait(
     manifest: Manifest,
     started: float,
     url: DatabaseUrl,
+    connect: Callable[[], LeanConnection],
 ) -> LeanStart:
     schema = settings.version_table_schema or current_schema(connection)
     table = VersionTable(schema, settings.version_table)
@@ -130,7 +149,8 @@ def _check_or_wait(
     key = key if key is not None else lock_key(database, schema, table.name)
     heads = manifest.heads
 
-    def at_heads(current: tuple[str, ...] | None) -> bool:
+    def at_heads_on(connection: LeanConnection) -> bool:
+        current = database_revisions(connection, table)
         return (
             current is not None
             and set(current) == set(heads)
@@ -138,7 +158,7 @@ def _check_or_wait(
         )
 
     current = database_revisions(connection, table)
-    if at_heads(current):
+    if at_heads_on(connection):
         return LeanStart(result=_done("fast_path", heads, key, 0.0, started))
     if any(revision not in manifest.revisions for revision in current or ()):
         return LeanStart()  # ahead or unknown: the full path knows the history and the graph
@@ -147,19 +167,51 @@ def _check_or_wait(
     )
     # Waiting here, not in the full path: most replicas never need Alembic at all. The
     # lock is only kept for the full path (announce=False): it logs lock.acquired.
-    hold = stack.enter_context(
-        migration_lock(
-            connection,
-            key,
-            scope=scope.scope,
-            timeout_seconds=settings.migration_lock_timeout_seconds,
-            work_is_done=lambda: at_heads(database_revisions(connection, table)),
-            announce=False,
+    # A waiter keeps its connection for a first window only (none on a crowded server),
+    # then waits without one (lock.wait_without_connection) and reconnects to take the
+    # lock once it is free.
+    timeout = settings.migration_lock_timeout_seconds
+    waiting_since = time.monotonic()
+    while True:
+        waited = time.monotonic() - waiting_since
+        window = (
+            0.0
+            if server_is_crowded(connection)
+            else settings.migration_lock_wait_connection_seconds
         )
-    )
-    if hold.acquired:
-        return LeanStart(hold=hold, connection=connection)
-    return LeanStart(result=_done("waited", heads, key, hold.waited_seconds, started))
+        last_round = waited + window >= timeout
+        try:
+            hold = stack.enter_context(
+                migration_lock(
+                    connection,
+                    key,
+                    scope=scope.scope,
+                    timeout_seconds=timeout - waited if last_round else window,
+                    work_is_done=partial(at_heads_on, connection),
+                    waited_before=waited,
+                    announce=False,
+                )
+            )
+        except LockTimeout:
+            if last_round:
+                raise
+            connection.close()
+            done = wait_without_connection(
+                connect,
+                key,
+                timeout_seconds=timeout,
+                waited_before=time.monotonic() - waiting_since,
+                work_is_done=at_heads_on,
+            )
+            if done:
+                waited = time.monotonic() - waiting_since
+                return LeanStart(result=_done("waited", heads, key, waited, started))
+            connection = stack.enter_context(connect())
+            continue
+        if hold.acquired:
+            return LeanStart(hold=hold, connection=connection, waited_before=waited)
+        waited += hold.waited_seconds
+        return LeanStart(result=_done("waited", heads, key, waited, started))
 
 
 def _done(

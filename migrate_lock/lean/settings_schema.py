@@ -312,6 +312,16 @@ class LeanSettings:
         doc="How long `upgrade` waits for the migration lock before giving up with exit 75 "
         "and naming the holder. `0` means one attempt. CLI: `upgrade --lock-timeout`.",
     )
+    migration_lock_wait_connection_seconds: float = setting(
+        "MIGRATION_LOCK_WAIT_CONNECTION_SECONDS",
+        kind=NUMBER,
+        default=5.0,
+        doc="How long a waiting replica keeps its database connection (and LISTEN, for a "
+        "hand-off within milliseconds). After that, or at once when the server's connection "
+        "slots are 75% taken, it gives the connection back and polls with short connections "
+        "about once a second, so a long migration's waiters do not take the slots that "
+        "serving replicas need. `0`: give it back after the first attempt.",
+    )
     migration_lock_scope: ScopeSetting = setting(
         "MIGRATION_LOCK_SCOPE",
         kind=_choice(ScopeSetting),
