@@ -32,6 +32,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
 
+from migrate_lock import concurrent_index
 from migrate_lock.errors import (
     ConfigError,
     ConnectionLost,
@@ -184,11 +185,18 @@ def run_alembic(
     """
     applied, on_version_apply = _recorder(each_applied)
     connection.autocommit = False
+    cleanups: list[concurrent_index.Cleanup] = []
     try:
-        with sqlalchemy_connection(connection) as shared:
+        with (
+            sqlalchemy_connection(connection) as shared,
+            concurrent_index.cleaning_up(connection, _block_revision) as cleanups,
+        ):
             _run_on(
                 config, shared, connection, command, target, on_version_apply, before, commit=True
             )
+    except MigrateLockError as error:
+        # A failed autocommit_block: what was done about the invalid index it left.
+        raise concurrent_index.noted(error, cleanups) from None
     finally:
         if not connection.closed:
             connection.autocommit = True
@@ -224,6 +232,11 @@ def run_upgrade_in_transaction(
     except _AutocommitBlock as refused:
         raise autocommit_refusal(refused.revision) from None
     return applied
+
+
+def _block_revision() -> str | None:
+    """The revision whose ``autocommit_block`` calls this (concurrent_index's cleanup)."""
+    return _calling_revision(inspect.currentframe())[0]
 
 
 def autocommit_revisions(scripts: Scripts, revisions: Iterable[str]) -> list[str]:
