@@ -16,7 +16,13 @@ import migrate_lock
 from migrate_lock import __version__
 from migrate_lock.errors import ExitCode, MigrateLockError, unclassified_server_error
 from migrate_lock.interrupts import Terminated, signals_raise
-from migrate_lock.lean.settings_schema import choices, default, read_dotenv, read_field
+from migrate_lock.lean.settings_schema import (
+    choices,
+    default,
+    dotenv_path,
+    read_dotenv,
+    read_field,
+)
 from migrate_lock.logs import log
 
 if TYPE_CHECKING:
@@ -36,6 +42,12 @@ T = TypeVar("T")
     help="Alembic config file [env ALEMBIC_CONFIG; default ./alembic.ini].",
 )
 @click.option("--database-url", help="Database URL [env DATABASE_URL].")
+@click.option(
+    "--env-file",
+    type=click.Path(path_type=Path),
+    help="The .env file to read [env ENV_FILE; default the first .env upward from here, "
+    "within the repository].",
+)
 @click.option(
     "--log-format",
     type=click.Choice(choices("log_format"), case_sensitive=False),
@@ -111,9 +123,10 @@ def _run(action: Callable[[], T]) -> T:
 def _early_setting(field: str) -> Any:
     """``field`` by the settings' rule, or its default while it is wrong (the settings'
     validation then reports it, in the format chosen here)."""
+    flags = click.get_current_context().find_root().obj or {}
     try:
-        dotenv = read_dotenv(Path(".env"))
-    except ValueError:  # a line the lean reader leaves to python-dotenv
+        dotenv = read_dotenv(dotenv_path(os.environ, flags))
+    except ValueError:  # a line the lean reader leaves to python-dotenv, a missing ENV_FILE
         dotenv = {}
     try:
         return read_field(field, os.environ, dotenv)

@@ -65,10 +65,40 @@ _LEGACY_TABLES = (LEGACY_MARKER_TABLE, LEGACY_HISTORY, LEGACY_SEEDS)
 RANK = {"development": 0, "test": 0, "staging": 1, "production": 2}
 #: Where destructive operations run without confirmation.
 UNPROTECTED = ("development", "test")
-#: Passwords that mean "nobody chose one" (compared case-insensitively); a password
-#: equal to the user name counts too (postgres/postgres, app/app).
+#: Passwords that mean "nobody chose one" (compared case-insensitively): defaults, and the
+#: placeholders of common templates and docs (full-stack-fastapi-template's `changethis`,
+#: the postgres image's `mysecretpassword`, `.env.example` files); a password equal to the
+#: user name counts too (postgres/postgres, app/app).
 PLACEHOLDER_PASSWORDS = frozenset(
-    {"postgres", "password", "changeme", "change-me", "change_me", "secret", "admin", "root"}
+    {
+        "postgres",
+        "password",
+        "passw0rd",
+        "password1",
+        "pass",
+        "changeme",
+        "change-me",
+        "change_me",
+        "changethis",
+        "change-this",
+        "change_this",
+        "changeit",
+        "replaceme",
+        "replace-me",
+        "replace_me",
+        "your-password",
+        "your_password",
+        "yourpassword",
+        "mysecretpassword",
+        "example",
+        "secret",
+        "supersecret",
+        "super-secret",
+        "admin",
+        "root",
+        "123456",
+        "12345678",
+    }
 )
 _LOCAL_NAMES = ("localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback")
 _CONFIRM_YES = "true"

@@ -19,7 +19,15 @@ from sqlalchemy.types import SchemaType
 
 from migrate_lock.errors import ConfigError, Refused
 from migrate_lock.guard import Protection, read_marker
-from migrate_lock.lean.settings_schema import SettingError, read_field, row
+from migrate_lock.lean.settings_schema import (
+    SettingError,
+    Undecided,
+    collect,
+    dotenv_path,
+    read_dotenv,
+    read_field,
+    row,
+)
 from migrate_lock.version_table import VersionTable
 
 if TYPE_CHECKING:
@@ -156,13 +164,27 @@ def _refuse_ddl(what: str, connection: Any, environment: str | None) -> None:
 
 
 def _setting(field: str) -> Any:
-    """``field`` from the environment by the settings' rule; ConfigError if it is wrong."""
+    """``field`` from the environment and ``.env`` (found as every verb finds it) by the
+    settings' rule; ConfigError if it is wrong."""
     try:
-        return read_field(field, os.environ)
-    except SettingError as error:  # two spellings, two values: the message names both
+        dotenv = _dotenv()
+        return read_field(field, os.environ, dotenv)
+    except SettingError as error:  # two spellings, two values; a missing ENV_FILE
         raise ConfigError(str(error)) from None
-    except ValueError as error:
-        raise ConfigError(f"{row(field).variable} is invalid: {error}") from None
+    except ValueError as error:  # name the spelling it came from (APP_ENV, ENVIRONMENT, …)
+        origin = collect(os.environ, dotenv, {}, fields=(field,)).get(field)
+        variable = origin[0] if origin else row(field).variable
+        raise ConfigError(f"{variable} is invalid: {error}") from None
+
+
+def _dotenv() -> dict[str, str | None]:
+    path = dotenv_path(os.environ)
+    try:
+        return read_dotenv(path)
+    except Undecided:  # a line only python-dotenv reads: read it as the verbs do
+        from migrate_lock.settings import read_dotenv as read_in_full  # noqa: PLC0415 - pydantic
+
+        return read_in_full(path)
 
 
 def _parse(field: str, value: str) -> Any:

@@ -13,11 +13,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from migrate_lock.lean.fastpath import UNDECIDED, LeanStart, lean_upgrade
-from migrate_lock.lean.settings_schema import LeanSettings, read_dotenv, read_settings
+from migrate_lock.lean.settings_schema import (
+    LeanSettings,
+    dotenv_path,
+    read_dotenv,
+    read_settings,
+)
 from migrate_lock.logs import log
 from migrate_lock.outcome import UpgradeResult
 
@@ -67,7 +71,8 @@ def start_settings(overrides: Mapping[str, Any] | None = None) -> LeanSettings |
     """The settings as the lean reader reads them when it is certain, else validated in
     full (ConfigError, exit 78, on a wrong value). Logging is configured from them."""
     try:
-        lean = read_settings(os.environ, read_dotenv(Path(".env")), overrides or {})
+        dotenv = read_dotenv(dotenv_path(os.environ, overrides))
+        lean = read_settings(os.environ, dotenv, overrides or {})
     except UNDECIDED:
         from migrate_lock.settings import load_settings  # noqa: PLC0415 - as protocol above
 

@@ -13,7 +13,8 @@ rule is written twice:
   function the lean reader calls (no second regex, list of choices or range here);
 - **which value counts**: one pydantic-settings source calls the table's ``collect``
   (names in any case, blank means unset, flags beat the environment beats ``.env``, two
-  spellings with different values are an error), on ``os.environ`` and on ``.env`` as
+  spellings with different values are an error, ``DATABASE_URL_FILE`` for a secret in a
+  file), on ``os.environ`` and on the ``.env`` the table's ``dotenv_path`` finds, as
   python-dotenv reads it;
 - **types for mypy**: under TYPE_CHECKING the table's own typed class, ``LeanSettings``,
   is a base class of ``Settings``, so ``settings.migration_lock_timeout_seconds`` is a
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, get_type_hints
@@ -37,9 +39,6 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from migrate_lock.dsn import DatabaseUrl, parse_database_url
 from migrate_lock.errors import ConfigError, ProjectFileError
 from migrate_lock.lean import settings_schema as schema
-
-#: The file read for settings, in the current directory (the environment beats it).
-DOTENV = Path(".env")
 
 
 def _validator(row: schema.Setting, value: Any) -> Any:
@@ -118,25 +117,32 @@ class _SchemaSource(PydanticBaseSettingsSource):
         return None, field_name, False  # unused: __call__ reads every field at once
 
     def __call__(self) -> dict[str, Any]:
-        raw = schema.collect(os.environ, read_dotenv(), self.overrides)
+        raw = schema.collect(os.environ, dotenv_for(self.overrides), self.overrides)
         return {field: text for field, (_, text) in raw.items()}
 
 
-def read_dotenv() -> dict[str, str | None]:
-    """``.env`` in the current directory, as python-dotenv reads it (empty when missing).
+def dotenv_for(overrides: Mapping[str, Any] | None = None) -> dict[str, str | None]:
+    """The ``.env`` that ``overrides`` (``env_file``) and the environment point at, or the
+    one found upward from the current directory (``schema.dotenv_path``), read in full.
+    SettingError when a named file does not exist."""
+    return read_dotenv(schema.dotenv_path(os.environ, overrides))
+
+
+def read_dotenv(path: Path | None) -> dict[str, str | None]:
+    """A ``.env`` file as python-dotenv reads it (empty for None or a missing file).
 
     A file that is not UTF-8, or has a line python-dotenv cannot parse (an unterminated
     quote: it would drop the line with a warning, and with it perhaps ENVIRONMENT), is a
     ProjectFileError (exit 78) naming the line.
     """
-    if not DOTENV.is_file():
+    if path is None or not path.is_file():
         return {}
-    raw = DOTENV.read_bytes()
+    raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         raise ProjectFileError(
-            str(DOTENV),
+            str(path),
             f"is not UTF-8 (byte 0x{raw[error.start]:02x})",
             line=raw.count(b"\n", 0, error.start) + 1,
             hint="save .env as UTF-8",
@@ -144,7 +150,7 @@ def read_dotenv() -> dict[str, str | None]:
     for binding in parse_stream(io.StringIO(text)):
         if binding.error:
             raise ProjectFileError(
-                str(DOTENV),
+                str(path),
                 "cannot be parsed (an unterminated quote?), and would be skipped",
                 line=binding.original.line,
                 hint="close the quote, or quote a value that holds # or spaces",
@@ -184,7 +190,7 @@ def _config_error(error: ValidationError, overrides: dict[str, Any]) -> ConfigEr
     except KeyError:
         return ConfigError(f"{field.upper()} is invalid: {first['msg']}")
     # Name the spelling the value came from (APP_ENV, environment, …).
-    origin = schema.collect(os.environ, read_dotenv(), overrides).get(field)
+    origin = schema.collect(os.environ, dotenv_for(overrides), overrides).get(field)
     variable = origin[0] if origin else row.variable
     given = first.get("input")
     shown = "" if given is None or row.secret else f" (got {str(given)[:60]!r})"

@@ -25,7 +25,16 @@ def cli_env(database_url: str | None, **extra: str) -> dict[str, str]:
     env = {
         key: value
         for key, value in os.environ.items()
-        if key not in {"DATABASE_URL", "MIGRATION_DATABASE_URL", "ENVIRONMENT", "APP_ENV"}
+        if key
+        not in {
+            "DATABASE_URL",
+            "DATABASE_URL_FILE",
+            "MIGRATION_DATABASE_URL",
+            "ENVIRONMENT",
+            "MIGRATE_LOCK_ENVIRONMENT",
+            "APP_ENV",
+            "ENV_FILE",
+        }
         and not key.startswith(("MIGRATION_", "DDL_", "DB_", "LOG_"))
     }
     env.update({"ENVIRONMENT": "test", "LOG_FORMAT": "text", "PYTHONUNBUFFERED": "1"})

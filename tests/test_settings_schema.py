@@ -30,6 +30,7 @@ from migrate_lock.lean.settings_schema import (
     choices,
     configuration_table,
     default,
+    dotenv_path,
     read_dotenv,
     read_field,
     read_settings,
@@ -71,12 +72,13 @@ def full_path(overrides: Mapping[str, Any]) -> dict[str, Any] | str:
 def lean_path(dotenv: Path, overrides: Mapping[str, Any]) -> dict[str, Any] | str:
     """What the lean reader reads, URLs checked as the fast path checks them; or DEFERRED."""
     try:
-        lean = read_settings(os.environ, read_dotenv(dotenv), overrides)
+        assert dotenv_path(os.environ, overrides) in (dotenv, None)
+        lean = read_settings(os.environ, read_dotenv(dotenv_path(os.environ, overrides)), overrides)
         for field in ("database_url", "migration_database_url"):
             url = getattr(lean, field)
             if url:
                 parse_database_url(url, variable=variable_name(field), libpq_check=_libpq)
-    except (Undecided, MigrateLockError, LeanUnavailable):
+    except (ValueError, MigrateLockError, LeanUnavailable):  # Undecided, a missing ENV_FILE
         return DEFERRED
     return {field: getattr(lean, field) for field in FIELDS}
 
@@ -337,9 +339,9 @@ def test_a_database_url_override_beats_migration_database_url_from_the_environme
 
 
 def test_a_wrong_value_names_the_spelling_it_came_from() -> None:
-    with environment({"app_env": "prod"}, None), pytest.raises(ConfigError) as raised:
+    with environment({"app_env": "preview"}, None), pytest.raises(ConfigError) as raised:
         load_settings()
-    assert str(raised.value).startswith("app_env is invalid (got 'prod'): must be one of")
+    assert str(raised.value).startswith("app_env is invalid (got 'preview'): must be one of")
 
 
 def test_a_url_is_never_shown_in_an_error() -> None:
@@ -353,7 +355,7 @@ def test_a_value_the_lean_reader_cannot_judge_sends_it_to_the_full_path() -> Non
     with pytest.raises(Undecided):
         read_settings({"DB_CONNECT_TIMEOUT_SECONDS": "soon"}, {}, {})
     with pytest.raises(Undecided):
-        read_settings({}, {"ENVIRONMENT": "prod"}, {})
+        read_settings({}, {"ENVIRONMENT": "preview"}, {})
 
 
 def test_a_dotenv_line_the_lean_reader_does_not_parse_defers(tmp_path: Path) -> None:

@@ -429,11 +429,18 @@ class _SmokeRun:
             key: value
             for key, value in os.environ.items()
             if key
-            not in ("DATABASE_URL", "MIGRATION_DATABASE_URL", "APP_ENV", "MIGRATION_LOCK_KEY")
+            not in (
+                "DATABASE_URL",
+                "DATABASE_URL_FILE",
+                "MIGRATION_DATABASE_URL",
+                "MIGRATION_DATABASE_URL_FILE",
+                "APP_ENV",
+                "MIGRATION_LOCK_KEY",
+            )
         }
         env.update(
             DATABASE_URL=url.libpq,
-            ENVIRONMENT="test",
+            MIGRATE_LOCK_ENVIRONMENT="test",  # beats ENVIRONMENT, and .env's too
             ALEMBIC_CONFIG=str(Path(settings.alembic_config).resolve()),
             LOG_FORMAT="json",
             BACKUP_BEFORE_UPGRADE="false",

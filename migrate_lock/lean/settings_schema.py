@@ -14,7 +14,14 @@ How values are read, on both paths (docs/configuration.md, "How values are read"
 - surrounding whitespace is ignored, and an empty or whitespace-only value means "not
   set" (the default), for every setting;
 - CLI flags (``overrides``) beat the environment, which beats ``.env``; within one source
-  a variable's main name beats its aliases (``ENVIRONMENT`` beats ``APP_ENV``);
+  a variable's main name beats its aliases (``ENVIRONMENT`` beats ``APP_ENV``); a row
+  marked ``own`` (``MIGRATE_LOCK_ENVIRONMENT``) has migrate-lock's own name, which beats
+  the application's names in every source;
+- a secret setting (``DATABASE_URL``) may instead be given as a file, ``DATABASE_URL_FILE``
+  (Docker and Kubernetes secrets): the file's text is the value; both in one source is an
+  error, and so is a file that cannot be read (named, never its content);
+- ``.env`` is the file ``dotenv_path`` finds (``--env-file``, ``ENV_FILE``, else the first
+  ``.env`` upward from the current directory, not above the repository's root);
 - each value is checked by its kind's ``parse``, which normalises it or raises
   ValueError with the message the operator sees.
 
@@ -38,6 +45,7 @@ from typing import Any, Literal, get_args
 Environment = Literal["development", "test", "staging", "production"]
 LogFormat = Literal["auto", "json", "text"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+LintFailOn = Literal["error", "warning", "advice"]
 #: MIGRATION_LOCK_SCOPE as set (scope.LockScope is the scope it resolves to).
 ScopeSetting = Literal["auto", "session", "transaction"]
 #: The environments, mildest first (the database marker's CHECK constraint lists them).
@@ -82,7 +90,9 @@ class Setting:
         "default_doc",
         "doc",
         "field",
+        "in_dotenv",
         "kind",
+        "own",
         "secret",
         "variables",
     )
@@ -95,6 +105,8 @@ class Setting:
         doc: str,
         *,
         secret: bool = False,
+        own: bool = False,
+        in_dotenv: bool = True,
         default_doc: str | None = None,
         allowed_doc: str | None = None,
     ) -> None:
@@ -103,7 +115,12 @@ class Setting:
         self.kind = kind
         self.default = default
         self.doc = doc
+        #: Never shown; may be given as a file too (``VARIABLE_FILE``).
         self.secret = secret
+        #: The main name is migrate-lock's own: it beats the others in every source.
+        self.own = own
+        #: Read from ``.env`` too (not ENV_FILE, which says which ``.env`` to read).
+        self.in_dotenv = in_dotenv
         self.default_doc = default_doc
         self.allowed_doc = allowed_doc
 
@@ -138,19 +155,45 @@ _INT64 = (-(2**63), 2**63 - 1)
 _NO_COMMANDS = "none"
 
 
-def _choice(options: Any) -> Kind:
+def _choice(options: Any, aliases: Mapping[str, str] | None = None, advice: str = "") -> Kind:
+    """One of ``options`` in any case; ``aliases`` maps other spellings to an option;
+    ``advice`` ends the message for any other value."""
     allowed: tuple[str, ...] = get_args(options)
     by_lower = {option.lower(): option for option in allowed}
+    by_lower.update({alias.lower(): option for alias, option in (aliases or {}).items()})
+    also = ""
+    if aliases:
+        mapped = "; ".join(
+            f"{', '.join(name for name, to in aliases.items() if to == option)} → {option}"
+            for option in allowed
+            if option in aliases.values()
+        )
+        also = f"; also {mapped}"
 
     def parse(text: str) -> str:
         # ASCII only: some non-ASCII letters upper-case to ASCII ones ("INFO" from a dotless i).
         found = by_lower.get(text.lower()) if text.isascii() else None
         if found is None:
-            raise ValueError(f"must be one of {', '.join(allowed)} (any case)")
+            raise ValueError(f"must be one of {', '.join(allowed)} (any case{also}){advice}")
         return found
 
     listed = ", ".join(f"`{option}`" for option in allowed)
-    return Kind(parse, f"{listed} (any case)", allowed)
+    shown_aliases = ", ".join(f"`{alias}`" for alias in (aliases or {}))
+    described = f"{listed} (any case)" + (
+        f"; aliases {shown_aliases} ([which](#environment-names))" if aliases else ""
+    )
+    return Kind(parse, described, allowed)
+
+
+#: The application spellings read as one of ours (ENVIRONMENT=local, APP_ENV=prod, …).
+ENVIRONMENT_ALIASES = {
+    "local": "development",
+    "dev": "development",
+    "ci": "test",
+    "qa": "test",
+    "stage": "staging",
+    "prod": "production",
+}
 
 
 def _text(text: str) -> str:
@@ -242,6 +285,8 @@ def setting(
     default: Any,
     doc: str,
     secret: bool = False,
+    own: bool = False,
+    in_dotenv: bool = True,
     default_doc: str | None = None,
     allowed_doc: str | None = None,
 ) -> Any:
@@ -252,6 +297,8 @@ def setting(
         default,
         doc,
         secret=secret,
+        own=own,
+        in_dotenv=in_dotenv,
         default_doc=default_doc,
         allowed_doc=allowed_doc,
     )
@@ -279,7 +326,8 @@ class LeanSettings:
         secret=True,
         default_doc="none (required unless `MIGRATION_DATABASE_URL` is set)",
         allowed_doc="a PostgreSQL URL ([schemes](#database-urls))",
-        doc="The database to migrate and inspect. CLI: `--database-url`.",
+        doc="The database to migrate and inspect. Or `DATABASE_URL_FILE`: a file holding it "
+        "([secrets from files](#secrets-from-files)). CLI: `--database-url`.",
     )
     migration_database_url: str | None = setting(
         "MIGRATION_DATABASE_URL",
@@ -290,12 +338,20 @@ class LeanSettings:
         "`current`, `schema_state()`). Point it at a direct connection and, if you like, at a "
         "role with DDL rights, while the application keeps its pooled `DATABASE_URL`. Through "
         "a transaction-mode pooler `upgrade` still works (`MIGRATION_LOCK_SCOPE`), but "
-        "`autocommit_block` revisions and the destructive verbs need a direct connection.",
+        "`autocommit_block` revisions and the destructive verbs need a direct connection. Or "
+        "`MIGRATION_DATABASE_URL_FILE` ([secrets from files](#secrets-from-files)).",
     )
     environment: Environment | None = setting(
+        "MIGRATE_LOCK_ENVIRONMENT",
         "ENVIRONMENT",
         "APP_ENV",
-        kind=_choice(Environment),
+        kind=_choice(
+            Environment,
+            ENVIRONMENT_ALIASES,
+            "; if ENVIRONMENT is your application's own setting, set "
+            "MIGRATE_LOCK_ENVIRONMENT to one of these for migrate-lock",
+        ),
+        own=True,
         default=None,
         doc="What this deployment is. `production` (and `staging`, see `STAGING_URL_CHECKS`) "
         "refuses a database URL on localhost, with a default or placeholder password, or with "
@@ -303,7 +359,10 @@ class LeanSettings:
         "[environment marker](guardrails.md#the-environment-marker); destructive operations "
         "run without confirmation only where the stricter of the two is `development` or "
         "`test`. Not set: no start-up checks, nothing recorded, and a database without a "
-        "marker is treated as production. If both are set, `ENVIRONMENT` wins.",
+        "marker is treated as production. `MIGRATE_LOCK_ENVIRONMENT` (in the environment or "
+        "`.env`) beats the application's `ENVIRONMENT` and `APP_ENV`, whose other values are "
+        "then ignored; of those two, `ENVIRONMENT` wins. "
+        "[Aliases and unknown values](#environment-names).",
     )
     migration_lock_timeout_seconds: float = setting(
         "MIGRATION_LOCK_TIMEOUT_SECONDS",
@@ -400,6 +459,16 @@ class LeanSettings:
         default=Path("alembic.ini"),
         doc="The Alembic config file, relative to the current directory. Its `[alembic]` "
         "section must have `script_location`. CLI: `-c` / `--config`.",
+    )
+    env_file: Path | None = setting(
+        "ENV_FILE",
+        kind=PATH,
+        default=None,
+        in_dotenv=False,
+        default_doc="the first `.env` upward from the current directory",
+        doc="The `.env` file to read settings from; a file that does not exist is exit 78. "
+        "Read from the environment only. CLI: `--env-file`. "
+        "[How `.env` is found](#the-env-file).",
     )
     allow_no_revisions: bool = setting(
         "ALLOW_NO_REVISIONS",
@@ -569,6 +638,16 @@ class LeanSettings:
         doc="Rules to check even though they are excluded by default (for a revision run "
         "outside migrate-lock).",
     )
+    lint_fail_on: LintFailOn = setting(
+        "LINT_FAIL_ON",
+        kind=_choice(LintFailOn),
+        default="error",
+        doc="The lowest finding level that makes `migrate-lock lint` exit 1: `error` "
+        "(destructive and lock-heavy statements), `warning` (also statements a failed run "
+        "cannot simply rerun, such as `CREATE INDEX CONCURRENTLY` without `IF NOT EXISTS`), "
+        "`advice` (also the `prefer-*` type rules). CLI: `lint --fail-on`. See "
+        "[CI](ci.md#levels).",
+    )
 
 
 def _rows() -> tuple[Setting, ...]:
@@ -639,22 +718,31 @@ def collect(
 ) -> dict[str, tuple[str, str]]:
     """The raw text that counts for each field that is set: ``{field: (variable, text)}``.
 
-    ``variable`` is the spelling it came from (the main name for an override). Blank values
-    are left out (they mean "not set"). Raises SettingError when one source sets two
-    spellings of one variable to different values. ``fields`` limits it to those.
+    ``variable`` is the spelling it came from (the main name for an override;
+    ``DATABASE_URL_FILE`` for a secret read from a file, ``text`` being the file's). Blank
+    values are left out (they mean "not set"). Raises SettingError when one source sets
+    two spellings of one variable to different values, a secret and its ``_FILE`` both,
+    or names a secret file that cannot be read. ``fields`` limits it to those.
     """
     rows = SCHEMA if fields is None else tuple(row(field) for field in fields)
+    indexed = [_index(dotenv), _index(environ)]  # later sources win
     found: dict[str, tuple[str, str]] = {}
-    for source in (dotenv, environ):  # later sources win
-        by_lower: dict[str, list[tuple[str, str]]] = {}
-        for name, value in source.items():
-            if value is not None and value.strip() and name.isascii():
-                by_lower.setdefault(name.lower(), []).append((name, value))
-        for item in rows:
+    for item in rows:
+        sources = indexed if item.in_dotenv else indexed[1:]
+        own = None
+        if item.own:  # migrate-lock's own name beats the application's, in every source
+            own = next(
+                (hit for index in reversed(sources) if (hit := _given(item, item.variable, index))),
+                None,
+            )
+        if own is not None:
+            found[item.field] = own
+            continue
+        for index in sources:
             for variable in item.variables:  # the main name beats the aliases
-                given = by_lower.get(variable.lower())
-                if given:
-                    found[item.field] = _one_spelling(given)
+                hit = _given(item, variable, index)
+                if hit:
+                    found[item.field] = hit
                     break
     given_overrides = {
         field: value if isinstance(value, str) else str(value)
@@ -671,13 +759,103 @@ def collect(
     return found
 
 
-def read_dotenv(path: Path) -> dict[str, str | None]:
+_Index = dict[str, list[tuple[str, str]]]
+
+
+def _index(source: Mapping[str, str | None]) -> _Index:
+    """The set (non-blank) variables of one source, by lower-case name."""
+    by_lower: _Index = {}
+    for name, value in source.items():
+        if value is not None and value.strip() and name.isascii():
+            by_lower.setdefault(name.lower(), []).append((name, value))
+    return by_lower
+
+
+def _given(item: Setting, variable: str, index: _Index) -> tuple[str, str] | None:
+    """``variable``'s (spelling, text) in one source, or its ``_FILE`` form's for a secret."""
+    given = index.get(variable.lower())
+    from_file = index.get(f"{variable}_FILE".lower()) if item.secret else None
+    if given and from_file:
+        names = sorted({name for name, _ in given + from_file})
+        raise SettingError(
+            f"{' and '.join(names)} are both set: give the value or a file holding it, "
+            "not both; unset one",
+            variables=tuple(names),
+        )
+    if from_file:
+        name, path = _one_spelling(from_file)
+        return name, read_secret_file(name, path.strip())
+    return _one_spelling(given) if given else None
+
+
+def read_secret_file(variable: str, path: str) -> str:
+    """The value a ``VARIABLE_FILE`` setting names: the file's text without its final line
+    break. SettingError naming the file (never its content) if it cannot be read or is
+    empty."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise SettingError(
+            f"{variable} names {path}, which cannot be read ({reason})", variables=(variable,)
+        ) from None
+    except UnicodeError:
+        raise SettingError(
+            f"{variable} names {path}, which is not UTF-8 text", variables=(variable,)
+        ) from None
+    value = text.removesuffix("\n").removesuffix("\r")
+    if not value.strip():
+        raise SettingError(f"{variable} names {path}, which is empty", variables=(variable,))
+    return value
+
+
+def dotenv_path(
+    environ: Mapping[str, str], overrides: Mapping[str, Any] | None = None
+) -> Path | None:
+    """The ``.env`` file to read, the one rule for every reader of it (docs/configuration.md,
+    "The .env file"):
+
+    1. ``--env-file`` (``overrides["env_file"]``), else ``ENV_FILE`` in the environment: that
+       file, which must exist (SettingError otherwise);
+    2. else the first ``.env`` in the current directory or above it, stopping at the first
+       directory that holds ``.git`` (the repository's root; its ``.env`` counts) or at the
+       filesystem's root;
+    3. else none.
+    """
+    named = collect(environ, {}, overrides or {}, fields=("env_file",)).get("env_file")
+    if named:
+        variable, text = named
+        path = Path(text.strip())
+        if not path.is_file():
+            what = "a directory" if path.is_dir() else "a file that does not exist"
+            raise SettingError(
+                f"{variable} names {path}, {what}; point it at the .env file, or unset it "
+                "to look for .env upward from the current directory",
+                variables=(variable,),
+            )
+        return path
+    try:
+        here = Path.cwd()
+    except OSError:  # the current directory was removed
+        return None
+    for directory in (here, *here.parents):
+        candidate = directory / ".env"
+        if candidate.is_file():
+            return candidate
+        if (directory / ".git").exists():
+            return None
+    return None
+
+
+def read_dotenv(path: Path | None) -> dict[str, str | None]:
     """The ``NAME=value`` lines of a ``.env`` file, read as python-dotenv reads them.
 
     Only the plain forms; anything else (``${…}`` interpolation, escapes, multi-line
     or odd quoting, a line it does not parse) raises Undecided, for the full path. A
-    missing file is an empty dict.
+    missing file (or None: ``dotenv_path`` found none) is an empty dict.
     """
+    if path is None:
+        return {}
     try:
         text = path.read_text(encoding="utf-8").removeprefix("\ufeff")
     except FileNotFoundError:

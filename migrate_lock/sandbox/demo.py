@@ -102,7 +102,7 @@ def _start_replicas(count: int, project: Path, url: str) -> list[ReplicaRun]:
     env = {
         **os.environ,
         "DATABASE_URL": url,
-        "ENVIRONMENT": "development",
+        "MIGRATE_LOCK_ENVIRONMENT": "development",
         "LOG_FORMAT": "json",
         "ALEMBIC_CONFIG": str(project / "alembic.ini"),
     }

@@ -26,7 +26,7 @@ def engine() -> Iterator[Engine]:
 def environ(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     """No ENVIRONMENT or APP_ENV in any spelling: each test sets its own."""
     for name in list(os.environ):
-        if name.lower() in ("environment", "app_env"):
+        if name.lower() in ("migrate_lock_environment", "environment", "app_env"):
             monkeypatch.delenv(name)
     return monkeypatch
 
@@ -78,9 +78,9 @@ def test_two_spellings_with_different_values_are_a_configuration_error(
 def test_a_wrong_environment_names_the_variable(
     engine: Engine, environ: pytest.MonkeyPatch
 ) -> None:
-    environ.setenv("APP_ENV", "prod")
+    environ.setenv("APP_ENV", "preview")
 
-    with pytest.raises(ConfigError, match=r"^ENVIRONMENT is invalid: must be one of"):
+    with pytest.raises(ConfigError, match=r"^APP_ENV is invalid: must be one of"):
         models().create_all(engine)
 
 
