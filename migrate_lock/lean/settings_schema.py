@@ -374,7 +374,7 @@ class LeanSettings:
     migration_lock_wait_connection_seconds: float = setting(
         "MIGRATION_LOCK_WAIT_CONNECTION_SECONDS",
         kind=NUMBER,
-        default=5.0,
+        default=2.0,
         doc="How long a waiting replica keeps its database connection (and LISTEN, for a "
         "hand-off within milliseconds). After that, or at once when the server's connection "
         "slots are 75% taken, it gives the connection back and polls with short connections "
