@@ -356,19 +356,69 @@ def smoke(
 
 
 @main.command()
-@click.argument("rev_range", required=False, metavar="[START:END]")
+@click.argument("arguments", nargs=-1, metavar="[START:END | FILE...]")
+@click.option("--since", metavar="REV", help="Lint the revisions after REV.")
+@click.option(
+    "--git-base",
+    metavar="REF",
+    help="Lint the revision files changed against git REF (e.g. origin/main).",
+)
+@click.option(
+    "--files", "as_files", is_flag=True, help="The arguments are files (pre-commit's list)."
+)
+@click.option(
+    "--fail-on",
+    type=click.Choice(choices("lint_fail_on"), case_sensitive=False),
+    help="Lowest finding level that fails [env LINT_FAIL_ON; default error].",
+)
+@click.option("--junit", type=click.Path(path_type=Path), help="Also write a JUnit XML report.")
 @click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON on stdout.")
 @click.pass_context
-def lint(ctx: click.Context, rev_range: str | None, as_json: bool) -> None:
-    """Check each revision's SQL with Squawk (offline). Exit 1 when anything is found."""
-    report = _run(lambda: migrate_lock.lint(rev_range, settings=_settings(ctx)))
+def lint(
+    ctx: click.Context,
+    arguments: tuple[str, ...],
+    since: str | None,
+    git_base: str | None,
+    as_files: bool,
+    fail_on: str | None,
+    junit: Path | None,
+    as_json: bool,
+) -> None:
+    """Check revisions' SQL with Squawk (offline). Exit 1 on findings at --fail-on or above.
+
+    By default only what is new: the revisions pending against the database when a
+    database URL is set, else every revision (docs/ci.md).
+    """
+    if not as_files and len(arguments) > 1:
+        raise click.UsageError("give one START:END range, or --files FILE...")
+    rev_range = arguments[0] if arguments and not as_files else None
+    files = list(arguments) if as_files else None
+    report = _run(
+        lambda: migrate_lock.lint(
+            rev_range,
+            since=since,
+            git_base=git_base,
+            files=files,
+            settings=_settings(ctx, lint_fail_on=fail_on),
+        )
+    )
+    if junit is not None:
+        _run(lambda: report.write_junit(junit))
+    annotations = report.annotations() if os.environ.get("GITHUB_ACTIONS") == "true" else []
     if as_json:
         _print_json(report.as_dict())
+        for line in annotations:  # the runner reads workflow commands on stderr too
+            click.echo(line, err=True)
     else:
         for finding in report.findings:
             click.echo(finding.describe())
+        for line in annotations:
+            click.echo(line)
+        new_tables = len(report.on_new_tables)
         click.echo(
-            f"{len(report.revisions)} revisions, {len(report.findings)} findings"
+            f"{len(report.revisions)} revisions, {len(report.findings)} findings, "
+            f"{len(report.failing)} at {report.fail_on} or above"
+            + (f"; {new_tables} on tables new in this run not counted" if new_tables else "")
             + (f" (excluded: {', '.join(report.excluded)})" if report.excluded else "")
         )
     sys.exit(0 if report.ok else int(ExitCode.MIGRATION_FAILED))

@@ -87,6 +87,10 @@ class NoRevisions(ConfigError):
     """The scripts directory has no revision at all (an image built without versions/)."""
 
 
+class SquawkMissing(ConfigError):
+    """``lint`` or ``plan`` found no ``squawk`` (the ``migrate-lock[lint]`` extra)."""
+
+
 class NeedsLiveDatabase(ConfigError):
     """A revision reads from the database (``op.get_bind().execute(...).fetchall()``, an
     inspector) and so cannot be rendered as offline SQL (``upgrade --sql``, ``lint``,

@@ -1,23 +1,18 @@
 """``plan``: what ``upgrade`` would do now against the configured database. Changes nothing.
 
 The pending revisions in the order they would run, each with its SQL (rendered offline,
-as ``upgrade --sql``) and its lint findings (lint.py: destructive, lock-heavy, advice),
+as ``upgrade --sql``) and its lint findings (lint.py: destructive, lock-heavy,
+retry-unsafe, advice; none on a table an earlier pending revision or statement creates),
 the seed files that would be applied, and the timeouts the migrating session would get.
 The database is only read: no lock, no version table created, nothing written.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
-from migrate_lock.checks.lint import (
-    Finding,
-    excluded_rules,
-    per_revision_ignores,
-    render_revisions,
-    run_squawk,
-)
+from migrate_lock.checks.lint import Finding, check_revisions, render_revisions
 from migrate_lock.logs import log
 from migrate_lock.project import Project
 from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
@@ -35,6 +30,9 @@ class PlannedRevision:
     findings: tuple[Finding, ...]
     #: Why its SQL was not rendered (it reads from the database), else None.
     needs_database: str | None = None
+    #: Destructive or lock-heavy findings on tables created earlier in this run: they
+    #: hold no data and no one waits on their locks, so they flag nothing.
+    on_new_tables: tuple[Finding, ...] = ()
 
     @property
     def destructive(self) -> bool:
@@ -50,7 +48,8 @@ class PlannedRevision:
             "doc": self.doc,
             "destructive": self.destructive,
             "lock_heavy": self.lock_heavy,
-            "findings": [asdict(f) for f in self.findings],
+            "findings": [f.as_dict() for f in self.findings],
+            "on_new_tables": [f.as_dict() for f in self.on_new_tables],
             "sql": self.sql,
             "needs_database": self.needs_database,
         }
@@ -136,14 +135,12 @@ def _planned(project: Project, pending: list[str], *, sql: bool) -> list[Planned
     # Rendered from base (offline, so cheap): works whatever the database's revisions are.
     rendered = {r.revision: r for r in render_revisions(project.settings, "heads")}
     chosen = [rendered[rev] for rev in pending if rev in rendered]
-    findings = run_squawk(
-        [r for r in chosen if r.needs_database is None],
-        excluded=excluded_rules(project.settings),
-        ignored=per_revision_ignores(project, pending),
-    )
+    # Linted as one run: a table an earlier pending revision creates is new here.
+    checked = check_revisions(project, [r for r in chosen if r.needs_database is None])
     planned = []
     for revision in chosen:
-        mine = tuple(f for f in findings if f.revision == revision.revision)
+        mine = tuple(f for f in checked.findings if f.revision == revision.revision)
+        apart = tuple(f for f in checked.on_new_tables if f.revision == revision.revision)
         text = revision.sql
         if revision.needs_database is not None:
             text = f"-- needs a live database, SQL not rendered: it {revision.needs_database}\n"
@@ -154,6 +151,7 @@ def _planned(project: Project, pending: list[str], *, sql: bool) -> list[Planned
                 text,
                 mine,
                 needs_database=revision.needs_database,
+                on_new_tables=apart,
             )
         )
     return planned
