@@ -43,6 +43,7 @@ _EXPORTS = {
     "MigrateLockError": "migrate_lock.errors",
     "ExitCode": "migrate_lock.errors",
     "protect": "migrate_lock.metadata_guard",
+    "include_object": "migrate_lock.autogenerate",
     "show_environment": "migrate_lock.environment",
     "set_environment": "migrate_lock.environment",
     "Protection": "migrate_lock.guard",
@@ -80,6 +81,7 @@ __all__ = [
     "freeze",
     "heads",
     "history",
+    "include_object",
     "init_db",
     "init_project",
     "lint",
@@ -106,6 +108,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from migrate_lock import seed
+    from migrate_lock.autogenerate import include_object
     from migrate_lock.backups import BackupResult, RestoreResult, backup, restore
     from migrate_lock.checks.lint import lint
     from migrate_lock.checks.plan import plan

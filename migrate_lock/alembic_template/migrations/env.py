@@ -14,6 +14,9 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import Connection, engine_from_config, pool
 
+# Hides migrate-lock's own tables (schema migrate_lock) from autogenerate and `alembic check`.
+from migrate_lock import include_object
+
 config = context.config
 
 if config.config_file_name is not None and config.attributes.get("configure_logger", True):
@@ -48,6 +51,7 @@ def run_migrations_offline() -> None:
     context.configure(
         url=database_url() or "postgresql+psycopg://",
         target_metadata=target_metadata,
+        include_object=include_object,
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         **VERSION_TABLE,
@@ -60,6 +64,7 @@ def run_on(connection) -> None:  # type: ignore[no-untyped-def]
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        include_object=include_object,
         on_version_apply=config.attributes.get("on_version_apply"),
         **VERSION_TABLE,
     )
