@@ -91,6 +91,16 @@ class SquawkMissing(ConfigError):
     """``lint`` or ``plan`` found no ``squawk`` (the ``migrate-lock[lint]`` extra)."""
 
 
+class OtherDialect(ConfigError):
+    """``env.py`` configured Alembic for a database other than PostgreSQL (Flask-Migrate's
+    env.py sets ``sqlalchemy.url`` from the application, which may fall back to SQLite):
+    nothing was run and no SQL rendered. ``dialect`` names what it got."""
+
+    def __init__(self, message: str, *, hint: str | None = None, dialect: str) -> None:
+        super().__init__(message, hint=hint)
+        self.dialect = dialect
+
+
 class NeedsLiveDatabase(ConfigError):
     """A revision reads from the database (``op.get_bind().execute(...).fetchall()``, an
     inspector) and so cannot be rendered as offline SQL (``upgrade --sql``, ``lint``,

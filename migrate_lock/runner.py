@@ -40,6 +40,7 @@ from migrate_lock.errors import (
     MigrateLockError,
     MigrationFailed,
     NeedsLiveDatabase,
+    OtherDialect,
     ProcessExited,
     ProjectFileError,
     TableLockTimeout,
@@ -84,12 +85,18 @@ def alembic_config(
             shown_path(path),
             "has no [alembic] section",
             hint="start alembic.ini with an [alembic] line and script_location = "
-            "%(here)s/migrations",
+            + script_location_hint(path),
         ) from None
     if not script_location:
         raise ConfigError(
             f"{path} has no script_location in its [alembic] section",
-            hint="add `script_location = %(here)s/migrations` (or where your env.py is)",
+            hint=f"add `script_location = {script_location_hint(path)}`"
+            + (
+                " and `prepend_sys_path = %(here)s/..` (Flask-Migrate's layout sets them "
+                "in code; see docs/existing-projects.md#flask-migrate)"
+                if _env_py_beside(path)
+                else " (or where your env.py is)"
+            ),
         )
     # env.py would otherwise call logging.config.fileConfig() and take over our stderr.
     config.attributes["configure_logger"] = False
@@ -100,6 +107,16 @@ def alembic_config(
         config.attributes["version_table"] = version_table.name
         config.attributes["version_table_schema"] = version_table.schema
     return config
+
+
+def script_location_hint(ini: Path) -> str:
+    """The ``script_location`` to write in ``ini``: ``%(here)s`` when env.py sits beside
+    it (Flask-Migrate's layout: ``migrations/alembic.ini``), else ``%(here)s/migrations``."""
+    return "%(here)s" if _env_py_beside(ini) else "%(here)s/migrations"
+
+
+def _env_py_beside(ini: Path) -> bool:
+    return (ini.parent / "env.py").is_file()
 
 
 def ini_error(path: Path | str, error: configparser.Error | UnicodeDecodeError) -> ProjectFileError:
@@ -325,12 +342,15 @@ def _run_on(
     config.attributes["connection"] = shared
     config.attributes["on_version_apply"] = on_version_apply
     try:
-        with _only_this_connection():
+        with _only_this_connection(), postgresql_only(config, offline=False):
             if before is not None:
                 before(shared)
             getattr(command, name)(config, target)
         if commit and shared.in_transaction():
             shared.commit()
+    except _OtherDialectConfigured as refused:
+        _rollback_quietly(shared)
+        raise refused.error from None
     except _OwnConnectionOpened:
         _rollback_quietly(shared)
         raise ConfigError(
@@ -381,8 +401,10 @@ def run_offline(config: Config, target: str) -> None:
     ``NEEDS_DATABASE_MARK`` comment instead and the rendering goes on.
     """
     try:
-        with _offline_results():
+        with _offline_results(), postgresql_only(config, offline=True):
             command.upgrade(config, target, sql=True)
+    except _OtherDialectConfigured as refused:
+        raise refused.error from None
     except Terminated:
         raise  # our own SIGTERM, not the revision's exit
     except KeyboardInterrupt:
@@ -588,12 +610,17 @@ def migration_error(error: BaseException, config: Config | None = None) -> Excep
         env_py = _env_py_frame(error.__traceback__)
         if env_py is not None:
             path, line = env_py
+            hint = (
+                "fix env.py or what it loads (the application's settings: are its "
+                "variables set here?)"
+            )
+            if "application context" in str(error):  # Flask's current_app, outside `flask`
+                hint = (
+                    "env.py uses Flask's current_app: push the application's context in "
+                    "env.py when there is none (docs/existing-projects.md#flask-migrate)"
+                )
             return ProjectFileError(
-                shown_path(path),
-                f"raised {first_line(error)}",
-                line=line,
-                hint="fix env.py or what it loads (the application's settings: are its "
-                "variables set here?)",
+                shown_path(path), f"raised {first_line(error)}", line=line, hint=hint
             )
     # No revision frame: env.py itself, Alembic's version-table UPDATE after a revision
     # (a serialization failure), or the commit at the end (a deferred constraint).
@@ -657,6 +684,79 @@ def _no_autocommit_blocks() -> Iterator[None]:
         yield
     finally:
         MigrationContext.autocommit_block = original  # type: ignore[method-assign]
+
+
+class _OtherDialectConfigured(BaseException):
+    """env.py configured a MigrationContext for another database than PostgreSQL.
+
+    A BaseException, so that env.py's own ``except Exception`` cannot swallow it."""
+
+    def __init__(self, error: OtherDialect) -> None:
+        super().__init__(error)
+        self.error = error
+
+
+@contextmanager
+def postgresql_only(config: Config, *, offline: bool) -> Iterator[None]:
+    """Within the block, every ``context.configure()`` env.py calls must be PostgreSQL's.
+
+    The one check every verb that runs env.py passes through (``run_offline``: upgrade
+    --sql, lint, plan; ``_run_on``: upgrade, downgrade, stamp, init-db, smoke). An env.py
+    that sets ``sqlalchemy.url`` by itself (Flask-Migrate's takes the application's
+    SQLALCHEMY_DATABASE_URI, which falls back to SQLite where the application's database
+    variable is not set, as in a CI job) would have SQL of another dialect rendered and
+    linted: refused (OtherDialect, exit 78) before any SQL is written or run.
+    """
+    descriptor = MigrationContext.__dict__["configure"]  # the classmethod itself
+    ours = _main_option(config, "sqlalchemy.url")
+
+    def configure(cls: type[MigrationContext], *args: Any, **kwargs: Any) -> MigrationContext:
+        context: MigrationContext = descriptor.__get__(None, cls)(*args, **kwargs)
+        if context.dialect.name != "postgresql":
+            replaced = _main_option(config, "sqlalchemy.url") != ours
+            raise _OtherDialectConfigured(
+                other_dialect_error(context.dialect.name, url_replaced=replaced, offline=offline)
+            )
+        return context
+
+    MigrationContext.configure = classmethod(configure)  # type: ignore[method-assign,assignment]
+    try:
+        yield
+    finally:
+        setattr(MigrationContext, "configure", descriptor)  # noqa: B010 - the descriptor
+
+
+def other_dialect_error(dialect: str, *, url_replaced: bool, offline: bool) -> OtherDialect:
+    """Which dialect env.py configured, and why that is likely (OtherDialect, exit 78)."""
+    if url_replaced:
+        why = "it replaced the sqlalchemy.url migrate-lock set"
+        if "flask_migrate" in sys.modules:
+            why += (
+                " (Flask-Migrate's env.py sets it from the application's SQLALCHEMY_DATABASE_URI)"
+            )
+    else:
+        why = "it passed context.configure() a URL or connection of its own"
+    done = "no SQL was rendered" if offline else "nothing was run"
+    return OtherDialect(
+        f"env.py configured the {dialect} dialect, not PostgreSQL: {why}; migrate-lock "
+        f"runs and renders PostgreSQL only, so {done}",
+        hint="point the application at the same PostgreSQL database"
+        + (
+            " (a SQLite URL is often its fallback when its database variable is unset)"
+            if dialect == "sqlite"
+            else ""
+        )
+        + ", or let env.py keep the sqlalchemy.url migrate-lock sets "
+        "(docs/existing-projects.md#flask-migrate)",
+        dialect=dialect,
+    )
+
+
+def _main_option(config: Config, name: str) -> str | None:
+    try:
+        return config.get_main_option(name)
+    except configparser.Error:
+        return None
 
 
 @contextmanager
