@@ -330,11 +330,25 @@ def demo(replicas: int) -> None:
 @click.option("--replicas", type=click.IntRange(1, 64), default=8, show_default=True)
 @click.option("--skip", multiple=True, metavar="CHECK", help="Leave out a check (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option(
+    "--junit",
+    "junit_file",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Also write the report as JUnit XML (one test case per check).",
+)
 @click.pass_context
 def smoke(
-    ctx: click.Context, server_url: str | None, replicas: int, skip: tuple[str, ...], as_json: bool
+    ctx: click.Context,
+    server_url: str | None,
+    replicas: int,
+    skip: tuple[str, ...],
+    as_json: bool,
+    junit_file: Path | None,
 ) -> None:
     """CI checks on a scratch database (embedded PostgreSQL without a URL). Exit 1 if any fails."""
+    from migrate_lock.checks.junit import write_junit  # noqa: PLC0415 - this verb only
+
     report = _run(
         lambda: migrate_lock.smoke(
             settings=_settings(ctx, migration_database_url=server_url),
@@ -342,6 +356,8 @@ def smoke(
             skip=skip,
         )
     )
+    if junit_file is not None:
+        _run(lambda: write_junit(junit_file, "migrate-lock smoke", report.junit_cases()))
     if as_json:
         _print_json(report.as_dict())
     else:
@@ -352,7 +368,9 @@ def smoke(
                 click.echo(f"          {line}")
         verdict = "all checks passed" if report.ok else f"FAILED: {', '.join(report.failed)}"
         click.echo(verdict)
-    sys.exit(0 if report.ok else int(ExitCode.MIGRATION_FAILED))
+    if report.environment is not None:  # the server's fault, not the project's: its own code
+        _fail(str(report.environment), report.environment.exit_code)
+    sys.exit(report.exit_code)
 
 
 @main.command()

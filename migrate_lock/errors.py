@@ -216,6 +216,19 @@ class RestoreNotPermitted(ConfigError):
     """``restore`` needs privileges the role lacks (CREATEDB, ownership); nothing changed."""
 
 
+class ExtensionNotAvailable(ConfigError):
+    """``smoke``: the server lacks a PostgreSQL extension a revision creates (the embedded
+    server has no ``uuid-ossp``, for one). The environment's fault, not the revision's.
+    ``extension`` names it, ``revision`` the revision when known."""
+
+    def __init__(
+        self, message: str, *, hint: str | None = None, extension: str, revision: str | None
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.extension = extension
+        self.revision = revision
+
+
 class SessionsInTheWay(Refused):
     """``restore`` would have to close sessions of other roles it may not close; nothing
     changed. ``sessions`` describes each one: pid, user, application, client."""

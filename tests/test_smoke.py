@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import subprocess
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import alembic
 import pytest
 from conftest import Server
 
@@ -274,3 +276,157 @@ def test_an_unknown_check_to_skip_is_a_usage_error(tmp_path: Path) -> None:
     line = assert_one_line_failure(result, 2)
     assert "unknown smoke check stairways" in line
     assert "concurrency" in line
+
+
+# --- the environment, not the revision: an extension the server lacks (issue 15, item 4) ----
+
+#: Extensions applications create that a PostgreSQL build may not ship (the embedded
+#: wheel has neither uuid-ossp nor pgcrypto: no libossp-uuid, no OpenSSL).
+EXTENSIONS_OFTEN_MISSING = ("uuid-ossp", "pgcrypto", "postgis", "sslinfo", "xml2")
+
+
+def an_extension_the_server_lacks(server: Server) -> str:
+    available = {
+        str(row[0])
+        for row in query(server.admin("postgres"), "SELECT name FROM pg_available_extensions")
+    }
+    return next(name for name in EXTENSIONS_OFTEN_MISSING if name not in available)
+
+
+def test_an_extension_the_embedded_server_lacks_is_the_environments_fault_exit_78(
+    tmp_path: Path, pg_server: Server
+) -> None:
+    """Why: zero-config smoke on an application that runs CREATE EXTENSION "uuid-ossp" failed
+    every check with "fix the revision" and SMOKE_STAIRWAY_FROM hints; the revision is fine,
+    the embedded server lacks the extension, and the fix is a full PostgreSQL."""
+    extension = an_extension_the_server_lacks(pg_server)  # the suite's server: the same wheel
+    project = clean_project(tmp_path / "ext", models="target_metadata = None\n")
+    add_revision(
+        project,
+        "0005",
+        "0004",
+        f'CREATE EXTENSION IF NOT EXISTS \\"{extension}\\"',
+        "SELECT 1",
+    )
+    junit = tmp_path / "reports" / "smoke.xml"
+    result = run_cli(
+        ["smoke", "--skip", "concurrency", "--junit", str(junit)], cwd=project, database_url=None
+    )
+    line = assert_one_line_failure(result, 78)
+    assert f'the embedded PostgreSQL has no extension "{extension}" (revision 0005 creates it)' in (
+        line
+    )
+    assert "the environment lacks it, the revision is not at fault" in line
+    assert "--database-url" in line and "service container" in line
+    assert "SMOKE_STAIRWAY_FROM" not in result.stdout + result.stderr
+    assert "fix the revision" not in result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "smoke on embedded"
+    assert lines[2].startswith(
+        f'FAILED  upgrade: the embedded PostgreSQL has no extension "{extension}"'
+    )
+    not_run = f'not run: the server lacks extension "{extension}" (above)'
+    assert lines[3:8] == [
+        f"SKIPPED {name}: {not_run}" for name in ("models", "seeds", "at_head", "stairway")
+    ] + ["SKIPPED concurrency: skipped (--skip)"]
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    assert list(cases) == [
+        "heads",
+        "upgrade",
+        "models",
+        "seeds",
+        "at_head",
+        "stairway",
+        "concurrency",
+    ]
+    failure = cases["upgrade"].find("failure")
+    assert failure is not None and extension in failure.get("message", "")
+    assert cases["stairway"].find("skipped") is not None
+    assert cases["heads"].find("failure") is None and cases["heads"].find("skipped") is None
+
+
+# --- the stairway sees leftovers (issue 18, item 12) ------------------------------------------
+
+
+def test_a_downgrade_that_leaves_an_enum_type_behind_fails_the_stairway(
+    tmp_path: Path, pg_server: Server
+) -> None:
+    """Why: a downgrade that drops the column but not its enum type went unnoticed (the
+    upgrade, guarded, runs again fine): the type is left on every database rolled back."""
+    project = clean_project(tmp_path / "enum", models="target_metadata = None\n")
+    create_type = (
+        "DO $$ BEGIN CREATE TYPE mood AS ENUM ('happy', 'sad');"
+        " EXCEPTION WHEN duplicate_object THEN NULL; END $$;"
+        " ALTER TABLE leagues ADD COLUMN mood mood"
+    )
+    add_revision(project, "0005", "0004", create_type, "ALTER TABLE leagues DROP COLUMN mood")
+    add_revision(project, "0006", "0005", "CREATE TABLE more (id int)", "DROP TABLE more")
+    result, report = smoke_json(project, pg_server)
+    assert result.returncode == 1, result.stdout + result.stderr
+    stairway = check(report, "stairway")
+    assert stairway["outcome"] == "failed"
+    assert stairway["context"] == ["downgrade of 0005 left type public.mood behind"]
+    assert "1 differences in 0005" in str(stairway["summary"])
+    assert report["failed"] == ["stairway"]
+
+
+def test_a_data_revision_that_inserts_again_when_rerun_fails_the_stairway(
+    tmp_path: Path, pg_server: Server
+) -> None:
+    """Why: a data revision without a guard duplicated its rows on every down and up cycle,
+    and the stairway passed. A data revision whose downgrade deletes what it inserted is
+    fine, even though its serial ids change."""
+    project = clean_project(tmp_path / "data", models="target_metadata = None\n")
+    add_revision(
+        project,
+        "0005",
+        "0004",
+        "INSERT INTO leagues (name) VALUES ('Eredivisie')",
+        "DELETE FROM leagues WHERE name = 'Eredivisie'",
+    )
+    add_revision(project, "0006", "0005", "INSERT INTO leagues (name) VALUES ('Ligue 1')", "")
+    junit = tmp_path / "smoke.xml"
+    result, report = smoke_json(project, pg_server, "--junit", str(junit))
+    assert result.returncode == 1, result.stdout + result.stderr
+    stairway = check(report, "stairway")
+    assert stairway["context"] == [
+        "upgrade of 0006 run again after its downgrade left 6 rows in public.leagues, "
+        "the first run 5"
+    ]
+    assert report["failed"] == ["stairway"]
+    cases = {case.get("name"): case for case in ET.parse(junit).getroot().iter("testcase")}
+    failure = cases["stairway"].find("failure")
+    assert failure is not None and "public.leagues" in (failure.text or "")
+    assert cases["upgrade"].find("failure") is None
+    assert cases["concurrency"].find("skipped") is not None
+
+
+# --- models: the env.py forms people write (issue 18, item 1, for smoke) ----------------------
+
+
+def pytest_alembic_style_env_py(models: str) -> str:
+    """Alembic's ``generic`` env.py as pytest-alembic's setup page says to change it: it takes
+    ``config.attributes["connection"]`` for an Engine and calls ``connect()`` on it."""
+    source = (Path(alembic.__file__).parent / "templates" / "generic" / "env.py").read_text()
+    changed = source.replace(
+        "    connectable = engine_from_config(\n",
+        '    connectable = context.config.attributes.get("connection", None)\n\n'
+        "    if connectable is None:\n"
+        "        connectable = engine_from_config(\n",
+        1,
+    ).replace("target_metadata = None\n", models, 1)
+    assert changed.count("connectable = ") == 2 and "Column(" in changed
+    return changed
+
+
+def test_the_models_check_runs_a_pytest_alembic_style_env_py(
+    tmp_path: Path, pg_server: Server
+) -> None:
+    """Why: the models check handed env.py a plain Connection, and an env.py written as
+    pytest-alembic's docs say calls connect() on it: "'Connection' object has no attribute
+    'connect'", reported as a models failure."""
+    project = clean_project(tmp_path / "pa")
+    (project / "migrations" / "env.py").write_text(pytest_alembic_style_env_py(MODELS))
+    result, report = smoke_json(project, pg_server, "--skip", "stairway")
+    assert check(report, "models")["outcome"] == "passed", report
+    assert result.returncode == 0, result.stdout + result.stderr

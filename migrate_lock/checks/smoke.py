@@ -11,7 +11,8 @@ Checks, in order (docs/ci.md says why each matters):
 - ``models``: env.py's ``target_metadata`` matches the migrated schema (autogenerate);
 - ``seeds``: the seed files apply, and applying them again changes nothing;
 - ``at_head``: ``migrate-lock upgrade`` at head exits 0 and applies nothing;
-- ``stairway``: every revision upgrades, downgrades and upgrades again;
+- ``stairway``: every revision upgrades, downgrades and upgrades again, leaving the catalog
+  as it found it and its data as the first run left it;
 - ``concurrency``: K ``migrate-lock upgrade`` processes at once; each revision once.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import subprocess
 import sys
@@ -36,23 +38,51 @@ from alembic.runtime.environment import EnvironmentContext
 from psycopg import sql
 from sqlalchemy import create_engine, pool
 
+from migrate_lock.checks.junit import JUnitCase
 from migrate_lock.connection import connect
 from migrate_lock.dsn import DatabaseUrl, parse_database_url, with_database
-from migrate_lock.errors import ConfigError, MigrateLockError, UsageError
+from migrate_lock.errors import (
+    ConfigError,
+    ExitCode,
+    ExtensionNotAvailable,
+    MigrateLockError,
+    UsageError,
+)
 from migrate_lock.logs import log
 from migrate_lock.migrate import upgrade
 from migrate_lock.project import Project
-from migrate_lock.runner import run_alembic
+from migrate_lock.runner import LockedConnection, run_alembic
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.seeds.apply import apply_seeds
 from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
 from migrate_lock.settings import Settings, load_settings
-from migrate_lock.version_table import database_revisions
+from migrate_lock.version_table import VersionTable, database_revisions
 
 Outcome = Literal["passed", "failed", "skipped"]
 
 #: Our own tables, which the models never describe.
 _OWN_TABLE_PREFIX = "migrate_lock_"
+
+#: How the server says it lacks an extension: PostgreSQL 15 and later (SQLSTATE 0A000),
+#: before 15 (58P01), and an extension whose shared library does not load (58P01: the
+#: distribution ships the extension's files without a library it needs).
+_MISSING_EXTENSION = (
+    re.compile(r'extension "(?P<name>[^"]+)" is not available'),
+    re.compile(r'could not open extension control file "[^"]*?(?P<name>[^"/]+)\.control"'),
+    re.compile(r'could not load library "[^"]*/(?P<name>[^"/]+?)(?:\.so|\.dylib|\.dll)?"'),
+)
+
+#: "revision 0005 (its doc) failed": which revision a failure line names.
+_FAILED_REVISION = re.compile(r"\brevision ([^\s(),:]+) (?:\([^)]*\) )?failed")
+
+
+def missing_extension(text: str) -> str | None:
+    """The extension the server says it lacks in a failure's text, if it says so."""
+    for pattern in _MISSING_EXTENSION:
+        found = pattern.search(text)
+        if found:
+            return found.group("name")
+    return None
 
 
 @dataclass(frozen=True)
@@ -68,26 +98,55 @@ class Check:
 
 @dataclass(frozen=True)
 class SmokeReport:
-    """Every check's outcome; ``ok`` when none failed."""
+    """Every check's outcome; ``ok`` when none failed.
+
+    ``environment`` is set when the server, not the project, made a check fail (it lacks
+    an extension a revision creates): the checks after it were not run, and the exit
+    code is that error's (78), not 1.
+    """
 
     server: str
     checks: tuple[Check, ...]
+    environment: MigrateLockError | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.failed
+        return not self.failed and self.environment is None
 
     @property
     def failed(self) -> tuple[str, ...]:
         return tuple(check.name for check in self.checks if check.outcome == "failed")
+
+    @property
+    def exit_code(self) -> int:
+        """0 when every check passed, the environment error's code (78), else 1."""
+        if self.environment is not None:
+            return int(self.environment.exit_code)
+        return 0 if self.ok else int(ExitCode.MIGRATION_FAILED)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "ok": self.ok,
             "server": self.server,
             "failed": list(self.failed),
+            "exit_code": self.exit_code,
+            "environment": str(self.environment) if self.environment is not None else None,
             "checks": [asdict(check) for check in self.checks],
         }
+
+    def junit_cases(self) -> list[JUnitCase]:
+        """One JUnit test case per check (``smoke --junit``)."""
+        return [
+            JUnitCase(
+                name=check.name,
+                classname="migrate-lock smoke",
+                failure=check.summary if check.outcome == "failed" else None,
+                skipped=check.summary if check.outcome == "skipped" else None,
+                details="\n".join((check.summary, *check.context)),
+                seconds=check.duration_ms / 1000,
+            )
+            for check in self.checks
+        ]
 
 
 #: The checks, in the order they run.
@@ -112,26 +171,34 @@ def smoke(
     project = Project(settings)
     project.scripts  # noqa: B018 - a broken project fails before any server starts
     with _server(settings) as (server_url, label):
-        run = _SmokeRun(project, server_url, replicas, frozenset(skip))
+        run = _SmokeRun(project, server_url, replicas, frozenset(skip), label)
         try:
             checks = run.all_checks()
         finally:
             run.drop_scratch_databases()
-    report = SmokeReport(label, tuple(checks))
+    report = SmokeReport(label, tuple(checks), run.environment)
     log.info("smoke.done", ok=report.ok, failed=list(report.failed))
     return report
 
 
 class _SmokeRun:
     def __init__(
-        self, project: Project, server_url: DatabaseUrl, replicas: int, skip: frozenset[str]
+        self,
+        project: Project,
+        server_url: DatabaseUrl,
+        replicas: int,
+        skip: frozenset[str],
+        label: str = "embedded",
     ) -> None:
         self.project = project
         self.skip = skip
         self.server_url = server_url
         self.replicas = replicas
+        self.label = label
         self.prefix = f"smoke_{secrets.token_hex(4)}"
         self.created: list[str] = []
+        #: Set when the server lacks something a revision needs: later checks do not run.
+        self.environment: ExtensionNotAvailable | None = None
 
     def all_checks(self) -> list[Check]:
         checks = [self.run("heads", self.check_heads)]
@@ -146,7 +213,7 @@ class _SmokeRun:
             ("at_head", lambda: self.check_at_head(_given(main))),
         ]
         for name, check in dependent:
-            if upgraded.outcome != "passed" and name not in self.skip:
+            if upgraded.outcome != "passed" and name not in self.skip and not self.environment:
                 checks.append(
                     Check(name, "skipped", "needs a database at heads (upgrade did not pass)")
                 )
@@ -161,7 +228,39 @@ class _SmokeRun:
     def run(self, name: str, check: Callable[[], Check]) -> Check:
         if name in self.skip:
             return Check(name, "skipped", "skipped (--skip)")
-        return _timed(name, check)
+        if self.environment is not None:
+            return Check(
+                name,
+                "skipped",
+                f'not run: the server lacks extension "{self.environment.extension}" (above)',
+            )
+
+        def attributed() -> Check:
+            try:
+                return check()
+            except MigrateLockError as error:
+                environment = (
+                    error
+                    if isinstance(error, ExtensionNotAvailable)
+                    else self.environment_problem(error, str(error))
+                )
+                if environment is None:
+                    raise
+                self.environment = environment
+                return Check(name, "failed", str(environment))
+
+        return _timed(name, attributed)
+
+    def environment_problem(
+        self, error: BaseException | None, text: str
+    ) -> ExtensionNotAvailable | None:
+        revision = getattr(error, "revision", None) if error is not None else None
+        return environment_problem(self.label, text, revision)
+
+    def _raise_environment(self, error: BaseException | None, text: str) -> None:
+        environment = self.environment_problem(error, text)
+        if environment is not None:
+            raise environment
 
     # --- the checks ----------------------------------------------------------------------
 
@@ -192,6 +291,7 @@ class _SmokeRun:
         try:
             result = upgrade("heads", settings=self.settings_for(url))
         except MigrateLockError as error:
+            self._raise_environment(error, str(error))
             return Check("upgrade", "failed", f"base -> heads failed: {error}")
         return Check(
             "upgrade",
@@ -231,6 +331,7 @@ class _SmokeRun:
             try:
                 apply_seeds(connection, table, changed_seeds(connection, table, files))
             except MigrateLockError as error:
+                self._raise_environment(error, str(error))
                 return Check("seeds", "failed", f"the seed files do not apply: {error}")
             before = table_fingerprints(connection)
             try:
@@ -262,6 +363,7 @@ class _SmokeRun:
         ((stdout, stderr),) = self._outputs([process])
         result = _json_object(stdout)
         if process.returncode != 0:
+            self._raise_environment(None, stderr)
             return Check(
                 "at_head",
                 "failed",
@@ -275,26 +377,44 @@ class _SmokeRun:
         return Check("at_head", "passed", f"a re-run at head exits 0 ({role}, nothing applied)")
 
     def check_stairway(self, url: DatabaseUrl) -> Check:
+        """Each revision up, down and up again. A step that fails stops it; a cycle that
+        leaves the catalog other than it found it (a type the downgrade forgot), or the
+        rows other than the first upgrade left them (a data revision that inserts again),
+        is a finding, and the stairway goes on to the next revision."""
         project = self.project_for(url)
         scripts = project.scripts
         order = [s.revision for s in scripts.script.walk_revisions("base", "heads")][::-1]
         exempt = self._exempt_from_downgrade()
-        steps = 0
+        findings: list[str] = []
         with project.session(application_name="migrate-lock smoke") as session:
             config = project.config
             config.attributes["version_table"] = session.version_table.name
             config.attributes["version_table_schema"] = session.version_table.schema
+            connection, table = session.connection, session.version_table
+            found_before: Catalog | None = None  # the catalog before this revision's upgrade
             for revision in order:
                 script = scripts.script.get_revision(revision)
                 downs = _split_tuple(script.down_revision if script else None)
                 down_target = downs[0] if len(downs) == 1 else ("base" if not downs else "-1")
+                cycle = revision not in exempt
+                if cycle and found_before is None:
+                    found_before = catalog_snapshot(connection, table)
                 plan: list[tuple[Literal["upgrade", "downgrade"], str]] = [("upgrade", revision)]
-                if revision not in exempt:
+                if cycle:
                     plan += [("downgrade", down_target), ("upgrade", revision)]
-                for step, (command, target) in enumerate(plan):
+                states: list[tuple[Catalog, dict[str, tuple[int, str]]]] = []
+                for step, (command, planned) in enumerate(plan):
+                    target = planned
+                    if command == "downgrade" and len(downs) == 1:
+                        at = database_revisions(connection, table) or ()
+                        if len(at) > 1:
+                            # Another branch's head is applied too: down to the parent
+                            # would take that branch down as well; go down this one only.
+                            target = f"{revision}@-1"
                     try:
-                        run_alembic(config, session.connection, command, target)
+                        run_alembic(config, connection, command, target)
                     except MigrateLockError as error:
+                        self._raise_environment(error, str(error))
                         what = "upgrade again" if step == 2 else command
                         return Check(
                             "stairway",
@@ -305,15 +425,39 @@ class _SmokeRun:
                                 f"({self._describe_revision(revision)})",
                                 "a revision that cannot go down on purpose: set "
                                 "SMOKE_STAIRWAY_FROM to the first revision that must",
+                                *findings,
                             ),
                         )
-                    steps += 1
+                    if cycle:
+                        rows = row_fingerprints(connection, table) if command == "upgrade" else {}
+                        states.append((catalog_snapshot(connection, table), rows))
+                if not cycle:
+                    continue
+                assert found_before is not None
+                (up_catalog, up_rows), (down_catalog, _), (again_catalog, again_rows) = states
+                findings += _cycle_findings(
+                    revision, found_before, up_catalog, down_catalog, again_catalog
+                )
+                findings += _row_findings(revision, up_rows, again_rows)
+                found_before = again_catalog
         down = len(order) - len(exempt)
+        if findings:
+            revisions = sorted({line.split(" of ", 1)[1].split(" ", 1)[0] for line in findings})
+            return Check(
+                "stairway",
+                "failed",
+                f"a down and up cycle does not restore what it found: "
+                f"{len(findings)} differences in {', '.join(revisions)}; make downgrade() "
+                "undo all that upgrade() does (DROP TYPE …) and data revisions idempotent "
+                "(INSERT … ON CONFLICT DO NOTHING, WHERE NOT EXISTS)",
+                tuple(findings),
+            )
         return Check(
             "stairway",
             "passed",
             f"{len(order)} revisions up; {down} of them down and up again"
-            + (f" ({len(exempt)} older than SMOKE_STAIRWAY_FROM only up)" if exempt else ""),
+            + (f" ({len(exempt)} older than SMOKE_STAIRWAY_FROM only up)" if exempt else "")
+            + ("; catalog and rows the same after each cycle" if down else ""),
         )
 
     def check_concurrency(self, url: DatabaseUrl) -> Check:
@@ -325,6 +469,7 @@ class _SmokeRun:
         for index, (process, (stdout, stderr)) in enumerate(zip(processes, outputs, strict=True)):
             result = _json_object(stdout)
             if process.returncode != 0 or result is None:
+                self._raise_environment(None, stderr)
                 tail = " | ".join(_last_lines(stderr, 2))
                 problems.append(f"replica {index + 1} exited {process.returncode}: {tail}")
                 continue
@@ -487,6 +632,37 @@ class _SmokeRun:
         return f"{revision} {doc!r} in {path}" if doc else f"{revision} in {path}"
 
 
+def environment_problem(
+    server: str, text: str, revision: str | None = None
+) -> ExtensionNotAvailable | None:
+    """The server's fault behind a failure's ``text``, if that is what it is: an extension
+    the server lacks. ``server`` is ``embedded`` or the masked URL; ``revision`` the
+    failing revision when known (else read from the text)."""
+    extension = missing_extension(text)
+    if extension is None:
+        return None
+    if revision is None and (found := _FAILED_REVISION.search(text)):
+        revision = found.group(1)
+    creates = f" (revision {revision} creates it)" if revision else ""
+    if server == "embedded":
+        return ExtensionNotAvailable(
+            f'the embedded PostgreSQL has no extension "{extension}"{creates}: '
+            "the environment lacks it, the revision is not at fault",
+            hint="run smoke against a full PostgreSQL that has it, with --database-url "
+            "(in CI a PostgreSQL service container; see docs/ci.md, Extensions)",
+            extension=extension,
+            revision=revision,
+        )
+    return ExtensionNotAvailable(
+        f'the server {server} has no extension "{extension}" installed{creates}: '
+        "the environment lacks it, the revision is not at fault",
+        hint="install it on that server (for uuid-ossp or pgcrypto: PostgreSQL's contrib "
+        "package), or point --database-url at a server that has it",
+        extension=extension,
+        revision=revision,
+    )
+
+
 def compare_models(project: Project) -> list[str] | None:
     """Alembic's autogenerate comparison of env.py's ``target_metadata`` with the database.
 
@@ -506,7 +682,10 @@ def compare_models(project: Project) -> list[str] | None:
     script = project.scripts.script
     engine = create_engine(project.url.sqlalchemy, poolclass=pool.NullPool)
     try:
-        with engine.connect() as connection:
+        # What engine.connect() makes, as the subclass the runner hands env.py: a
+        # Connection for the template's env.py, and one that answers connect() for an env.py
+        # written as pytest-alembic's docs say (which takes the attribute for an Engine).
+        with LockedConnection(engine) as connection:
             config.attributes["connection"] = connection
             try:
                 with EnvironmentContext(config, script, fn=capture, as_sql=False):
@@ -586,6 +765,209 @@ def table_fingerprints(connection: psycopg.Connection[Any]) -> dict[str, tuple[i
         ).fetchone()
         prints[f"{schema}.{name}"] = (int(row[0]), str(row[1])) if row else (0, "")
     return prints
+
+
+#: What the catalog holds, by (kind, qualified name): its definition, as text.
+Catalog = dict[tuple[str, str], str]
+
+#: The schemas that are the server's, not the application's (``migrate_lock`` is ours).
+_CATALOG_COMMON = r"""
+WITH own AS (
+    SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE (n.nspname = %(schema)s AND c.relname = %(table)s)
+       OR c.relname LIKE 'migrate\_lock\_%%'
+), ns AS (
+    SELECT oid, nspname FROM pg_namespace
+    WHERE nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast', 'migrate_lock')
+      AND nspname NOT LIKE 'pg\_temp\_%%' AND nspname NOT LIKE 'pg\_toast\_temp\_%%'
+), ext AS (
+    SELECT classid, objid FROM pg_depend WHERE deptype = 'e'
+)
+"""
+
+_CATALOG = (
+    _CATALOG_COMMON
+    + r"""
+SELECT 'schema', quote_ident(ns.nspname), '' FROM ns
+WHERE NOT EXISTS (
+    SELECT FROM ext WHERE classid = 'pg_namespace'::regclass AND objid = ns.oid)
+UNION ALL
+SELECT CASE c.relkind WHEN 'S' THEN 'sequence' WHEN 'i' THEN 'index' WHEN 'I' THEN 'index'
+           WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view'
+           WHEN 'f' THEN 'foreign table' ELSE 'table' END,
+       ns.nspname || '.' || c.relname,
+       CASE WHEN c.relkind IN ('i', 'I') THEN pg_get_indexdef(c.oid)
+            WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) ELSE '' END
+FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'i', 'I')
+  AND c.oid NOT IN (SELECT oid FROM own)
+  AND NOT EXISTS (SELECT FROM pg_index i
+                  WHERE i.indexrelid = c.oid AND i.indrelid IN (SELECT oid FROM own))
+  AND NOT EXISTS (SELECT FROM ext WHERE classid = 'pg_class'::regclass AND objid = c.oid)
+UNION ALL
+SELECT 'column', ns.nspname || '.' || c.relname || '.' || a.attname,
+       format_type(a.atttypid, a.atttypmod)
+       || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END
+       || coalesce(' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid), '')
+       || CASE WHEN a.attidentity <> '' THEN ' IDENTITY' ELSE '' END
+FROM pg_attribute a
+JOIN pg_class c ON c.oid = a.attrelid JOIN ns ON ns.oid = c.relnamespace
+LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+WHERE a.attnum > 0 AND NOT a.attisdropped AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+  AND c.oid NOT IN (SELECT oid FROM own)
+  AND NOT EXISTS (SELECT FROM ext WHERE classid = 'pg_class'::regclass AND objid = c.oid)
+UNION ALL
+SELECT 'constraint',
+       con.conname || ' on ' || ns.nspname || '.' || coalesce(c.relname, t.typname, ''),
+       pg_get_constraintdef(con.oid)
+FROM pg_constraint con JOIN ns ON ns.oid = con.connamespace
+LEFT JOIN pg_class c ON c.oid = con.conrelid
+LEFT JOIN pg_type t ON t.oid = con.contypid
+WHERE con.conrelid NOT IN (SELECT oid FROM own)
+  AND NOT EXISTS (SELECT FROM ext WHERE classid = 'pg_class'::regclass AND objid = c.oid)
+  AND NOT EXISTS (SELECT FROM ext WHERE classid = 'pg_type'::regclass AND objid = t.oid)
+UNION ALL
+SELECT 'type', ns.nspname || '.' || t.typname,
+       CASE t.typtype
+           WHEN 'e' THEN 'enum (' || coalesce((
+               SELECT string_agg(quote_literal(e.enumlabel), ', ' ORDER BY e.enumsortorder)
+               FROM pg_enum e WHERE e.enumtypid = t.oid), '') || ')'
+           WHEN 'd' THEN 'domain over ' || format_type(t.typbasetype, t.typtypmod)
+           WHEN 'r' THEN 'range' WHEN 'm' THEN 'multirange' WHEN 'c' THEN 'composite'
+           ELSE 'base' END
+FROM pg_type t JOIN ns ON ns.oid = t.typnamespace
+WHERE (t.typtype <> 'c'
+       OR EXISTS (SELECT FROM pg_class r WHERE r.oid = t.typrelid AND r.relkind = 'c'))
+  AND NOT EXISTS (SELECT FROM pg_type element WHERE element.typarray = t.oid)
+  AND NOT EXISTS (SELECT FROM ext WHERE classid = 'pg_type'::regclass AND objid = t.oid)
+UNION ALL
+SELECT CASE p.prokind WHEN 'p' THEN 'procedure' WHEN 'a' THEN 'aggregate'
+           ELSE 'function' END,
+       p.oid::regprocedure::text,
+       coalesce(pg_get_function_result(p.oid), '') || ' ' || md5(coalesce(p.prosrc, ''))
+FROM pg_proc p JOIN ns ON ns.oid = p.pronamespace
+WHERE NOT EXISTS (SELECT FROM ext WHERE classid = 'pg_proc'::regclass AND objid = p.oid)
+UNION ALL
+SELECT 'trigger', tg.tgname || ' on ' || ns.nspname || '.' || c.relname,
+       pg_get_triggerdef(tg.oid)
+FROM pg_trigger tg JOIN pg_class c ON c.oid = tg.tgrelid JOIN ns ON ns.oid = c.relnamespace
+WHERE NOT tg.tgisinternal AND c.oid NOT IN (SELECT oid FROM own)
+"""
+)
+
+#: Every user table, and the columns whose values a rerun must reproduce: not those a
+#: default, an identity or a generation fills (a serial id, a timestamp), nor foreign
+#: keys (they hold such ids).
+_ROW_TABLES = (
+    _CATALOG_COMMON
+    + r"""
+SELECT ns.nspname, c.relname,
+       coalesce(array_agg(a.attname::text ORDER BY a.attnum) FILTER (
+           WHERE NOT a.atthasdef AND a.attidentity = '' AND a.attgenerated = ''
+             AND NOT EXISTS (SELECT FROM pg_constraint f
+                             WHERE f.contype = 'f' AND f.conrelid = c.oid
+                               AND a.attnum = ANY (f.conkey))), '{}')
+FROM pg_class c JOIN ns ON ns.oid = c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE c.relkind = 'r' AND c.oid NOT IN (SELECT oid FROM own)
+  AND NOT EXISTS (SELECT FROM ext WHERE classid = 'pg_class'::regclass AND objid = c.oid)
+GROUP BY ns.nspname, c.relname
+ORDER BY 1, 2
+"""
+)
+
+
+def catalog_snapshot(connection: psycopg.Connection[Any], table: VersionTable) -> Catalog:
+    """The application's schema objects: schemas, tables, views, columns, sequences,
+    indexes, constraints, types, functions and triggers, each with its definition.
+
+    Left out: the server's schemas, migrate-lock's (``migrate_lock``, ``migrate_lock_*``
+    tables), the version table and its index, and what extensions own.
+    """
+    rows = connection.execute(_CATALOG, {"schema": table.schema, "table": table.name})
+    return {(str(kind), str(name)): str(definition) for kind, name, definition in rows}
+
+
+def row_fingerprints(
+    connection: psycopg.Connection[Any], table: VersionTable
+) -> dict[str, tuple[int, str]]:
+    """Row count and a content hash of every user table (one query), over the columns a
+    rerun must reproduce (see ``_ROW_TABLES``); the version table and ours left out."""
+    tables = connection.execute(_ROW_TABLES, {"schema": table.schema, "table": table.name})
+    parts = []
+    for schema, name, columns in tables.fetchall():
+        qualified = sql.Identifier(schema, name)
+        label = sql.Literal(f"{schema}.{name}")
+        if columns:
+            row = sql.SQL("ROW({})::text").format(
+                sql.SQL(", ").join(sql.Identifier(column) for column in columns)
+            )
+            parts.append(
+                sql.SQL(
+                    "SELECT {}, count(*), md5(coalesce(string_agg(r, '|' ORDER BY r), ''))"
+                    " FROM (SELECT {} AS r FROM {}) s"
+                ).format(label, row, qualified)
+            )
+        else:
+            parts.append(sql.SQL("SELECT {}, count(*), '' FROM {}").format(label, qualified))
+    if not parts:
+        return {}
+    found = connection.execute(sql.SQL(" UNION ALL ").join(parts)).fetchall()
+    return {str(name): (int(count), str(digest)) for name, count, digest in found}
+
+
+def _cycle_findings(
+    revision: str, before: Catalog, up: Catalog, down: Catalog, again: Catalog
+) -> list[str]:
+    """What a down and up cycle of ``revision`` did to the catalog that it should not."""
+    findings = [
+        f"downgrade of {revision} {what}"
+        for what in _catalog_differences(before, down, "left {} behind", "removed {}")
+    ]
+    if not findings:  # a leftover shows again after the upgrade: say it once
+        findings = [
+            f"upgrade of {revision} run again {what}"
+            for what in _catalog_differences(up, again, "created {} as well", "did not create {}")
+        ]
+    return findings
+
+
+def _catalog_differences(old: Catalog, new: Catalog, added: str, removed: str) -> list[str]:
+    lines = []
+    for key in sorted(old.keys() | new.keys()):
+        name = " ".join(key)
+        if key not in old:
+            lines.append(added.format(name))
+        elif key not in new:
+            lines.append(removed.format(name))
+        elif old[key] != new[key]:
+            lines.append(f"changed {name}: {_short(old[key])} -> {_short(new[key])}")
+    return lines
+
+
+def _row_findings(
+    revision: str, up: dict[str, tuple[int, str]], again: dict[str, tuple[int, str]]
+) -> list[str]:
+    """Tables whose rows differ after ``revision``'s second upgrade from after its first."""
+    findings = []
+    for name in sorted(up.keys() & again.keys()):
+        (first, first_hash), (second, second_hash) = up[name], again[name]
+        if first != second:
+            findings.append(
+                f"upgrade of {revision} run again after its downgrade left {second} rows in "
+                f"{name}, the first run {first}"
+            )
+        elif first_hash != second_hash:
+            findings.append(
+                f"upgrade of {revision} run again after its downgrade changed the rows of "
+                f"{name} ({first} rows, other values)"
+            )
+    return findings
+
+
+def _short(text: str, limit: int = 80) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 @contextlib.contextmanager
