@@ -8,10 +8,13 @@ database, or a pg_hba rejection is a configuration error: exit 78 at once.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 from collections.abc import Callable
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -75,9 +78,11 @@ _PERMANENT_FAILURES: tuple[tuple[str, str, str], ...] = (
     ),
     (
         "certificate verify failed",
-        "the server's certificate does not verify (expired, self-signed or signed by "
-        "another CA than sslrootcert's)",
-        _SSL_ROOT,
+        # {roots}: where libpq took the CA from (see _trusted_roots).
+        "the server's certificate is not trusted by {roots}",
+        "set sslrootcert= to the certificate of the CA that signed the server's (the "
+        "provider's CA bundle), or sslrootcert=system if a public CA signed it; an "
+        "expired or self-signed server certificate fails the same way",
     ),
     (
         "server accepted connection without a valid ssl certificate",
@@ -141,7 +146,7 @@ def connect(
                 **KEEPALIVES,  # type: ignore[arg-type]
             )
         except psycopg.OperationalError as error:
-            permanent = classify(error)
+            permanent = classify(error, url)
             if permanent is not None:
                 reason, hint = permanent
                 raise ConfigError(
@@ -196,13 +201,32 @@ def permanent_reason(error: Exception) -> str | None:
     return permanent[0] if permanent is not None else None
 
 
-def classify(error: Exception) -> tuple[str, str] | None:
-    """(what is wrong, what to do) for a failure retrying will not mend, else None."""
+def classify(error: Exception, url: DatabaseUrl | None = None) -> tuple[str, str] | None:
+    """(what is wrong, what to do) for a failure retrying will not mend, else None.
+
+    ``url`` (the URL that failed) lets the reason name the CA file the server was checked
+    against."""
     text = str(error).lower()
     for fragment, reason, hint in _PERMANENT_FAILURES:
         if fragment in text:
-            return reason, hint
+            return reason.replace("{roots}", _trusted_roots(url)), hint
     return None
+
+
+def _trusted_roots(url: DatabaseUrl | None) -> str:
+    """Where libpq took the CA certificates from: the URL's sslrootcert, else PGSSLROOTCERT,
+    else its default file."""
+    value = None
+    if url is not None:
+        with contextlib.suppress(psycopg.ProgrammingError):
+            value = conninfo_to_dict(url.libpq).get("sslrootcert")
+    if value == "system":
+        return "sslrootcert=system (the system's trusted roots)"
+    if value:
+        return f"sslrootcert={value}"
+    if os.environ.get("PGSSLROOTCERT"):
+        return f"PGSSLROOTCERT={os.environ['PGSSLROOTCERT']}"
+    return "sslrootcert (libpq's default file, ~/.postgresql/root.crt)"
 
 
 class _Transient(Exception):

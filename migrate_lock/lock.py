@@ -64,6 +64,31 @@ _THIS_BACKEND_HOLDS = (
     " AND objsubid = 1)"
 )
 
+#: What pg_stat_activity shows as the query of another role's session to a role without
+#: pg_read_all_stats (its state, client address and start time are then NULL).
+_HIDDEN = "<insufficient privilege>"
+#: The application_name of every migrate-lock connection starts so.
+_OWN_NAME = "migrate-lock"
+#: The statements this module runs to wait, take, check, name and release the lock (as
+#: pg_stat_activity shows them, upper case). A migrate-lock holder whose last query is one
+#: of them is between the lock's own steps: waiters report its migration ("migrating
+#: since …"), not "idle" in UNLISTEN.
+_OWN_STATEMENTS = (
+    "LISTEN MIGRATE_LOCK_",
+    "UNLISTEN MIGRATE_LOCK_",
+    "NOTIFY MIGRATE_LOCK_",
+    "SELECT PG_TRY_ADVISORY_LOCK(",
+    "SELECT PG_ADVISORY_UNLOCK(",
+    "SELECT EXISTS (SELECT 1 FROM PG_LOCKS",
+    "SELECT NOT EXISTS (SELECT 1 FROM PG_LOCKS",
+    "SELECT CASE WHEN EXISTS (SELECT 1 FROM PG_LOCKS",
+    "SELECT SET_CONFIG(",
+    "SELECT CURRENT_SETTING('SERVER_VERSION_NUM')",
+    "SELECT A.PID, A.APPLICATION_NAME,",
+    "SELECT (SELECT COUNT(*) FROM PG_STAT_ACTIVITY",
+    "BEGIN ISOLATION LEVEL READ COMMITTED",
+)
+
 
 def lock_key(database: str, schema: str, version_table: str) -> int:
     """The signed 64-bit advisory lock key for one version table of one database.
@@ -79,7 +104,16 @@ def lock_key(database: str, schema: str, version_table: str) -> int:
 
 @dataclass(frozen=True)
 class LockHolder:
-    """The session holding the migration lock, as ``pg_stat_activity`` shows it."""
+    """The session holding the migration lock, as ``pg_stat_activity`` shows it.
+
+    ``user`` and ``application_name`` are visible to every role. A role without
+    ``pg_read_all_stats`` sees nothing else of another role's session: ``hidden`` is then
+    True and ``client_addr``, ``state`` and ``query`` are None (``since`` still comes from
+    a migrate-lock holder's ``application_name``). ``state`` and ``query`` are also None
+    while a migrate-lock holder runs the lock's own statements (LISTEN, UNLISTEN, the
+    ownership check, set_config): its migration is what it is doing, and its
+    ``application_name`` says since when.
+    """
 
     pid: int
     application_name: str
@@ -87,18 +121,26 @@ class LockHolder:
     since: str | None
     state: str | None
     query: str | None
+    user: str | None = None
+    hidden: bool = False
 
     def describe(self) -> str:
+        user = f" as {self.user}" if self.user else ""
         where = f" from {self.client_addr}" if self.client_addr else ""
         since = f" since {self.since}" if self.since else ""
-        query = f"; its query: {_shorten(self.query, 120)}" if self.query else ""
-        return (
-            f"pid {self.pid} ({self.application_name or 'no application_name'}){where}{since}, "
-            f"state {self.state or 'unknown'}{query}"
-        )
+        if self.hidden:
+            doing = "; its state and query are hidden from this role (pg_read_all_stats shows them)"
+        else:
+            doing = f", state {self.state}" if self.state else ""
+            doing += f"; its query: {_shorten(self.query, 120)}" if self.query else ""
+        name = self.application_name or "no application_name"
+        return f"pid {self.pid} ({name}){user}{where}{since}{doing}"
 
     def as_fields(self) -> dict[str, Any]:
-        return {f"holder_{key}": value for key, value in asdict(self).items()}
+        fields = {f"holder_{key}": value for key, value in asdict(self).items()}
+        if not self.hidden:
+            del fields["holder_hidden"]
+        return fields
 
 
 @dataclass(frozen=True)
@@ -407,7 +449,7 @@ def find_holder(connection: LockConnection, key: int) -> LockHolder | None:
         """
         SELECT a.pid, a.application_name, host(a.client_addr),
                to_char(a.backend_start AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
-               a.state, a.query
+               a.state, a.query, a.usename
           FROM pg_locks l
           JOIN pg_stat_activity a ON a.pid = l.pid
          WHERE l.locktype = 'advisory' AND l.granted
@@ -419,7 +461,7 @@ def find_holder(connection: LockConnection, key: int) -> LockHolder | None:
     ).fetchone()
     if row is None:
         return None
-    pid, application_name, client_addr, backend_start, state, query = row
+    pid, application_name, client_addr, backend_start, state, query, user = row
     name = str(application_name or "")
     # Formatted by the server: the lean connection returns text, psycopg a datetime.
     since = (
@@ -427,13 +469,17 @@ def find_holder(connection: LockConnection, key: int) -> LockHolder | None:
         if name.startswith(_APPLICATION_NAME_PREFIX)
         else (str(backend_start) if backend_start else None)
     )
+    hidden = query == _HIDDEN
+    quiet = hidden or (name.startswith(_OWN_NAME) and _is_own_statement(str(query or "")))
     return LockHolder(
         pid=int(str(pid)),
         application_name=name,
         client_addr=str(client_addr) if client_addr else None,
         since=since,
-        state=str(state) if state else None,
-        query=str(query) if query else None,
+        state=str(state) if state and not quiet else None,
+        query=str(query) if query and not quiet else None,
+        user=str(user) if user else None,
+        hidden=hidden,
     )
 
 
@@ -675,6 +721,12 @@ def _split(key: int) -> tuple[int, int]:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _is_own_statement(query: str) -> bool:
+    """Whether ``query`` is one of the lock's own statements (see ``_OWN_STATEMENTS``)."""
+    flat = " ".join(query.split()).upper()
+    return flat.startswith(_OWN_STATEMENTS)
 
 
 def _shorten(text: str, limit: int) -> str:

@@ -40,11 +40,11 @@ _AT = 'connection failed: connection to server at "10.0.0.5", port 5432 failed: 
         ),
         (
             _AT + "SSL error: certificate verify failed: self-signed certificate",
-            "certificate does not verify",
+            "certificate is not trusted by sslrootcert",
         ),
         (
             _AT + "SSL error: certificate verify failed: certificate has expired",
-            "certificate does not verify",
+            "certificate is not trusted by sslrootcert",
         ),
         (
             _AT + 'server certificate for "db.internal" does not match host name "10.0.0.5"',

@@ -242,6 +242,7 @@ def test_the_timeout_names_the_holder_and_since_when(clock: Clock) -> None:
             None,
             "active",
             "ALTER TABLE big ADD COLUMN x int",
+            "app",
         )
     )
 
