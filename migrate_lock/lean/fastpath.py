@@ -2,13 +2,15 @@
 
 Almost every start of almost every replica finds nothing to do. This path answers
 that case with the standard library, libpq through ctypes (pq.py), and the heads
-manifest (manifest.py), in a fraction of the CPU time of loading Alembic.
+manifest (manifest.py) or, without one, the revision files' literal assignments
+(static_revisions.py), in a fraction of the CPU time of loading Alembic.
 
-It only ever says "nothing to do". Whenever it cannot be sure (no manifest or a
-stale one, a setting it does not recognise as certainly valid, a connection or
-query problem, the database not exactly at the heads, a changed seed file), it
-yields no result and the caller (migrate.py) runs the full protocol, which validates
-everything again and produces the proper errors. So it can be slower, never wrong.
+It only ever says "nothing to do". Whenever it cannot be sure (heads neither a fresh
+manifest nor the revision files' text vouch for, a setting it does not recognise as
+certainly valid, a connection or query problem, the database not exactly at the
+heads, a changed seed file), it yields no result and the caller (migrate.py) runs the
+full protocol, which validates everything again and produces the proper errors. So it
+can be slower, never wrong.
 
 When the database is behind, this path waits for the migration lock itself (most
 replicas then find the work done and never load Alembic); the one that gets it keeps
@@ -36,6 +38,7 @@ from migrate_lock.lean.settings_schema import (
     read_dotenv,
     read_settings,
 )
+from migrate_lock.lean.static_revisions import StaticRevisions, read_revisions
 from migrate_lock.lock import (
     Hold,
     lock_key,
@@ -107,7 +110,9 @@ def _start(stack: ExitStack, overrides: Mapping[str, Any], started: float) -> Le
         log.configure(log_format=settings.log_format, level=settings.log_level)
         files = script_files(settings.alembic_config)
         manifest = read_manifest(files) if files is not None else None
-        if manifest is None:
+        # No fresh manifest (no `freeze`): the revision files' own text, when certain.
+        known = manifest or read_revisions(settings.alembic_config)
+        if known is None:
             return LeanStart()
         url = _migration_url(settings)
         check_startup(settings)
@@ -120,7 +125,7 @@ def _start(stack: ExitStack, overrides: Mapping[str, Any], started: float) -> Le
         connection = stack.enter_context(connect())
         # The host libpq connected to (a failover URL lists several), for the pooler check.
         url = replace(url, host=connection.info.host, port=connection.info.port)
-        return _check_or_wait(stack, connection, settings, manifest, started, url, connect)
+        return _check_or_wait(stack, connection, settings, known, started, url, connect)
     except LockTimeout:
         raise
     except UNDECIDED:
@@ -131,7 +136,7 @@ def _check_or_wait(
     stack: ExitStack,
     connection: LeanConnection,
     settings: LeanSettings,
-    manifest: Manifest,
+    manifest: Manifest | StaticRevisions,
     started: float,
     url: DatabaseUrl,
     connect: Callable[[], LeanConnection],
@@ -147,7 +152,7 @@ def _check_or_wait(
     database = str(row[0]) if row and row[0] else url.database
     key = settings.migration_lock_key
     key = key if key is not None else lock_key(database, schema, table.name)
-    heads = manifest.heads
+    heads, heads_from = manifest.heads, manifest.source
 
     def at_heads_on(connection: LeanConnection) -> bool:
         current = database_revisions(connection, table)
@@ -159,7 +164,7 @@ def _check_or_wait(
 
     current = database_revisions(connection, table)
     if at_heads_on(connection):
-        return LeanStart(result=_done("fast_path", heads, key, 0.0, started))
+        return LeanStart(result=_done("fast_path", heads, key, 0.0, started, heads_from))
     if any(revision not in manifest.revisions for revision in current or ()):
         return LeanStart()  # ahead or unknown: the full path knows the history and the graph
     scope = choose_scope(
@@ -205,17 +210,17 @@ def _check_or_wait(
             )
             if done:
                 waited = time.monotonic() - waiting_since
-                return LeanStart(result=_done("waited", heads, key, waited, started))
+                return LeanStart(result=_done("waited", heads, key, waited, started, heads_from))
             connection = stack.enter_context(connect())
             continue
         if hold.acquired:
             return LeanStart(hold=hold, connection=connection, waited_before=waited)
         waited += hold.waited_seconds
-        return LeanStart(result=_done("waited", heads, key, waited, started))
+        return LeanStart(result=_done("waited", heads, key, waited, started, heads_from))
 
 
 def _done(
-    role: Role, current: tuple[str, ...], key: int, waited: float, started: float
+    role: Role, current: tuple[str, ...], key: int, waited: float, started: float, source: str
 ) -> UpgradeResult:
     result = UpgradeResult(
         role=role,
@@ -237,7 +242,7 @@ def _done(
         status="at_head",
         wait_ms=result.wait_ms,
         duration_ms=result.total_ms,
-        heads_from="manifest",
+        heads_from=source,
     )
     return result
 

@@ -19,6 +19,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from migrate_lock.logs import log
 
@@ -36,6 +37,8 @@ class Manifest:
     revisions: frozenset[str]
     fingerprint: str
     path: Path
+    #: Where the heads came from, as the ``heads_from`` of ``migrate.up_to_date`` says.
+    source: ClassVar[str] = "manifest"
 
 
 @dataclass(frozen=True)
