@@ -120,7 +120,8 @@ def test_four_replicas_migrate_a_flask_migrate_project_once(
     tmp_path: Path, database_url: str
 ) -> None:
     """The documented change: four replicas at once, one migrates, the revision runs once;
-    then ``flask db current`` through ``migrate-lock run`` names it (passed through)."""
+    then ``flask db current`` through ``migrate-lock run`` names it (passed through), and
+    ``flask db check`` finds the models and the database equal."""
     project = example_project(tmp_path / "microblog")
 
     replicas = [
@@ -151,6 +152,18 @@ def test_four_replicas_migrate_a_flask_migrate_project_once(
     assert current.returncode == 0, current.stderr
     assert "run.passthrough" in current.stderr
     assert f"{REVISION} (head)" in current.stdout
+
+    # Autogenerate (`flask db check`) sees no change: not migrate-lock's own tables either.
+    check = run_cli(
+        ["run", "--", "flask", "--app", "microblog", "db", "check"],
+        cwd=project,
+        database_url=database_url,
+        PATH=f"{BIN}:{os.environ.get('PATH', '/usr/bin:/bin')}",
+        **ALEMBIC_INI,
+    )
+
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "No new upgrade operations detected" in check.stdout + check.stderr
 
 
 def test_upgrade_sql_and_lint_without_a_database_render_postgresql(tmp_path: Path) -> None:
