@@ -162,6 +162,24 @@ _confirm_option = click.option(
 )
 
 
+def _then_options(command: Callable[..., None]) -> Callable[..., None]:
+    """``--then CMD`` and ``--then-always``: the bootstrap step run under the lock."""
+    command = click.option(
+        "--then-always",
+        "then_always",
+        is_flag=True,
+        default=None,
+        help="Run the --then step on every start, not only on a change [env MIGRATE_THEN_ALWAYS].",
+    )(command)
+    return click.option(
+        "--then",
+        "then",
+        metavar="CMD",
+        help="Shell command run after the revisions and seeds, holding the migration lock, "
+        "when something changed [env MIGRATE_THEN].",
+    )(command)
+
+
 @main.command()
 @click.argument("revision", default="heads")
 @click.option("--sql", is_flag=True, help="Print the SQL instead of running it (no lock, no DB).")
@@ -173,6 +191,7 @@ _confirm_option = click.option(
     default=None,
     help="Back up before revisions run (only when there are) [env BACKUP_BEFORE_UPGRADE].",
 )
+@_then_options
 @click.pass_context
 def upgrade(
     ctx: click.Context,
@@ -181,6 +200,8 @@ def upgrade(
     as_json: bool,
     lock_timeout: float | None,
     backup_first: bool | None,
+    then: str | None,
+    then_always: bool | None,
 ) -> None:
     """Upgrade to REVISION (default: heads) under the migration lock."""
     document = sys.stdout  # for the SQL: _run sends everything else printed to stderr
@@ -195,6 +216,8 @@ def upgrade(
                 ctx,
                 migration_lock_timeout_seconds=lock_timeout,
                 backup_before_upgrade=backup_first,
+                migrate_then=then,
+                migrate_then_always=then_always,
             ),
         )
 
@@ -205,13 +228,18 @@ def upgrade(
 
 @main.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@_then_options
 @click.pass_context
-def run(ctx: click.Context, command: tuple[str, ...]) -> None:
+def run(
+    ctx: click.Context, command: tuple[str, ...], then: str | None, then_always: bool | None
+) -> None:
     """Migrate under the lock (unless MIGRATE_ON_START=false), then exec COMMAND.
 
     Use it as the container's entrypoint: migrate-lock run -- gunicorn app:app
+    (with a bootstrap step: run --then 'python initial_data.py' -- gunicorn app:app)
     """
-    _run(lambda: migrate_lock.run(command, overrides=_overrides(ctx)))
+    overrides = _overrides(ctx, migrate_then=then, migrate_then_always=then_always)
+    _run(lambda: migrate_lock.run(command, overrides=overrides))
 
 
 @main.command()

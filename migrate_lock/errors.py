@@ -194,6 +194,28 @@ class ProcessExited(MigrationFailed):
     """A revision or ``env.py`` raised SystemExit (``sys.exit()``); rolled back."""
 
 
+class ThenFailed(MigrationFailed):
+    """The bootstrap step (MIGRATE_THEN, ``upgrade(then=…)``) failed under the lock: exit 1.
+
+    The revisions and seeds of the start stay applied; the step's run is not recorded, so
+    the next start runs it again. ``exit_status`` is the command's exit status (negative:
+    killed by that signal; None for a Python callable) and ``stderr_tail`` the end of
+    what it wrote to stderr (scrubbed of secrets).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        exit_status: int | None = None,
+        stderr_tail: str = "",
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.exit_status = exit_status
+        self.stderr_tail = stderr_tail
+
+
 class UnknownDatabaseRevision(MigrateLockError):
     """The database is at a revision this code has never seen applied there."""
 

@@ -12,7 +12,7 @@ imports the full path only when it is needed (``_upgrade_in_full``).
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from migrate_lock.lean.fastpath import UNDECIDED, LeanStart, lean_upgrade
@@ -34,6 +34,7 @@ def upgrade(
     *,
     settings: Settings | None = None,
     overrides: Mapping[str, Any] | None = None,
+    then: Callable[[], object] | None = None,
 ) -> UpgradeResult:
     """Bring the database to ``target`` under the migration lock, exactly once.
 
@@ -43,9 +44,15 @@ def upgrade(
     is read, with ``overrides`` (settings by field name; None means not given) on
     top. To the heads and without ``settings``, the at-head path answers first: at
     head it returns without loading Alembic, SQLAlchemy, psycopg or pydantic.
+
+    ``then`` is the application's bootstrap step (it beats MIGRATE_THEN): called with no
+    arguments after the revisions and seeds, while the lock is held, when this start
+    migrated or seeded or the step changed (docs/bootstrap.md); its exception is ThenFailed
+    (exit 1). A start given ``then`` takes the full path (the caller has loaded its
+    application already).
     """
-    if target != "heads" or settings is not None:
-        return _upgrade_in_full(target, settings, overrides, None)
+    if target != "heads" or settings is not None or then is not None:
+        return _upgrade_in_full(target, settings, overrides, None, then)
     with lean_upgrade(overrides) as lean:
         if lean.result is not None:
             return lean.result
@@ -59,12 +66,15 @@ def _upgrade_in_full(
     settings: Settings | None,
     overrides: Mapping[str, Any] | None,
     handover: LeanStart | None,
+    then: Callable[[], object] | None = None,
 ) -> UpgradeResult:
     # The package's one deliberate late import: the full path costs more CPU than the
     # whole at-head answer (docs/performance.md), so only a start that needs it pays.
     from migrate_lock import protocol  # noqa: PLC0415 - the lean-to-full step, see above
 
-    return protocol.upgrade(target, settings=settings, overrides=overrides, handover=handover)
+    return protocol.upgrade(
+        target, settings=settings, overrides=overrides, handover=handover, then=then
+    )
 
 
 def start_settings(overrides: Mapping[str, Any] | None = None) -> LeanSettings | Settings:

@@ -25,6 +25,8 @@ class UpgradeResult:
     lock_key: int
     wait_ms: int
     total_ms: int
+    #: Why this start ran the bootstrap step (MIGRATE_THEN; then.py), None: it did not.
+    then: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

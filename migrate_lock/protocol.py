@@ -14,7 +14,7 @@ when that path cannot settle the start.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -51,6 +51,7 @@ from migrate_lock.seeds.csv_merge import SeedError
 from migrate_lock.seeds.files import SeedFile, changed_seeds, discover, seeds_dir
 from migrate_lock.settings import Settings, load_settings
 from migrate_lock.state import SchemaState, require_known
+from migrate_lock.then import ThenStep, prepare, refuse_in_transaction_scope
 from migrate_lock.version_table import record_history
 
 if TYPE_CHECKING:
@@ -63,12 +64,14 @@ def upgrade(
     settings: Settings | None = None,
     overrides: Mapping[str, Any] | None = None,
     handover: LeanStart | None = None,
+    then: Callable[[], object] | None = None,
 ) -> UpgradeResult:
     """The full path of ``migrate_lock.upgrade`` (migrate.py): Alembic, SQLAlchemy, psycopg.
 
     ``settings`` (else the environment with ``overrides``) are validated first.
     ``handover`` is the lock the at-head path holds on its lean connection; it is
     handed over once this call's own connection is open, and this call takes it next.
+    ``then`` is the bootstrap step as a Python function (it beats MIGRATE_THEN; then.py).
 
     A connection lost on the way (a server restart, a failover) is survived: the
     server rolled back whatever was open, so the protocol starts over on a new
@@ -79,7 +82,7 @@ def upgrade(
     check_startup(project.settings)
     for attempt in range(RECONNECTS + 1):
         try:
-            return _upgrade_once(project, target, started, handover if attempt == 0 else None)
+            return _upgrade_once(project, target, started, handover if attempt == 0 else None, then)
         except ConnectionLost as error:
             if attempt == RECONNECTS:
                 raise
@@ -92,11 +95,17 @@ RECONNECTS = 3
 
 
 def _upgrade_once(
-    project: Project, target: str, started: float, handover: LeanStart | None
+    project: Project,
+    target: str,
+    started: float,
+    handover: LeanStart | None,
+    then: Callable[[], object] | None,
 ) -> UpgradeResult:
     scripts = project.scripts
     wanted = scripts.resolve(target)
     seeds = _seed_files(project.settings, wanted == scripts.heads())
+    # The bootstrap step, as seeds: only an upgrade to the heads runs it.
+    step = prepare(project.settings, wanted, seeds, then) if wanted == scripts.heads() else None
     # When the server is out of connection slots, the at-head path's connection (which
     # holds the lock for us) gives its slot up: otherwise every replica waits for one.
     hand_over = handover.hand_over if handover is not None else None
@@ -111,6 +120,7 @@ def _upgrade_once(
                 seeds,
                 started,
                 handover.waited_seconds if handover else 0.0,
+                step,
             )
         except psycopg.OperationalError as error:
             if not session.connection.broken:
@@ -130,21 +140,26 @@ def _protocol(
     seeds: list[SeedFile],
     started: float,
     waited_before: float,
+    step: ThenStep | None = None,
 ) -> UpgradeResult:
     scripts = session.project.scripts
     state = session.state(wanted, scripts)
     require_known(state)
-    if _nothing_to_do(session, state, seeds):
+    if _nothing_to_do(session, state, seeds, step):
         _skip_seeds_unless_at_heads(session, state, seeds)
         return _finish(session, "fast_path", state, state, (), 0.0, started)
     in_transaction = session.lock_scope.transaction
     if in_transaction:
         _refuse_in_one_transaction(session, state)
+        if step is not None:
+            raise refuse_in_transaction_scope(session.lock_scope.reason)
     # SQLAlchemy's first connect ends in a ROLLBACK: make its connection before the lock.
     with (
         sqlalchemy_connection(session.connection) if in_transaction else nullcontext() as shared,
         session.migration_lock(
-            work_is_done=lambda: _nothing_to_do(session, session.state(wanted, scripts), seeds),
+            work_is_done=lambda: _nothing_to_do(
+                session, session.state(wanted, scripts), seeds, step
+            ),
             waited_before=waited_before,
         ) as hold,
     ):
@@ -152,7 +167,7 @@ def _protocol(
             after = session.state(wanted, scripts)
             _skip_seeds_unless_at_heads(session, after, seeds)
             return _finish(session, "waited", state, after, (), hold.waited_seconds, started)
-        return _migrate_holding_lock(session, hold, target, wanted, seeds, started, shared)
+        return _migrate_holding_lock(session, hold, target, wanted, seeds, started, shared, step)
 
 
 def _refuse_in_one_transaction(session: DatabaseSession, state: SchemaState) -> None:
@@ -183,13 +198,17 @@ def _refuse_early_commit(session: DatabaseSession, culprit: str) -> None:
         )
 
 
-def _nothing_to_do(session: DatabaseSession, state: SchemaState, seeds: list[SeedFile]) -> bool:
+def _nothing_to_do(
+    session: DatabaseSession, state: SchemaState, seeds: list[SeedFile], step: ThenStep | None
+) -> bool:
     # Seeds count too: at head with a changed seed file is still work to do. Ahead (a
     # newer release migrated) they are not ours to apply: see _skip_seeds_unless_at_heads.
+    # So does a due bootstrap step (then.py), by the same rule.
     if not state.ready:
         return False
-    return state.status != "at_head" or not changed_seeds(
-        session.connection, session.version_table, seeds
+    return state.status != "at_head" or not (
+        changed_seeds(session.connection, session.version_table, seeds)
+        or (step is not None and step.due(session.connection, session.version_table))
     )
 
 
@@ -241,6 +260,7 @@ def _migrate_holding_lock(
     seeds: list[SeedFile],
     started: float,
     shared: Connection | None,
+    step: ThenStep | None = None,
 ) -> UpgradeResult:
     """Steps 3-4. With ``shared`` (the transaction scope), everything stays in the lock's
     transaction, which ``hold.commit()`` ends before the result is reported."""
@@ -249,11 +269,11 @@ def _migrate_holding_lock(
     before = session.state(wanted, session.project.scripts)
     require_known(before)
     if before.ready and _skip_seeds_unless_at_heads(session, before, seeds):
-        seeds = []
+        seeds, step = [], None
     due = changed_seeds(connection, session.version_table, seeds)
     # A seed file that would end the transaction is refused before anything runs.
     check_seed_files(due)
-    if before.ready and not due:
+    if before.ready and not due and not (step and step.due(connection, session.version_table)):
         hold.commit()
         return _finish(session, "waited", before, before, (), waited, started)
     if not before.ready:
@@ -277,8 +297,14 @@ def _migrate_holding_lock(
             f"{error.message}; the revisions of this upgrade were rolled back with them "
             "(one transaction)"
         ) from None
+    # The bootstrap step: after the revisions and seeds, still holding the lock.
+    ran = (
+        step.run(connection, session.version_table, migrated=bool(applied), seeded=bool(seeded))
+        if step is not None
+        else None
+    )
     hold.commit()
-    return _finish(session, "migrated", before, after, applied, waited, started, seeded)
+    return _finish(session, "migrated", before, after, applied, waited, started, seeded, ran)
 
 
 def _run_migrations(
@@ -365,6 +391,7 @@ def _finish(
     waited: float,
     started: float,
     seeded: tuple[str, ...] = (),
+    then: str | None = None,
 ) -> UpgradeResult:
     result = UpgradeResult(
         role=role,
@@ -375,6 +402,7 @@ def _finish(
         lock_key=session.lock_key,
         wait_ms=round(waited * 1000),
         total_ms=round((time.monotonic() - started) * 1000),
+        then=then,
     )
     event = "migrate.done" if role == "migrated" else "migrate.up_to_date"
     log.info(

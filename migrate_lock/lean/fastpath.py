@@ -50,6 +50,7 @@ from migrate_lock.logs import log
 from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.scope import choose_scope
 from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
+from migrate_lock.then import prepare
 from migrate_lock.version_table import VersionTable, current_schema, database_revisions
 
 #: What makes the lean path leave a decision to the full path (which then reports it
@@ -153,6 +154,8 @@ def _check_or_wait(
     key = settings.migration_lock_key
     key = key if key is not None else lock_key(database, schema, table.name)
     heads, heads_from = manifest.heads, manifest.source
+    # A due bootstrap step (MIGRATE_THEN) is work to do, as a changed seed file is.
+    step = prepare(settings, heads, seeds)
 
     def at_heads_on(connection: LeanConnection) -> bool:
         current = database_revisions(connection, table)
@@ -160,6 +163,7 @@ def _check_or_wait(
             current is not None
             and set(current) == set(heads)
             and not changed_seeds(connection, table, seeds)
+            and not (step is not None and step.due(connection, table))
         )
 
     current = database_revisions(connection, table)

@@ -531,6 +531,34 @@ class LeanSettings:
         "`bash` gives a debug shell that way, but then a "
         '`CMD ["sh", "-c", "exec gunicorn …"]` skips the migration too.',
     )
+    migrate_then: str | None = setting(
+        "MIGRATE_THEN",
+        kind=TEXT,
+        default=None,
+        allowed_doc="a shell command",
+        doc="The application's bootstrap step (the first superuser, defaults computed in "
+        "code), run with `sh -c` by `upgrade` and `run` after the revisions and seeds, **while "
+        "the migration lock is held**, in the same environment; its failure is exit 1 with the "
+        "end of its stderr. It runs when this start migrated or applied seeds, or when it, its "
+        "`MIGRATE_THEN_FILES`, the heads or the seed files changed since its last successful "
+        "run (recorded in the database). CLI: `--then`. See [bootstrap](bootstrap.md).",
+    )
+    migrate_then_files: str | None = setting(
+        "MIGRATE_THEN_FILES",
+        kind=TEXT,
+        default=None,
+        allowed_doc="paths separated by commas or spaces (files or directories)",
+        doc="Files the `MIGRATE_THEN` step reads (its script, its data): when one changes, the "
+        "step runs again on the next start. Relative to the current directory; a missing one "
+        "is exit 78. See [bootstrap](bootstrap.md#when-it-runs).",
+    )
+    migrate_then_always: bool = setting(
+        "MIGRATE_THEN_ALWAYS",
+        kind=BOOL,
+        default=False,
+        doc="Run the `MIGRATE_THEN` step on every start (each replica in turn, under the "
+        "lock), not only when something changed. CLI: `--then-always`.",
+    )
     confirm_destructive: str | None = setting(
         "CONFIRM_DESTRUCTIVE",
         kind=TEXT,

@@ -41,6 +41,7 @@ LIGHT = frozenset(
         ".seeds.files",
         ".outcome",
         ".state",
+        ".then",
     )
 )
 
