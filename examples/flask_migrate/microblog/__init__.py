@@ -8,10 +8,13 @@ from flask import Flask
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 
+from migrate_lock import include_object
+
 basedir = os.path.abspath(os.path.dirname(__file__))
 
 db = SQLAlchemy()
-migrate = Migrate()
+# Autogenerate (flask db migrate, flask db check) leaves migrate-lock's own tables alone.
+migrate = Migrate(include_object=include_object)
 
 
 def database_uri() -> str:
