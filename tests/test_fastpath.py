@@ -43,11 +43,26 @@ def test_at_head_with_a_fresh_manifest_answers_from_the_manifest(
 
 
 @pytest.mark.usefixtures("at_head")
-def test_without_a_manifest_alembic_answers(project: Path, database_url: str) -> None:
+def test_without_a_manifest_the_revision_files_answer(project: Path, database_url: str) -> None:
+    """No `freeze`: the static reader (lean/static_revisions.py) knows the heads."""
     code, events = upgrade_events(project, database_url)
     assert code == 0
     assert finished(events)["role"] == "fast_path"
-    assert "heads_from" not in finished(events)
+    assert finished(events)["heads_from"] == "revision_files"
+
+
+@pytest.mark.usefixtures("at_head")
+def test_without_a_manifest_a_file_the_reader_cannot_vouch_for_leaves_it_to_alembic(
+    project: Path, database_url: str
+) -> None:
+    index = project / "migrations" / "versions" / "0021_index.py"
+    index.write_text(
+        index.read_text().replace('down_revision = "0020"', 'down_revision = "00" + "20"')
+    )
+    code, events = upgrade_events(project, database_url)
+    assert code == 0
+    assert finished(events)["role"] == "fast_path"
+    assert "heads_from" not in finished(events)  # Alembic's answer
 
 
 def test_a_stale_manifest_never_hides_a_new_revision(
