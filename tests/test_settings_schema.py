@@ -72,8 +72,9 @@ def full_path(overrides: Mapping[str, Any]) -> dict[str, Any] | str:
 def lean_path(dotenv: Path, overrides: Mapping[str, Any]) -> dict[str, Any] | str:
     """What the lean reader reads, URLs checked as the fast path checks them; or DEFERRED."""
     try:
-        assert dotenv_path(os.environ, overrides) in (dotenv, None)
-        lean = read_settings(os.environ, read_dotenv(dotenv_path(os.environ, overrides)), overrides)
+        found = dotenv_path(os.environ, overrides)
+        assert found is None or found.resolve() == dotenv.resolve()
+        lean = read_settings(os.environ, read_dotenv(found), overrides)
         for field in ("database_url", "migration_database_url"):
             url = getattr(lean, field)
             if url:

@@ -866,10 +866,10 @@ def dotenv_path(
         here = Path.cwd()
     except OSError:  # the current directory was removed
         return None
-    for directory in (here, *here.parents):
-        candidate = directory / ".env"
-        if candidate.is_file():
-            return candidate
+    for up, directory in enumerate((here, *here.parents)):
+        if (directory / ".env").is_file():
+            # As the operator would name it from here (.env, ../.env), for messages.
+            return Path(*[".."] * up, ".env")
         if (directory / ".git").exists():
             return None
     return None
