@@ -37,7 +37,7 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from migrate_lock.connection import connect
+from migrate_lock.connection import classify, connect
 from migrate_lock.dsn import DatabaseUrl, with_database
 from migrate_lock.errors import (
     BackupFailed,
@@ -200,7 +200,7 @@ def take_backup(
                 env,
             )
         except _ToolFailed as error:
-            raise BackupFailed(
+            raise _cannot_connect(error, client, session.project.url) or BackupFailed(
                 f"the backup of {database!r} failed ({error}); no file was kept",
                 hint="check the role's privileges (it must be able to read every table)",
             ) from None
@@ -422,6 +422,34 @@ class _ToolFailed(Exception):
 
     def __init__(self, tool: str, code: int, detail: str) -> None:
         super().__init__(f"{tool} exited {code}: {detail}")
+        self.tool = tool
+        self.detail = detail
+
+
+#: How the client tools say they could not connect (not that a query failed).
+_CONNECTING = ("connection to server", "ssl support is not compiled in", "invalid connection")
+
+
+def _cannot_connect(error: _ToolFailed, client: PgClient, url: DatabaseUrl) -> ConfigError | None:
+    """ConfigError (78) when the tool could not connect for a reason retrying will not
+    mend, as our own connection's failures are classified (connection.classify): the
+    tool's libpq may differ from ours (no SSL, no ``sslrootcert=system`` before 16)."""
+    text = error.detail.lower()
+    permanent = classify(RuntimeError(error.detail), url)
+    if permanent is None or not any(fragment in text for fragment in _CONNECTING):
+        return None
+    reason, hint = permanent
+    if client.major < 16 and "sslrootcert=system" in url.masked:
+        hint = (
+            f"{error.tool} {client.version} reads sslrootcert=system as a file name (the "
+            "system's roots need PostgreSQL 16 or newer): set PG_BIN_DIR to newer client "
+            "tools, or sslrootcert= to the CA's file"
+        )
+    return ConfigError(
+        f"{error.tool} ({client.bin_dir}, PostgreSQL {client.version}) cannot connect to "
+        f"{url.masked}: {reason} ({error.detail})",
+        hint=hint,
+    )
 
 
 def _run_tool(args: list[str], env: dict[str, str]) -> str:
@@ -690,7 +718,7 @@ def _restore_into(
     try:
         _run_tool([*args, str(file)], env)
     except _ToolFailed as error:
-        raise BackupFailed(
+        raise _cannot_connect(error, client, url) or BackupFailed(
             f"{file} could not be restored ({error}); the current database was not touched",
             hint="the file may be truncated or from another server; try an older backup "
             "(`--no-owner` if the error is about a role)",

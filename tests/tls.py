@@ -39,6 +39,7 @@ CERTIFIED_HOST = "localhost"
 @dataclass(frozen=True)
 class TlsServer:
     port: int
+    bin_dir: Path  #: the server's binaries, and its client tools (pg_dump, pg_restore)
     ca: Path  #: the CA that signed the server's certificate
     wrong_ca: Path  #: a CA that signed nothing the server shows
 
@@ -137,7 +138,7 @@ def tls_server() -> Iterator[TlsServer]:
             "start",
         )
         try:
-            server = TlsServer(port, ca, wrong_ca)
+            server = TlsServer(port, bin_dir, ca, wrong_ca)
             _create_roles(server)
             yield server
         finally:
