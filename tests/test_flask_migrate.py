@@ -222,6 +222,26 @@ def test_flask_migrates_own_env_py_is_refused_for_its_sqlite_dialect(
     assert "CREATE TABLE" not in result.stdout
 
 
+def test_plan_refuses_the_application_s_sqlite_fallback_too(
+    tmp_path: Path, database_url: str
+) -> None:
+    """migrate-lock on MIGRATION_DATABASE_URL, the application's DATABASE_URL unset: plan
+    (pending revisions from the database, SQL rendered offline) refuses the same way."""
+    project = unchanged_env_py(example_project(tmp_path / "microblog"), with_app_context=True)
+
+    result = run_cli(
+        ["plan"],
+        cwd=project,
+        database_url=None,
+        MIGRATION_DATABASE_URL=database_url,
+        **ALEMBIC_INI,
+    )
+
+    line = assert_one_line_failure(result, 78)
+    assert "env.py configured the sqlite dialect, not PostgreSQL" in line
+    assert "CREATE TABLE" not in result.stdout
+
+
 def test_flask_migrates_own_env_py_asks_for_an_application_context(tmp_path: Path) -> None:
     """Why (issue 18, item 3): outside `flask`, the template's current_app raised "Working
     outside of application context", reported with the hint about application settings."""
