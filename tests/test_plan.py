@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_lint import write_revisions
 
 from support import catalog_snapshot, run_cli
 
@@ -81,3 +82,62 @@ def test_plan_at_head_says_nothing_to_do(project: Path, database_url: str) -> No
     assert result.returncode == 0
     assert "(at_head)" in result.stdout
     assert result.stdout.rstrip().endswith("nothing to do")
+
+
+NEW_TABLE_HISTORY = [
+    ("0002", "accounts", ["CREATE TABLE accounts (id bigint PRIMARY KEY, email text NOT NULL)"]),
+    (
+        "0003",
+        "orders and indexes",
+        [
+            "CREATE INDEX accounts_email ON accounts (email)",
+            "ALTER TABLE accounts ADD COLUMN kind integer NOT NULL",
+            "ALTER TABLE accounts ALTER COLUMN email TYPE varchar(320)",
+            "CREATE TABLE orders (id bigint PRIMARY KEY, account_id bigint)",
+        ],
+    ),
+    (
+        "0004",
+        "orders of accounts",
+        [
+            "ALTER TABLE orders ADD CONSTRAINT orders_account FOREIGN KEY (account_id) "
+            "REFERENCES accounts (id)",
+        ],
+    ),
+]
+
+
+def test_plan_on_an_empty_database_flags_nothing_on_the_tables_it_creates(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A table created earlier in the same run holds no data and nobody waits on its lock:
+    an index, a column or a foreign key on it is not LOCK-HEAVY. On a table that exists
+    (the database already at 0002) the same statements are."""
+    project = write_revisions(tmp_path / "p", NEW_TABLE_HISTORY)
+    fresh = run_cli(["plan", "--json"], cwd=project, database_url=database_url)
+    assert fresh.returncode == 0, fresh.stderr
+    pending = {r["revision"]: r for r in json.loads(fresh.stdout)["pending"]}
+    assert [(rev, r["lock_heavy"], r["destructive"]) for rev, r in pending.items()] == [
+        ("0001", False, False),
+        ("0002", False, False),
+        ("0003", False, False),
+        ("0004", False, False),
+    ]
+    assert {f["kind"] for f in pending["0003"]["findings"]} == {"advice"}  # prefer-text-field
+    assert {f["rule"] for f in pending["0003"]["on_new_tables"]} >= {
+        "require-concurrent-index-creation",
+        "adding-required-field",
+        "changing-column-type",
+    }
+    assert "adding-foreign-key-constraint" in {f["rule"] for f in pending["0004"]["on_new_tables"]}
+    text = run_cli(["plan"], cwd=project, database_url=database_url)
+    assert "LOCK-HEAVY" not in text.stdout and "DESTRUCTIVE" not in text.stdout, text.stdout
+
+    assert run_cli(["upgrade", "0002"], cwd=project, database_url=database_url).returncode == 0
+    existing = run_cli(["plan", "--json"], cwd=project, database_url=database_url)
+    indexes, foreign_key = json.loads(existing.stdout)["pending"]
+    assert (indexes["lock_heavy"], foreign_key["lock_heavy"]) == (True, True)
+    rules = [f["rule"] for f in indexes["findings"] if f["kind"] == "lock-heavy"]
+    assert "require-concurrent-index-creation" in rules
+    # orders is new, accounts is not: validating the key locks accounts.
+    assert "adding-foreign-key-constraint" in {f["rule"] for f in foreign_key["findings"]}
