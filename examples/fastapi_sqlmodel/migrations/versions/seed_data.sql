@@ -1,0 +1,4 @@
+-- Reference data loaded once by the baseline revision (0001_baseline.py), in the same
+-- transaction as the baseline schema. Statements run one at a time; an error names
+-- this file and the line. For data that changes over time, prefer the repeatable
+-- seeds in seeds/ (see docs/reference-data.md).
