@@ -42,8 +42,8 @@ def section(title: str) -> str:
 
 
 def documented_diff() -> str:
-    """The ``diff`` blocks of "The change, for Flask-Migrate 4's template"."""
-    text = section("### The change, for Flask-Migrate 4's template")
+    """The ``diff`` blocks of "1. The change, for Flask-Migrate 4's template"."""
+    text = section("### 1. The change, for Flask-Migrate 4's template")
     blocks = re.findall(r"```diff\n(.*?)```", text, re.DOTALL)
     assert len(blocks) == 2  # alembic.ini, env.py
     return "".join(blocks)
