@@ -25,6 +25,7 @@ from migrate_lock.dsn import parse_database_url
 from migrate_lock.errors import ConfigError, MigrateLockError
 from migrate_lock.lean.pq import LeanUnavailable, conninfo_is_valid
 from migrate_lock.lean.settings_schema import (
+    ENVIRONMENT_ALIASES,
     SCHEMA,
     Undecided,
     choices,
@@ -115,6 +116,8 @@ def _case_variants(text: str) -> st.SearchStrategy[str]:
 def _values_for(row: Any) -> st.SearchStrategy[str]:
     """Raw values for one setting: valid, blank, padded, re-cased, out of range, odd."""
     typical: list[str] = list(row.kind.choices)
+    if row.field == "environment":  # the application's spellings, known and unknown
+        typical += [*ENVIRONMENT_ALIASES, "preview", "locale"]
     typical += {
         "NUMBER": [
             "0",
