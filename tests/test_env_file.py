@@ -7,11 +7,13 @@ An application keeps ``.env`` at its repository's root and runs its tools from
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from migrate_lock.sandbox.example import write_example_project
 
-from support import assert_one_line_failure, query, run_cli
+from support import assert_one_line_failure, cli_env, query, run_cli
 
 
 def test_status_from_backend_reads_the_dotenv_at_the_repository_root(
@@ -44,6 +46,19 @@ def test_upgrade_reads_the_url_from_a_docker_secret_file(tmp_path: Path, databas
 
     assert result.returncode == 0, result.stderr
     assert query(database_url, "SELECT count(*) FROM alembic_version") == [(1,)]
+    # Plain alembic (ENTRYPOINT_PASSTHROUGH starts it as it is) reads it too: the template's
+    # env.py follows the same convention.
+    current = subprocess.run(
+        [sys.executable, "-m", "alembic", "current"],
+        cwd=project,
+        env=cli_env(None, DATABASE_URL_FILE=str(secret)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert current.returncode == 0, current.stderr
+    assert "(head)" in current.stdout, current.stdout + current.stderr
 
 
 def test_a_missing_env_file_is_a_configuration_error(tmp_path: Path) -> None:

@@ -34,11 +34,23 @@ VERSION_TABLE = {
 }
 
 
+def from_environment(name: str) -> str:
+    """NAME, or the content of the file NAME_FILE names (Docker and Kubernetes secrets)."""
+    value = os.environ.get(name, "").strip()
+    secret_file = os.environ.get(f"{name}_FILE", "").strip()
+    if not value and secret_file:
+        with open(secret_file, encoding="utf-8") as file:
+            value = file.read().strip()
+    return value
+
+
 def database_url() -> str:
+    # Under migrate-lock: the URL it resolved (sqlalchemy.url). Under plain alembic: the
+    # environment, as migrate-lock reads it (not .env, which plain alembic does not read).
     url = (
         config.get_main_option("sqlalchemy.url")
-        or os.environ.get("MIGRATION_DATABASE_URL")
-        or os.environ.get("DATABASE_URL", "")
+        or from_environment("MIGRATION_DATABASE_URL")
+        or from_environment("DATABASE_URL")
     )
     scheme, sep, rest = url.partition("://")
     if sep and scheme in ("postgres", "postgresql"):
