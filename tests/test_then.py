@@ -8,7 +8,10 @@ from its own connection, because the migrate-lock process that started it holds 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +26,11 @@ from migrate_lock.scaffold import init_project
 
 from support import TEST_PASSWORD, assert_one_line_failure, query, run_cli, spawn
 
+#: The advisory locks held in the test's database (none once every replica is done).
+ADVISORY_LOCKS = (
+    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+    " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+)
 #: Replicas started at once on an empty database (the issue's number).
 REPLICAS = 16
 
@@ -140,9 +148,7 @@ def test_sixteen_replicas_run_the_step_once_under_the_lock_and_all_serve(
     assert _step_runs(database_url) == [("1", True)]
     assert query(database_url, "SELECT email FROM admins") == [("admin@example.com",)]
     assert outputs.count("admin ready 1") == 1
-    assert query(database_url, "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'") == [
-        (0,)
-    ]
+    assert query(database_url, ADVISORY_LOCKS) == [(0,)]
 
     # A later release changes the command: it runs once more, whichever replica gets it.
     again = _start(app, database_url, key, f"{python} create_admin.py 2", 4)
@@ -306,3 +312,25 @@ def test_upgrade_then_calls_a_function_under_the_lock(
     assert failed.value.exit_code == 1
     assert "broken() (run holding the migration lock) raised RuntimeError" in str(failed.value)
     assert TEST_PASSWORD not in str(failed.value)
+
+
+def test_sigterm_during_the_step_stops_it_and_records_nothing(app: Path, database_url: str) -> None:
+    """Why: a stopped container must not leave its bootstrap running without the lock
+    (another replica would start it again beside it), nor count it as done."""
+    step = "echo $$ > step.pid; exec sleep 60"
+    replica = spawn(["upgrade", "--then", step], cwd=app, database_url=database_url)
+    pid_file = app / "step.pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()):
+        assert replica.poll() is None and time.monotonic() < deadline, replica.communicate()
+        time.sleep(0.05)
+    step_pid = int(pid_file.read_text())
+
+    replica.send_signal(signal.SIGTERM)
+    _, stderr = replica.communicate(timeout=30)
+
+    assert replica.returncode == 143, stderr
+    with pytest.raises(ProcessLookupError):
+        os.kill(step_pid, 0)
+    assert query(database_url, "SELECT to_regclass('migrate_lock.then_runs')") == [(None,)]
+    assert query(database_url, ADVISORY_LOCKS) == [(0,)]
