@@ -498,6 +498,11 @@ def plan(ctx: click.Context, as_json: bool, no_sql: bool) -> None:
         click.echo(f"\n== {revision.revision} {revision.doc} {' '.join(flags)}".rstrip())
         for finding in revision.findings:
             click.echo(f"   ! {finding.describe()}")
+        if revision.on_new_tables:
+            click.echo(
+                f"   ({len(revision.on_new_tables)} findings on tables new in this run, "
+                "not flagged: they hold no data and no one waits on their locks)"
+            )
         if not no_sql:
             click.echo(revision.sql.rstrip())
     if result.seeds:

@@ -248,8 +248,6 @@ def test_prefer_rules_are_advice_and_fail_only_when_asked(tmp_path: Path) -> Non
     assert json.loads(result.stdout)["fail_on"] == "error"
     by_setting = run_cli(["lint"], cwd=project, database_url=None, LINT_FAIL_ON="advice")
     assert by_setting.returncode == 1, by_setting.stdout
-    by_flag = run_cli(["lint", "--fail-on", "advice"], cwd=project, database_url=None)
-    assert by_flag.returncode == 1, by_flag.stdout
 
 
 def test_since_lints_only_the_newer_revisions_and_tables_they_create_count_as_new(
@@ -394,15 +392,16 @@ def test_the_pre_commit_hooks_lint_the_revision_files_they_are_given(tmp_path: P
         assert {"id", "name", "entry", "language", "files"} <= set(hook)
         selected = [name for name in changed if re.search(hook["files"], name)]
         assert selected == [str(path.relative_to(project)) for path in versions]
-        program, *args = shlex.split(hook["entry"])
-        assert program == "migrate-lock"
-        drop = [name for name in selected if "0003" in name]
-        result = run_cli([*args, *drop], cwd=project, database_url=None)
-        assert result.returncode == 1, result.stderr  # 0003 drops a column
-        assert result.stdout.startswith("0003 line 1: ban-drop-column"), result.stdout
-        clean = run_cli([*args, *selected[:2], "README.md"], cwd=project, database_url=None)
-        assert clean.returncode == 0, clean.stdout
-        assert "2 revisions, 0 findings" in clean.stdout
+    assert len({hook["entry"] for hook in hooks}) == 1  # one command: run it once
+    program, *args = shlex.split(hooks[0]["entry"])
+    assert program == "migrate-lock"
+    drop = [name for name in selected if "0003" in name]
+    result = run_cli([*args, *drop], cwd=project, database_url=None)
+    assert result.returncode == 1, result.stderr  # 0003 drops a column
+    assert result.stdout.startswith("0003 line 1: ban-drop-column"), result.stdout
+    clean = run_cli([*args, *selected[:2], "README.md"], cwd=project, database_url=None)
+    assert clean.returncode == 0, clean.stdout
+    assert "2 revisions, 0 findings" in clean.stdout
 
 
 def test_the_github_actions_example_runs_smoke_and_lint_on_a_postgresql_service() -> None:
