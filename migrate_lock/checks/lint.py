@@ -2,8 +2,12 @@
 
 The revisions are rendered once, offline (``upgrade --sql``: no database), and cut into
 one SQL text per revision at Alembic's ``-- Running upgrade A -> B`` comments. Squawk
-(the ``squawk-cli`` package, a Rust binary) checks every text in one run; its findings
-come back as (revision, rule, line in that revision's SQL, message).
+(the ``squawk-cli`` package of the ``lint`` extra, a Rust binary) checks every text in one
+run (a second one for the statements inside autocommit blocks, outside a transaction);
+its findings come back as (revision, rule, line in that revision's SQL, message), each of
+a kind and a level (LEVELS). By default only what is new is linted (choose_scope), and
+findings on tables the same run creates are set apart (on_new_tables); ``plan`` lints its
+pending revisions the same way (check_revisions).
 
 Rules can be excluded for every revision (``LINT_EXCLUDE_RULES``) or for one revision by a
 comment in its file: ``# migrate-lock: lint-ignore ban-drop-column, renaming-column``.
