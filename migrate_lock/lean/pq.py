@@ -11,7 +11,6 @@ which has the retries, the error classification and the messages.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import importlib.util
 import math
 import re
@@ -245,4 +244,8 @@ def _find_libpq() -> str | None:
         shipped = sorted(package.parent.glob("psycopg_binary.libs/libpq*.so*"))
         if shipped:
             return str(shipped[0])
+    # ctypes.util imports subprocess and more (~10 ms of a 70 ms start): only this rare
+    # fallback (no psycopg[binary]) needs it.
+    import ctypes.util  # noqa: PLC0415 - see above
+
     return ctypes.util.find_library("pq")
