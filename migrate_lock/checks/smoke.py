@@ -47,6 +47,7 @@ from migrate_lock.errors import (
     ExtensionNotAvailable,
     MigrateLockError,
     UsageError,
+    sqlstate_of,
 )
 from migrate_lock.logs import log
 from migrate_lock.migrate import upgrade
@@ -72,12 +73,21 @@ _MISSING_EXTENSION = (
     re.compile(r'could not load library "[^"]*/(?P<name>[^"/]+?)(?:\.so|\.dylib|\.dll)?"'),
 )
 
+#: The SQLSTATEs of those messages: feature_not_supported, undefined_file.
+_EXTENSION_SQLSTATES = frozenset({"0A000", "58P01"})
+
+#: ``[SQLSTATE] message`` as a failure line quotes the server's error.
+_SQLSTATE_TAG = re.compile(r"\[([0-9A-Z]{5})\] (?=extension|could not)")
+
 #: "revision 0005 (its doc) failed": which revision a failure line names.
 _FAILED_REVISION = re.compile(r"\brevision ([^\s(),:]+) (?:\([^)]*\) )?failed")
 
 
 def missing_extension(text: str) -> str | None:
     """The extension the server says it lacks in a failure's text, if it says so."""
+    tag = _SQLSTATE_TAG.search(text)
+    if tag is not None and tag.group(1) not in _EXTENSION_SQLSTATES:
+        return None
     for pattern in _MISSING_EXTENSION:
         found = pattern.search(text)
         if found:
@@ -254,8 +264,13 @@ class _SmokeRun:
     def environment_problem(
         self, error: BaseException | None, text: str
     ) -> ExtensionNotAvailable | None:
-        revision = getattr(error, "revision", None) if error is not None else None
-        return environment_problem(self.label, text, revision)
+        """From an error of ours (its SQLSTATE and revision), or a replica's stderr."""
+        if error is not None:
+            sqlstate = getattr(error, "sqlstate", None) or sqlstate_of(error)
+            if sqlstate is not None and sqlstate not in _EXTENSION_SQLSTATES:
+                return None  # a revision's own exception that quotes such a message
+            return environment_problem(self.label, text, getattr(error, "revision", None))
+        return environment_problem(self.label, failure_text(text))
 
     def _raise_environment(self, error: BaseException | None, text: str) -> None:
         environment = self.environment_problem(error, text)
@@ -630,6 +645,21 @@ class _SmokeRun:
         doc = (script.doc or "").strip() if script is not None else ""
         path = Path(script.path).name if script is not None and script.path else "?"
         return f"{revision} {doc!r} in {path}" if doc else f"{revision} in {path}"
+
+
+def failure_text(stderr: str) -> str:
+    """A replica's stderr as text: its lines, and the message of each JSON log event
+    (``LOG_FORMAT=json`` escapes the quotes around an extension's name)."""
+    lines: list[str] = []
+    for line in stderr.splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(json.JSONDecodeError):
+                event = json.loads(line)
+                if isinstance(event, dict):
+                    lines.extend(str(event[key]) for key in ("error", "detail") if key in event)
+                    continue
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def environment_problem(

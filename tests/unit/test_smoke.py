@@ -10,10 +10,12 @@ from migrate_lock.checks.smoke import (
     SmokeReport,
     _cycle_findings,
     _row_findings,
+    _SmokeRun,
     environment_problem,
+    failure_text,
     missing_extension,
 )
-from migrate_lock.errors import ExtensionNotAvailable
+from migrate_lock.errors import ExtensionNotAvailable, MigrationFailed
 
 pytestmark = pytest.mark.unit
 
@@ -41,6 +43,8 @@ pytestmark = pytest.mark.unit
             "uuid-ossp",
         ),
         ('[42710] type "mood" already exists', None),
+        # a revision's own exception (RAISE: P0001) that quotes such a message
+        ('[P0001] extension "uuid-ossp" is not available, says the revision', None),
         ('[42704] required extension "cube" is not installed', None),  # no CASCADE: the revision's
     ],
 )
@@ -68,6 +72,27 @@ def test_the_environment_error_names_the_extension_the_revision_and_the_fix() ->
     )
     assert "install it on that server" in str(served)
     assert environment_problem("embedded", '[42P07] relation "t" already exists') is None
+
+
+def test_a_replicas_json_failure_line_and_an_error_of_ours_are_read_alike() -> None:
+    """The at_head and concurrency checks read replicas' stderr (LOG_FORMAT=json, which
+    escapes the quotes around the name); the others read our error and its SQLSTATE."""
+    stderr = (
+        '{"event": "migrate.revision", "revision": "0004"}\n'
+        '{"event": "command.failed", "error": "revision 0005 (ids) failed: [0A000] extension '
+        '\\"uuid-ossp\\" is not available in: CREATE EXTENSION", "exit_code": 1}\n'
+    )
+    assert 'extension "uuid-ossp" is not available' in failure_text(stderr)
+    run = _SmokeRun.__new__(_SmokeRun)
+    run.label = "embedded"
+    found = run.environment_problem(None, stderr)
+    assert found is not None and (found.extension, found.revision) == ("uuid-ossp", "0005")
+    text = 'revision 0006 (x) failed: extension "pgcrypto" is not available'
+    ours = MigrationFailed(text, revision="0006", sqlstate="0A000")
+    found = run.environment_problem(ours, str(ours))
+    assert found is not None and (found.extension, found.revision) == ("pgcrypto", "0006")
+    raised = MigrationFailed(text, revision="0006", sqlstate="P0001")  # the revision's RAISE
+    assert run.environment_problem(raised, str(raised)) is None
 
 
 def test_a_cycle_names_what_the_downgrade_left_and_what_a_rerun_changed() -> None:
