@@ -413,3 +413,21 @@ def test_the_github_actions_example_runs_smoke_and_lint_on_a_postgresql_service(
     assert "migrate-lock smoke --database-url" in commands
     assert "migrate-lock lint --git-base" in commands and "--junit" in commands
     assert "examples/github-actions/migrations.yml" in (REPO / "docs/ci.md").read_text()
+
+
+def test_a_database_that_does_not_answer_lints_every_revision_with_a_warning(
+    tmp_path: Path,
+) -> None:
+    """lint is an offline check: a CI job whose database is not up yet still gets it."""
+    project = lint_project(tmp_path / "p")
+    result = run_cli(
+        ["lint", "--json"],
+        cwd=project,
+        database_url="postgresql://nobody@127.0.0.1:1/nothing",
+        DB_CONNECT_TIMEOUT_SECONDS="1",
+    )
+    assert result.returncode == 1, result.stderr  # 0003's drop, as without a database
+    report = json.loads(result.stdout)
+    assert report["scope"]["mode"] == "all"
+    assert "the database did not answer" in report["scope"]["detail"]
+    assert "lint.no_database" in result.stderr

@@ -619,7 +619,10 @@ _DROP_TABLE = re.compile(
     r"^\s*DROP\s+TABLE\s+(?:IF\s+EXISTS\s+)?(?P<names>[^;]*?)\s*(?:CASCADE|RESTRICT)?\s*;?\s*$",
     re.IGNORECASE | re.DOTALL,
 )
-_REFERENCES = re.compile(rf"\bREFERENCES\s+(?P<name>{_NAME})", re.IGNORECASE)
+#: Other tables an ALTER TABLE works on: a key's target, a partition attached (scanned), a parent.
+_REFERENCES = re.compile(
+    rf"\b(?:REFERENCES|ATTACH\s+PARTITION|INHERIT)\s+(?P<name>{_NAME})", re.IGNORECASE
+)
 
 
 def created_tables(sql: str) -> set[str]:

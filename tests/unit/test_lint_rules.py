@@ -60,6 +60,7 @@ def test_statements_name_the_tables_they_work_on() -> None:
         "REFERENCES public.accounts (id)"
     ) == {"orders", "accounts"}
     assert tables_of("DROP TABLE a, b CASCADE;") == {"a", "b"}
+    assert tables_of("ALTER TABLE new ATTACH PARTITION old FOR VALUES IN (1)") == {"new", "old"}
     assert tables_of("UPDATE a SET b = 1") == set()
 
 
