@@ -234,7 +234,7 @@ def test_unreachable_host_is_retried_then_exits_75(project: Path) -> None:
         ("MIGRATION_LOCK_TIMEOUT_SECONDS", "-1"),
         ("DB_CONNECT_TIMEOUT_SECONDS", "ten"),
         ("DDL_LOCK_TIMEOUT", "a while"),
-        ("ENVIRONMENT", "prod"),
+        ("ENVIRONMENT", "preview"),  # prod is an alias of production
         ("LOG_LEVEL", "loud"),
         ("VERSION_TABLE", "bad name;"),
     ],
