@@ -159,6 +159,9 @@ class SmokeReport:
         ]
 
 
+#: A stairway step of a revision: up, down to its parent, up again.
+_CYCLE: tuple[Literal["upgrade", "downgrade"], ...] = ("upgrade", "downgrade", "upgrade")
+
 #: The checks, in the order they run.
 CHECKS = ("heads", "upgrade", "models", "seeds", "at_head", "stairway", "concurrency")
 
@@ -406,28 +409,22 @@ class _SmokeRun:
             config.attributes["version_table"] = session.version_table.name
             config.attributes["version_table_schema"] = session.version_table.schema
             connection, table = session.connection, session.version_table
-            found_before: Catalog | None = None  # the catalog before this revision's upgrade
+            # The catalog and rows before the next revision's upgrade (None: not taken).
+            before: tuple[Catalog, Rows] | None = None
             for revision in order:
-                script = scripts.script.get_revision(revision)
-                downs = _split_tuple(script.down_revision if script else None)
-                down_target = downs[0] if len(downs) == 1 else ("base" if not downs else "-1")
                 cycle = revision not in exempt
-                if cycle and found_before is None:
-                    found_before = catalog_snapshot(connection, table)
-                plan: list[tuple[Literal["upgrade", "downgrade"], str]] = [("upgrade", revision)]
-                if cycle:
-                    plan += [("downgrade", down_target), ("upgrade", revision)]
-                states: list[tuple[Catalog, dict[str, tuple[int, str]]]] = []
-                for step, (command, planned) in enumerate(plan):
-                    target = planned
-                    if command == "downgrade" and len(downs) == 1:
-                        at = database_revisions(connection, table) or ()
-                        if len(at) > 1:
-                            # Another branch's head is applied too: down to the parent
-                            # would take that branch down as well; go down this one only.
-                            target = f"{revision}@-1"
+                if cycle and before is None:
+                    before = database_state(connection, table)
+                states: list[tuple[Catalog, Rows]] = []
+                steps = _CYCLE if cycle else _CYCLE[:1]
+                for step, command in enumerate(steps):
                     try:
-                        run_alembic(config, connection, command, target)
+                        run_alembic(
+                            config,
+                            connection,
+                            command,
+                            self._target(connection, table, revision, command),
+                        )
                     except MigrateLockError as error:
                         self._raise_environment(error, str(error))
                         what = "upgrade again" if step == 2 else command
@@ -444,17 +441,11 @@ class _SmokeRun:
                             ),
                         )
                     if cycle:
-                        rows = row_fingerprints(connection, table) if command == "upgrade" else {}
-                        states.append((catalog_snapshot(connection, table), rows))
-                if not cycle:
-                    continue
-                assert found_before is not None
-                (up_catalog, up_rows), (down_catalog, _), (again_catalog, again_rows) = states
-                findings += _cycle_findings(
-                    revision, found_before, up_catalog, down_catalog, again_catalog
-                )
-                findings += _row_findings(revision, up_rows, again_rows)
-                found_before = again_catalog
+                        states.append(database_state(connection, table))
+                if cycle:
+                    assert before is not None
+                    findings += _cycle_findings(revision, before, *states)
+                    before = states[-1]
         down = len(order) - len(exempt)
         if findings:
             revisions = sorted({line.split(" of ", 1)[1].split(" ", 1)[0] for line in findings})
@@ -474,6 +465,28 @@ class _SmokeRun:
             + (f" ({len(exempt)} older than SMOKE_STAIRWAY_FROM only up)" if exempt else "")
             + ("; catalog and rows the same after each cycle" if down else ""),
         )
+
+    def _target(
+        self,
+        connection: psycopg.Connection[Any],
+        table: VersionTable,
+        revision: str,
+        command: Literal["upgrade", "downgrade"],
+    ) -> str:
+        """Where the stairway's step goes: the revision up; down to its parent."""
+        if command == "upgrade":
+            return revision
+        script = self.project.scripts.script.get_revision(revision)
+        downs = _split_tuple(script.down_revision if script else None)
+        if not downs:
+            return "base"
+        if len(downs) > 1:
+            return "-1"  # a merge: down to its parents
+        if len(database_revisions(connection, table) or ()) > 1:
+            # Another branch's head is applied too: down to the parent would take that
+            # branch down as well; go down this revision's branch only.
+            return f"{revision}@-1"
+        return downs[0]
 
     def check_concurrency(self, url: DatabaseUrl) -> Check:
         processes = [self._spawn_upgrade(url) for _ in range(self.replicas)]
@@ -800,6 +813,9 @@ def table_fingerprints(connection: psycopg.Connection[Any]) -> dict[str, tuple[i
 #: What the catalog holds, by (kind, qualified name): its definition, as text.
 Catalog = dict[tuple[str, str], str]
 
+#: Each table's row count and a hash of its rows, by qualified name.
+Rows = dict[str, tuple[int, str]]
+
 #: The schemas that are the server's, not the application's (``migrate_lock`` is ours).
 _CATALOG_COMMON = r"""
 WITH own AS (
@@ -918,9 +934,7 @@ def catalog_snapshot(connection: psycopg.Connection[Any], table: VersionTable) -
     return {(str(kind), str(name)): str(definition) for kind, name, definition in rows}
 
 
-def row_fingerprints(
-    connection: psycopg.Connection[Any], table: VersionTable
-) -> dict[str, tuple[int, str]]:
+def row_fingerprints(connection: psycopg.Connection[Any], table: VersionTable) -> Rows:
     """Row count and a content hash of every user table (one query), over the columns a
     rerun must reproduce (see ``_ROW_TABLES``); the version table and ours left out."""
     tables = connection.execute(_ROW_TABLES, {"schema": table.schema, "table": table.name})
@@ -946,20 +960,35 @@ def row_fingerprints(
     return {str(name): (int(count), str(digest)) for name, count, digest in found}
 
 
+def database_state(
+    connection: psycopg.Connection[Any], table: VersionTable
+) -> tuple[Catalog, Rows]:
+    """The catalog and the rows, as a stairway cycle compares them."""
+    return catalog_snapshot(connection, table), row_fingerprints(connection, table)
+
+
 def _cycle_findings(
-    revision: str, before: Catalog, up: Catalog, down: Catalog, again: Catalog
+    revision: str,
+    before: tuple[Catalog, Rows],
+    up: tuple[Catalog, Rows],
+    down: tuple[Catalog, Rows],
+    again: tuple[Catalog, Rows],
 ) -> list[str]:
-    """What a down and up cycle of ``revision`` did to the catalog that it should not."""
+    """What a down and up cycle of ``revision`` did that it should not: the catalog after
+    the downgrade is not the one before the upgrade (or, when it is, the second upgrade's
+    is not the first's), and rows the second upgrade left other than the first."""
     findings = [
         f"downgrade of {revision} {what}"
-        for what in _catalog_differences(before, down, "left {} behind", "removed {}")
+        for what in _catalog_differences(before[0], down[0], "left {} behind", "removed {}")
     ]
     if not findings:  # a leftover shows again after the upgrade: say it once
         findings = [
             f"upgrade of {revision} run again {what}"
-            for what in _catalog_differences(up, again, "created {} as well", "did not create {}")
+            for what in _catalog_differences(
+                up[0], again[0], "created {} as well", "did not create {}"
+            )
         ]
-    return findings
+    return findings + _row_findings(revision, before[1], up[1], down[1], again[1])
 
 
 def _catalog_differences(old: Catalog, new: Catalog, added: str, removed: str) -> list[str]:
@@ -975,12 +1004,17 @@ def _catalog_differences(old: Catalog, new: Catalog, added: str, removed: str) -
     return lines
 
 
-def _row_findings(
-    revision: str, up: dict[str, tuple[int, str]], again: dict[str, tuple[int, str]]
-) -> list[str]:
-    """Tables whose rows differ after ``revision``'s second upgrade from after its first."""
+def _row_findings(revision: str, before: Rows, up: Rows, down: Rows, again: Rows) -> list[str]:
+    """Tables whose rows differ after ``revision``'s second upgrade from after its first.
+
+    Only where the downgrade did not put the rows back as they were before the upgrade:
+    where it did (it deleted what the upgrade inserted), a difference can only come from
+    values the upgrade computes afresh each time (``gen_random_uuid()``, ``now()``).
+    """
     findings = []
     for name in sorted(up.keys() & again.keys()):
+        if before.get(name) == down.get(name):
+            continue
         (first, first_hash), (second, second_hash) = up[name], again[name]
         if first != second:
             findings.append(

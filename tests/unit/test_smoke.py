@@ -97,27 +97,35 @@ def test_a_replicas_json_failure_line_and_an_error_of_ours_are_read_alike() -> N
 
 def test_a_cycle_names_what_the_downgrade_left_and_what_a_rerun_changed() -> None:
     """Why: the stairway saw neither a leftover enum type nor duplicated rows."""
+    rows = {"public.leagues": (3, "h")}
     before = {("table", "public.leagues"): ""}
     up = {**before, ("type", "public.mood"): "enum ('happy', 'sad')"}
-    assert _cycle_findings("0003", before, up, up, up) == [
+    assert _cycle_findings("0003", (before, rows), (up, rows), (up, rows), (up, rows)) == [
         "downgrade of 0003 left type public.mood behind"
     ]
     changed = {("table", "public.leagues"): "", ("index", "public.ix"): "CREATE INDEX ix ON t (b)"}
     down = {("table", "public.leagues"): "", ("index", "public.ix"): "CREATE INDEX ix ON t (a)"}
-    assert _cycle_findings("0004", changed, changed, down, changed) == [
+    states = ((changed, rows), (changed, rows), (down, rows), (changed, rows))
+    assert _cycle_findings("0004", *states) == [
         "downgrade of 0004 changed index public.ix: CREATE INDEX ix ON t (b) -> "
         "CREATE INDEX ix ON t (a)"
     ]
-    assert _cycle_findings("0005", before, up, before, before) == [
+    states = ((before, rows), (up, rows), (before, rows), (before, rows))
+    assert _cycle_findings("0005", *states) == [
         "upgrade of 0005 run again did not create type public.mood"
     ]
-    assert _cycle_findings("0006", before, up, before, up) == []
+    states = ((before, rows), (up, rows), (before, rows), (up, rows))
+    assert _cycle_findings("0006", *states) == []
 
 
 def test_rows_a_rerun_duplicates_or_changes_are_findings() -> None:
-    first = {"public.leagues": (5, "a"), "public.teams": (2, "b"), "public.keep": (1, "c")}
-    again = {"public.leagues": (6, "x"), "public.teams": (2, "y"), "public.keep": (1, "c")}
-    assert _row_findings("0007", first, again) == [
+    """Only where the downgrade did not put the rows back: a revision whose downgrade deletes
+    what it inserted may insert other values the second time (gen_random_uuid(), now())."""
+    before = {"public.leagues": (4, "a"), "public.teams": (2, "b"), "public.keep": (1, "c")}
+    first = {"public.leagues": (5, "a2"), "public.teams": (2, "b2"), "public.keep": (2, "c2")}
+    down = {"public.leagues": (5, "a2"), "public.teams": (2, "b2"), "public.keep": (1, "c")}
+    again = {"public.leagues": (6, "x"), "public.teams": (2, "y"), "public.keep": (2, "other")}
+    assert _row_findings("0007", before, first, down, again) == [
         "upgrade of 0007 run again after its downgrade left 6 rows in public.leagues, "
         "the first run 5",
         "upgrade of 0007 run again after its downgrade changed the rows of public.teams "
