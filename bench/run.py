@@ -1,12 +1,13 @@
 """Benchmark: migrate-lock against bare Alembic, measured side by side in one run.
 
-    python bench/run.py [--repeat 5] [--quick]
+    python bench/run.py [--repeat 5] [--quick] [--at-head-only]
 
 Starts its own embedded PostgreSQL, generates example projects, and measures:
 - one replica at head: CPU seconds (user+sys of the child) and wall time, median;
 - N = 1, 8, 32 replicas started at the same instant at head (warm), and cold (an empty
   database, 20 revisions; migrate-lock only: bare Alembic replicas race and fail);
-- at head with M = 20, 200, 1000 revisions;
+- at head with M = 20, 200, 1000 revisions, with the heads manifest (`freeze`) and
+  without it (the static reader of the revision files answers: "at head without freeze");
 - hand-off: from the migrating replica's `migrate.done` to each waiter's continue;
 - cold and hand-off again with MIGRATION_LOCK_SCOPE=transaction (what pooler safety costs).
 Prints the ratios the performance issue sets as targets and writes bench/results/run.json.
@@ -27,6 +28,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -41,10 +43,15 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="skip M=1000 and N=32")
+    parser.add_argument(
+        "--at-head-only",
+        action="store_true",
+        help="only one replica at head (with and without freeze, M = 20, 200, 1000)",
+    )
     args = parser.parse_args()
     sizes = [20, 200] if args.quick else [20, 200, 1000]
     replicas = [1, 8] if args.quick else [1, 8, 32]
-    results: dict[str, object] = {"machine": _machine()}
+    results: dict[str, Any] = {"machine": _machine()}
     with (
         tempfile.TemporaryDirectory(prefix="migrate-lock-bench-") as work,
         EmbeddedPostgres(server_options={"max_connections": "300"}) as server,
@@ -63,6 +70,8 @@ def main() -> None:
                 "alembic": bench.single(ALEMBIC, projects[m], warm[m], args.repeat),
             }
         results["at_head_single"] = at_head
+        if args.at_head_only:
+            replicas = []
 
         crowd = {}
         for n in replicas:
@@ -73,15 +82,17 @@ def main() -> None:
                 "cold_transaction_scope": bench.cold(projects[20], n, "transaction"),
             }
         results["replicas"] = crowd
-        results["handoff_ms"] = bench.handoff(8)
-        results["handoff_transaction_scope_ms"] = bench.handoff(8, "transaction")
+        if not args.at_head_only:
+            results["handoff_ms"] = bench.handoff(8)
+            results["handoff_transaction_scope_ms"] = bench.handoff(8, "transaction")
 
     ratios = _ratios(results, sizes, replicas)
     results["ratios"] = ratios
     _print(results, sizes, replicas)
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    (out / "run.json").write_text(json.dumps(results, indent=2, default=str))
+    name = "run-at-head.json" if args.at_head_only else "run.json"
+    (out / name).write_text(json.dumps(results, indent=2, default=str))
 
 
 class _Bench:
@@ -127,20 +138,30 @@ class _Bench:
         subprocess.run(MIGRATE_LOCK, cwd=project, env=_env(url), check=True, capture_output=True)
         return url
 
-    def single(self, command: list[str], project: Path, url: str, repeat: int) -> dict[str, float]:
+    def single(self, command: list[str], project: Path, url: str, repeat: int) -> dict[str, Any]:
         cpu, wall = [], []
+        heads_from = None
         for _ in range(repeat):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
-            subprocess.run(command, cwd=project, env=_env(url), check=True, capture_output=True)
+            done = subprocess.run(
+                command, cwd=project, env=_env(url), check=True, capture_output=True, text=True
+            )
             wall.append(time.perf_counter() - started)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-        return {"cpu_s": statistics.median(cpu), "wall_s": statistics.median(wall)}
+            heads_from = _heads_from(done.stderr)
+        # Which path answered migrate-lock's run: "manifest", "revision_files" (the static
+        # reader, no freeze) or None (Alembic's heads, the full path).
+        return {
+            "cpu_s": statistics.median(cpu),
+            "wall_s": statistics.median(wall),
+            "heads_from": heads_from,
+        }
 
     def crowd(
         self, command: list[str], project: Path, url: str, count: int, scope: str = "auto"
-    ) -> dict[str, object]:
+    ) -> dict[str, Any]:
         started = time.perf_counter()
         processes = [
             subprocess.Popen(
@@ -158,7 +179,7 @@ class _Bench:
             process.communicate()
         return {"wall_s": wall, "exit_codes": sorted(set(codes)), "all_ok": set(codes) == {0}}
 
-    def cold(self, project: Path, count: int, scope: str = "auto") -> dict[str, object]:
+    def cold(self, project: Path, count: int, scope: str = "auto") -> dict[str, Any]:
         self.databases += 1
         url = self.database(f"cold_{count}_{self.databases}")
         result = self.crowd(MIGRATE_LOCK, project, url, count, scope)
@@ -198,6 +219,17 @@ class _Bench:
         return {"median": statistics.median(delays), "max": max(delays), "waiters": len(delays)}
 
 
+def _heads_from(stderr: str) -> str | None:
+    for line in stderr.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and event.get("event") == "migrate.up_to_date":
+            return event.get("heads_from")
+    return None
+
+
 def _env(url: str, scope: str = "auto") -> dict[str, str]:
     return {
         **os.environ,
@@ -208,7 +240,7 @@ def _env(url: str, scope: str = "auto") -> dict[str, str]:
     }
 
 
-def _machine() -> dict[str, object]:
+def _machine() -> dict[str, Any]:
     return {
         "cpus": os.cpu_count(),
         "python": sys.version.split()[0],
@@ -217,19 +249,30 @@ def _machine() -> dict[str, object]:
     }
 
 
-def _ratios(results: dict[str, object], sizes: list[int], replicas: list[int]) -> dict[str, float]:
-    at_head = results["at_head_single"]  # type: ignore[index]
-    crowd = results["replicas"]  # type: ignore[index]
-    top = replicas[-1]
+def _ratios(results: dict[str, Any], sizes: list[int], replicas: list[int]) -> dict[str, float]:
+    at_head = results["at_head_single"]
+    crowd = results["replicas"]
     ratios = {
         "at_head_cpu_vs_alembic": at_head[20]["migrate_lock"]["cpu_s"]
         / at_head[20]["alembic"]["cpu_s"],
+        # Issue 16, item 1: no build step. The static reader instead of the manifest.
+        "at_head_without_freeze_cpu_vs_alembic": at_head[20]["migrate_lock_no_manifest"]["cpu_s"]
+        / at_head[20]["alembic"]["cpu_s"],
+        f"at_head_{sizes[-1]}_vs_20_revisions": at_head[sizes[-1]]["migrate_lock"]["cpu_s"]
+        / at_head[20]["migrate_lock"]["cpu_s"],
+        f"at_head_{sizes[-1]}_vs_20_revisions_without_freeze": at_head[sizes[-1]][
+            "migrate_lock_no_manifest"
+        ]["cpu_s"]
+        / at_head[20]["migrate_lock_no_manifest"]["cpu_s"],
+    }
+    if not replicas:
+        return ratios
+    top = replicas[-1]
+    ratios |= {
         f"warm_{top}_wall_vs_alembic": crowd[top]["warm_migrate_lock"]["wall_s"]
         / crowd[top]["warm_alembic"]["wall_s"],
         f"cold_{top}_wall_vs_alembic_warm": crowd[top]["cold_migrate_lock"]["wall_s"]
         / crowd[top]["warm_alembic"]["wall_s"],
-        f"at_head_{sizes[-1]}_vs_20_revisions": at_head[sizes[-1]]["migrate_lock"]["cpu_s"]
-        / at_head[20]["migrate_lock"]["cpu_s"],
         # Not a target: what the pooler-safe scope costs against the session scope.
         f"cold_{top}_transaction_vs_session_scope": crowd[top]["cold_transaction_scope"]["wall_s"]
         / crowd[top]["cold_migrate_lock"]["wall_s"],
@@ -237,15 +280,16 @@ def _ratios(results: dict[str, object], sizes: list[int], replicas: list[int]) -
     return ratios
 
 
-def _print(results: dict[str, object], sizes: list[int], replicas: list[int]) -> None:
-    at_head = results["at_head_single"]  # type: ignore[index]
-    print("one replica at head (median)          CPU s    wall s")
+def _print(results: dict[str, Any], sizes: list[int], replicas: list[int]) -> None:
+    at_head = results["at_head_single"]
+    print("one replica at head (median)                CPU s    wall s   heads from")
     for m in sizes:
         for tool in ("migrate_lock", "migrate_lock_no_manifest", "alembic"):
             row = at_head[m][tool]
-            print(f"  M={m:<5} {tool:<14}               {row['cpu_s']:.3f}    {row['wall_s']:.3f}")
+            source = row["heads_from"] or ("-" if tool == "alembic" else "alembic")
+            print(f"  M={m:<5} {tool:<26}   {row['cpu_s']:.3f}    {row['wall_s']:.3f}   {source}")
     print("\nN replicas at once                    wall s   exit codes")
-    for n, row in results["replicas"].items():  # type: ignore[attr-defined]
+    for n, row in results["replicas"].items():
         for case in (
             "warm_migrate_lock",
             "warm_alembic",
@@ -257,10 +301,14 @@ def _print(results: dict[str, object], sizes: list[int], replicas: list[int]) ->
             print(
                 f"  N={n:<3} {case:<20}          {data['wall_s']:.3f}   {data['exit_codes']}{once}"
             )
-    print(f"\nhand-off (holder's commit -> waiter continues): {results['handoff_ms']}")
-    print(f"  in the transaction scope (polling): {results['handoff_transaction_scope_ms']}")
-    print("\nratios (targets: at-head CPU <= 0.30, warm <= 0.35, cold <= 0.50, M=1000 <= 1.10):")
-    for name, value in results["ratios"].items():  # type: ignore[attr-defined]
+    if "handoff_ms" in results:
+        print(f"\nhand-off (holder's commit -> waiter continues): {results['handoff_ms']}")
+        print(f"  in the transaction scope (polling): {results['handoff_transaction_scope_ms']}")
+    print(
+        "\nratios (targets: at-head CPU <= 0.30 with and without freeze, warm <= 0.35, "
+        "cold <= 0.50, M=1000 <= 1.10 with freeze, <= 1.2 without):"
+    )
+    for name, value in results["ratios"].items():
         print(f"  {name:<40} {value:.2f}")
 
 

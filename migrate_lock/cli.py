@@ -247,7 +247,8 @@ def run(
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Compare the database with the code: exit 0 at head/ahead, 4 pending, 5 unknown."""
-    result = _run(lambda: migrate_lock.status(settings=_settings(ctx)))
+    # Overrides, not settings: at head the lean path answers, without pydantic or Alembic.
+    result = _run(lambda: migrate_lock.status(overrides=_overrides(ctx)))
     if as_json:
         _print_json(result.as_dict())
     else:

@@ -1,19 +1,28 @@
 """Read-only verbs: ``status``, ``current``, ``heads``, ``history``, and ``schema_state``.
 
 None of them takes the migration lock or writes anything.
+
+``status`` at head is answered as ``upgrade`` at head is, on the lean path
+(lean/status.py: no Alembic, SQLAlchemy, psycopg or pydantic); so this module loads
+the full path (project.py, settings.py) only inside the functions that need it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from migrate_lock.errors import ExitCode
 from migrate_lock.lean.manifest import Manifest, read_manifest
+from migrate_lock.lean.static_revisions import StaticRevisions, read_revisions
+from migrate_lock.lean.status import lean_status
 from migrate_lock.lock import LockHolder, find_holder
-from migrate_lock.project import DatabaseSession, Project, located_script_files
-from migrate_lock.settings import Settings, load_settings
 from migrate_lock.state import SchemaState
+
+if TYPE_CHECKING:
+    from migrate_lock.project import DatabaseSession, Project
+    from migrate_lock.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -41,15 +50,27 @@ class Status:
         }
 
 
-def status(*, settings: Settings | None = None) -> Status:
-    """Where the database stands against the code's heads, and who holds the lock."""
-    project = Project(settings)
-    manifest = _fresh_manifest(project)
-    if manifest is None:
+def status(
+    *, settings: Settings | None = None, overrides: Mapping[str, Any] | None = None
+) -> Status:
+    """Where the database stands against the code's heads, and who holds the lock.
+
+    ``settings`` are validated settings; without them the environment (and ``.env``) is
+    read, with ``overrides`` (settings by field name; None means not given) on top, and
+    at head the answer comes without loading Alembic, psycopg or pydantic.
+    """
+    if settings is None:
+        lean = lean_status(overrides)
+        if lean is not None:
+            return Status(state=lean.state, lock_key=lean.lock_key, lock_holder=lean.lock_holder)
+        settings = _load_settings(**(overrides or {}))
+    project = _project(settings)
+    known = _known_heads(project)
+    if known is None:
         project.scripts  # noqa: B018 - a revision that does not load fails before connecting
     with project.session(application_name="migrate-lock status") as session:
         return Status(
-            state=_state(project, session, manifest),
+            state=_state(project, session, known),
             lock_key=session.lock_key,
             lock_holder=find_holder(session.connection, session.lock_key),
         )
@@ -64,42 +85,62 @@ def schema_state(
     behind or at an unknown revision. ``database_url`` overrides DATABASE_URL.
     """
     if settings is None:
-        settings = load_settings(database_url=database_url, migration_database_url=database_url)
-    project = Project(settings)
-    manifest = _fresh_manifest(project)
-    if manifest is None:
+        settings = _load_settings(database_url=database_url, migration_database_url=database_url)
+    project = _project(settings)
+    known = _known_heads(project)
+    if known is None:
         project.scripts  # noqa: B018 - a revision that does not load fails before connecting
     with project.session(application_name="migrate-lock readiness") as session:
-        return _state(project, session, manifest)
+        return _state(project, session, known)
 
 
-def _fresh_manifest(project: Project) -> Manifest | None:
-    """The heads manifest (``migrate-lock freeze``) when it still matches the files."""
+def _known_heads(project: Project) -> Manifest | StaticRevisions | None:
+    """The heads without loading a revision file: the heads manifest (``migrate-lock
+    freeze``) while it matches the files, else the revision files' literal assignments
+    when the static reader is certain (lean/static_revisions.py), else None."""
+    from migrate_lock.project import located_script_files  # noqa: PLC0415 - see _project
+
     files = located_script_files(project.settings.alembic_config)
-    return read_manifest(files) if files is not None else None
+    manifest = read_manifest(files) if files is not None else None
+    return manifest or read_revisions(project.settings.alembic_config)
 
 
-def _state(project: Project, session: DatabaseSession, manifest: Manifest | None) -> SchemaState:
-    """The database against the heads: at head answered from a fresh manifest with no
+def _state(
+    project: Project, session: DatabaseSession, known: Manifest | StaticRevisions | None
+) -> SchemaState:
+    """The database against the heads: at head answered from the known heads with no
     revision file loaded; anything else from the scripts (loaded once per process)."""
-    if manifest is not None:
+    if known is not None:
         current = session.current()
-        if current and set(current) == set(manifest.heads):
-            return SchemaState("at_head", current, manifest.heads, (), ())
+        if current and set(current) == set(known.heads):
+            return SchemaState("at_head", current, known.heads, (), ())
     scripts = project.scripts
     return session.state(scripts.heads(), scripts)
 
 
+def _project(settings: Settings | None) -> Project:
+    # The full path's late import, as in migrate.py: `status` at head never needs it.
+    from migrate_lock.project import Project  # noqa: PLC0415 - the lean-to-full step
+
+    return Project(settings)
+
+
+def _load_settings(**values: Any) -> Settings:
+    from migrate_lock.settings import load_settings  # noqa: PLC0415 - as _project
+
+    return load_settings(**values)
+
+
 def current(*, settings: Settings | None = None) -> tuple[str, ...]:
     """The revisions the database is at (empty before the first upgrade)."""
-    project = Project(settings)
+    project = _project(settings)
     with project.session(application_name="migrate-lock current") as session:
         return session.current() or ()
 
 
 def heads(*, settings: Settings | None = None) -> tuple[str, ...]:
     """The head revisions of the code's migration scripts (no database needed)."""
-    return Project(settings).scripts.heads()
+    return _project(settings).scripts.heads()
 
 
 @dataclass(frozen=True)
@@ -122,7 +163,7 @@ class RevisionInfo:
 
 def history(*, settings: Settings | None = None) -> list[RevisionInfo]:
     """Every revision of the scripts, newest first (no database needed)."""
-    script = Project(settings).scripts.script
+    script = _project(settings).scripts.script
     found = []
     for revision in script.walk_revisions("base", "heads"):
         down = revision.down_revision

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from migrate_lock.lean.manifest import Manifest, read_manifest, script_files
 from migrate_lock.logs import log
 
 _NAMES = ("revision", "down_revision", "depends_on", "branch_labels")
@@ -49,10 +50,14 @@ _NAMES = ("revision", "down_revision", "depends_on", "branch_labels")
 #: and gives head, heads and base their own meaning.
 _ID = re.compile(r"[A-Za-z0-9_]+\Z")
 _RESERVED = frozenset({"head", "heads", "base"})
-#: What in a file's text may bind a name of its module by a way other than an assignment,
-#: or rewrite the module: a cheap substring test, then a regular expression (no leading
-#: ``\b``: a literal prefix makes it fast; "myexec" is a false alarm, which only costs
-#: time); a file where one is found goes to ``ast``, which refuses it if it really is there.
+#: What in a file's text may rebind a name of its module other than by an assignment.
+#: Alembic does not put a revision module in sys.modules, so code can reach the module's
+#: names only through its own frame or namespace: globals(), locals(), vars(), a frame
+#: (sys._getframe, inspect.currentframe, a traceback's tb_frame), exec/eval (which run in
+#: the caller's globals), ``global``, a walrus, ``__dict__``, setattr, the gc module. A
+#: cheap substring test over all new files at once, then a regular expression (with no
+#: leading ``\b``: a literal prefix keeps it fast); a file where one is found goes to
+#: ``ast``, which refuses it if the word really is the name.
 _SUSPECT: tuple[tuple[str, re.Pattern[str] | None], ...] = (
     (":=", None),
     ("global", None),
@@ -60,19 +65,14 @@ _SUSPECT: tuple[tuple[str, re.Pattern[str] | None], ...] = (
     ("vars", re.compile(r"vars\b")),
     ("exec", re.compile(r"exec\b")),  # not op.execute
     ("eval", re.compile(r"eval\b")),
-    ("setattr", None),
-    ("delattr", None),
+    ("frame", None),
     ("__dict__", None),
-    ("modules", None),
-    ("_getframe", None),
-    ("currentframe", None),
-    ("__import__", None),
-    ("importlib", None),
-    ("builtins", None),
+    ("setattr", None),
+    ("gc.", None),
 )
 _SUSPECT_NAMES = frozenset(
     {"globals", "locals", "vars", "exec", "eval", "setattr", "delattr", "__import__"}
-    | {"importlib", "builtins", "__builtins__"}
+    | {"importlib", "builtins", "__builtins__", "gc"}
 )
 _SUSPECT_ATTRIBUTES = _SUSPECT_NAMES | {
     "__dict__",
@@ -83,35 +83,49 @@ _SUSPECT_ATTRIBUTES = _SUSPECT_NAMES | {
     "f_locals",
     "__setattr__",
     "__delattr__",
+    "tb_frame",
+    "gi_frame",
+    "cr_frame",
+    "f_back",
 }
 
-_STR = r"""(?:"[^"\\\n]*"|'[^'\\\n]*')"""
+#: A string the fast reader takes: an id it vouches for, quoted (else ``ast`` reads it).
+_STR = r"""(?:"[A-Za-z0-9_]*"|'[A-Za-z0-9_]*')"""
 _LITERAL = (
     rf"(?:None|{_STR}|\(\s*(?:{_STR}\s*,\s*)*(?:{_STR}\s*)?\)"
     rf"|\[\s*(?:{_STR}\s*,\s*)*(?:{_STR}\s*)?\])"
 )
 _NAME = r"(?:revision|down_revision|depends_on|branch_labels)"
 _COMMENT = r"[ \t]*(?:\#[^\n]*)?\n"
-_BINDING = rf"{_NAME}[ \t]*(?::[^=\n]*)?=[ \t]*{_LITERAL}{_COMMENT}"
-#: ``import a.b as c`` and ``from .a import b, c``, on one line or in parentheses, never
-#: ``*``; one that names one of the four names (_IMPORTED) sends the file to ``ast``.
+#: ``import a.b as c`` and ``from .a import b, c``, on one line or in parentheses (an
+#: import that binds one of the four names comes before its assignment, which wins).
 _IMPORT = (
     rf"(?:from[ \t]+\.*[\w.]*[ \t]+)?import[ \t]+[\w. \t,]+{_COMMENT}"
     rf"|from[ \t]+\.*[\w.]*[ \t]+import[ \t]*\([\w. \t,\n]*\){_COMMENT}"
 )
-_IMPORTED = re.compile(rf"\n(?:from|import)\b[^\n(]*(?:\([^)]*)?\b{_NAME}\b")
 _DOCSTRING = (
     r"""[rRuU]?(?:\"\"\"(?:[^"\\]|\\[\s\S]|"(?!""))*\"\"\"|'''(?:[^'\\]|\\[\s\S]|'(?!''))*'''"""
     r"""|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')"""
 )
-#: The top of a revision file: blank lines and comments, a docstring, then only imports,
-#: the four assignments, blank lines and comments. Where it ends the rest must begin with
-#: ``def``, ``class`` or a decorator, and every later line at column 0 must be one of
-#: those (or a comment, or a closing parenthesis).
+#: The top of a revision file as Alembic's templates (old and new) write it: blank lines
+#: and comments, a docstring, imports, then the four assignments in their order
+#: (``branch_labels`` and ``depends_on`` may be left out), blank lines and comments. The
+#: rest of the file must then begin with ``def``, ``class`` or a decorator, and every
+#: later line at column 0 must be one of those (or a comment, or a closing parenthesis).
+#: Any other file goes to ``ast``.
 _HEADER = re.compile(
-    rf"(?:{_COMMENT})*(?:{_DOCSTRING}{_COMMENT})?(?P<body>(?:{_COMMENT}|{_IMPORT}|{_BINDING})*)"
+    rf"(?:{_COMMENT})*(?:{_DOCSTRING}{_COMMENT})?(?:{_COMMENT}|{_IMPORT})*"
+    + "".join(
+        rf"{'(?:' if optional else ''}{name}[ \t]*(?::[^=\n]*)?=[ \t]*(?P<{name}>{_LITERAL})"
+        rf"{_COMMENT}(?:{_COMMENT})*{')?' if optional else ''}"
+        for name, optional in (
+            ("revision", False),
+            ("down_revision", False),
+            ("branch_labels", True),
+            ("depends_on", True),
+        )
+    )
 )
-_BINDINGS = re.compile(rf"\n(?P<name>{_NAME})[ \t]*(?::[^=\n]*)?=[ \t]*(?P<value>{_LITERAL})")
 _STRINGS = re.compile(_STR)
 #: ``def``/``class`` of another name than the four, or a decorator.
 _DEF = rf"(?:(?:async[ \t]+)?def|class)[ \t]+(?!{_NAME}\b)"
@@ -343,23 +357,17 @@ def _suspect(text: str) -> bool:
 
 
 def _fast(text: str) -> dict[str, object] | None:
-    """The four values by regular expressions, or None when the file is not of the usual
-    shape (then ``_exact`` decides)."""
+    """The four values by one regular expression, or None when the file is not of the
+    usual shape (then ``_exact`` decides)."""
     header = _HEADER.match(text)
     if header is None:
         return None
     rest = text[header.end() :]
     if rest and (_REST_STARTS.match(rest) is None or _REST_OTHER_LINE.search(rest)):
         return None
-    body = "\n" + header["body"]  # the patterns below find lines by their "\n": fast
-    if _IMPORTED.search(body):
-        return None
     values: dict[str, object] = {}
-    for binding in _BINDINGS.finditer(body):
-        name, value = binding["name"], binding["value"]
-        if name in values:
-            return None
-        if value == "None":
+    for name, value in header.groupdict().items():
+        if value is None or value == "None":
             values[name] = None
         elif value[0] in "([":
             values[name] = tuple(item[1:-1] for item in _STRINGS.findall(value))
@@ -533,3 +541,11 @@ def _graph(entries: list[_Entry]) -> StaticRevisions:
     versioned = {parent for entry in entries for parent in entry.down}
     heads = tuple(sorted(revision for revision in by_id if revision not in versioned))
     return StaticRevisions(heads=heads, revisions=frozenset(by_id))
+
+
+def known_heads(alembic_ini: Path | str) -> Manifest | StaticRevisions | None:
+    """The heads without Alembic: a fresh heads manifest (``freeze``) when there is one,
+    else the revision files' text when the reader is certain, else None."""
+    files = script_files(Path(alembic_ini))
+    manifest = read_manifest(files) if files is not None else None
+    return manifest or read_revisions(alembic_ini)

@@ -128,7 +128,9 @@ def test_several_heads_and_locations(tmp_path: Path) -> None:
     ini = project(
         tmp_path,
         CHAIN,
-        f"version_locations = {locations}\nrecursive_version_locations = true",
+        f"version_locations = {locations}\nrecursive_version_locations = true"
+        # Alembic before 1.16 reads no path_separator (the oldest CI runs: 1.9).
+        "\nversion_path_separator = os",
     )
 
     found = read_revisions(ini)
