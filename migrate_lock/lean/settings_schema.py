@@ -277,6 +277,8 @@ COMMANDS = Kind(
     _commands,
     "command names separated by spaces or commas (no paths); `none` for none",
 )
+#: A shell command that migrate-lock runs (MIGRATE_THEN): text, kept as given.
+SHELL_COMMAND = Kind(_text, "a shell command")
 
 
 def setting(
@@ -533,9 +535,8 @@ class LeanSettings:
     )
     migrate_then: str | None = setting(
         "MIGRATE_THEN",
-        kind=TEXT,
+        kind=SHELL_COMMAND,
         default=None,
-        allowed_doc="a shell command",
         doc="The application's bootstrap step (the first superuser, defaults computed in "
         "code), run with `sh -c` by `upgrade` and `run` after the revisions and seeds, **while "
         "the migration lock is held**, in the same environment; its failure is exit 1 with the "

@@ -315,6 +315,20 @@ def _urls(url: str) -> st.SearchStrategy[str]:
     return st.sampled_from(_URL_FORMS).map(lambda form: form.format(url=url))
 
 
+#: MIGRATE_THEN's values: run for real by upgrade and run, so chosen to be harmless (never
+#: any text at all): success, failure, a signal, no such command, the URL on stderr.
+_SHELL_COMMANDS = [
+    "true",
+    "exit 3",
+    'echo "$DATABASE_URL" >&2; exit 1',
+    'echo "$MIGRATION_DATABASE_URL $DATABASE_URL"',
+    "kill -9 $$",
+    "no-such-command-of-migrate-lock",
+    "printf '\\377\\n' >&2; exit 2",
+    "'",
+]
+
+
 def setting_values(row: object, url: str) -> st.SearchStrategy[str]:
     """Values for one row of the settings table (lean/settings_schema.py): the kind's
     valid spellings, its edge cases, and any text at all. ``url``: a working database URL,
@@ -322,6 +336,8 @@ def setting_values(row: object, url: str) -> st.SearchStrategy[str]:
     from migrate_lock.lean import settings_schema as schema
 
     kind = row.kind  # type: ignore[attr-defined]
+    if kind is schema.SHELL_COMMAND:
+        return st.sampled_from(_SHELL_COMMANDS)
     by_kind: dict[object, st.SearchStrategy[str]] = {
         schema.TEXT: AWKWARD_TEXT,
         schema.URL: _urls(url),
