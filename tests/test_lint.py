@@ -352,7 +352,7 @@ def test_junit_report_and_github_annotations(tmp_path: Path) -> None:
     assert failed[0].get("file") == "migrations/versions/0003_drop_nickname.py"
     annotations = [line for line in result.stdout.splitlines() if line.startswith("::")]
     assert annotations == [
-        "::error file=migrations/versions/0003_drop_nickname.py,line=11,"
+        "::error file=migrations/versions/0003_drop_nickname.py,line=12,"
         "title=ban-drop-column (destructive)::revision 0003, SQL line 1: Dropping a column "
         "may break existing clients.%0AALTER TABLE accounts DROP COLUMN nickname;"
     ]

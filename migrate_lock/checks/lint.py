@@ -731,14 +731,15 @@ def _rules(text: str | None) -> set[str]:
 
 def github_annotations(report: LintReport) -> list[str]:
     """One GitHub Actions workflow command per finding (``::error``, ``::warning`` or
-    ``::notice`` by level), pointing at the revision file's ``def upgrade`` line."""
+    ``::notice`` by level), pointing at the revision file's line (source_line)."""
     kinds: dict[Level, str] = {"error": "error", "warning": "warning", "advice": "notice"}
     lines = []
     for finding in report.findings:
         file = report.files.get(finding.revision)
         where = {"title": f"{finding.rule} ({finding.kind})"}
         if file is not None:
-            where = {"file": _workspace_path(file), "line": str(_upgrade_line(file))} | where
+            line = source_line(file, finding.statement)
+            where = {"file": _workspace_path(file), "line": str(line)} | where
         properties = ",".join(f"{key}={_escape(value, True)}" for key, value in where.items())
         message = f"revision {finding.revision}, SQL line {finding.line}: {finding.message}"
         if finding.statement:
@@ -772,15 +773,40 @@ def junit_cases(report: LintReport) -> list[JUnitCase]:
 _SUITE = "migrate-lock lint"
 
 
-def _upgrade_line(file: str) -> int:
+def source_line(file: str, statement: str) -> int:
+    """The line of the revision file a finding points at: in ``upgrade()``, the first line
+    naming most of the statement's identifiers (its table, column, index), else the ``def
+    upgrade`` line itself (rendered SQL has no line in the Python file), else 1."""
     try:
-        text = Path(file).read_text(errors="replace")
+        lines = Path(file).read_text(errors="replace").splitlines()
     except OSError:
         return 1
-    for number, line in enumerate(text.splitlines(), start=1):
-        if re.match(r"\s*def\s+upgrade\s*\(", line):
-            return number
-    return 1
+    start = next(
+        (n for n, line in enumerate(lines) if re.match(r"\s*def\s+upgrade\s*\(", line)), None
+    )
+    if start is None:
+        return 1
+    words = {w.lower() for w in re.findall(r"[A-Za-z_][\w$]*", statement)} - _SQL_WORDS
+    best, best_score = start, 0
+    for number in range(start + 1, len(lines)):
+        line = lines[number]
+        if re.match(r"def\s", line):  # the next top-level function: upgrade() ended
+            break
+        found = {w.lower() for w in re.findall(r"[A-Za-z_][\w$]*", line)}
+        score = len(words & found)
+        if score > best_score:
+            best, best_score = number, score
+    return best + 1
+
+
+#: Words of DDL that name nothing: they do not tell one statement's line from another's.
+_SQL_WORDS = frozenset(
+    """add alter and as by cascade check column concurrently constraint create default
+    delete drop exists foreign from if in index insert into is key not null on only
+    primary references rename restrict set table to type unique update using values
+    where with without time zone text integer int bigint varchar timestamp boolean
+    serial""".split()  # noqa: SIM905 - a list of 53 one-word strings reads worse
+)
 
 
 def _workspace_path(file: str) -> str:

@@ -16,6 +16,7 @@ from migrate_lock.checks.lint import (
     github_annotations,
     junit_cases,
     on_new_tables,
+    source_line,
     squawk_binary,
     tables_of,
 )
@@ -130,3 +131,21 @@ def test_without_squawk_the_error_names_the_extra(
         squawk_binary()
     assert raised.value.exit_code == ExitCode.CONFIG
     assert "pip install 'migrate-lock[lint]'" in str(raised.value)
+
+
+def test_an_annotation_points_at_the_operation_that_wrote_the_statement(tmp_path: Path) -> None:
+    """A reviewer clicks the annotation: it should land on the op call, not on the file."""
+    revision = tmp_path / "0002_x.py"
+    revision.write_text(
+        '"""accounts and orders"""\n'
+        "def upgrade() -> None:\n"
+        '    op.add_column("accounts", sa.Column("nickname", sa.Text()))\n'
+        '    op.drop_column("accounts", "email")\n'
+        '    op.create_index("orders_note", "orders", ["note"])\n'
+        "def downgrade() -> None:\n"
+        '    op.add_column("accounts", sa.Column("email", sa.Text()))\n'
+    )
+    assert source_line(str(revision), "ALTER TABLE accounts DROP COLUMN email;") == 4
+    assert source_line(str(revision), "CREATE INDEX orders_note ON orders (note);") == 5
+    assert source_line(str(revision), "UPDATE alembic_version SET x = 1;") == 2  # def upgrade
+    assert source_line(str(tmp_path / "gone.py"), "x") == 1
