@@ -37,6 +37,7 @@ from migrate_lock.sandbox.example import applied_counts, write_example_project
 
 MIGRATE_LOCK = [sys.executable, "-m", "migrate_lock", "upgrade"]
 ALEMBIC = [sys.executable, "-m", "alembic", "upgrade", "head"]
+STATUS = [sys.executable, "-m", "migrate_lock", "status"]
 
 
 def main() -> None:
@@ -68,6 +69,11 @@ def main() -> None:
                     MIGRATE_LOCK, bench.without_manifest(projects[m]), warm[m], args.repeat
                 ),
                 "alembic": bench.single(ALEMBIC, projects[m], warm[m], args.repeat),
+                # `status` at head, as a process: as cheap as `upgrade` at head (issue 18).
+                "status": bench.single(STATUS, projects[m], warm[m], args.repeat),
+                "status_no_manifest": bench.single(
+                    STATUS, bench.without_manifest(projects[m]), warm[m], args.repeat
+                ),
             }
         results["at_head_single"] = at_head
         if args.at_head_only:
@@ -264,6 +270,8 @@ def _ratios(results: dict[str, Any], sizes: list[int], replicas: list[int]) -> d
             "migrate_lock_no_manifest"
         ]["cpu_s"]
         / at_head[20]["migrate_lock_no_manifest"]["cpu_s"],
+        "status_vs_upgrade_at_head_cpu_without_freeze": at_head[20]["status_no_manifest"]["cpu_s"]
+        / at_head[20]["migrate_lock_no_manifest"]["cpu_s"],
     }
     if not replicas:
         return ratios
@@ -284,9 +292,15 @@ def _print(results: dict[str, Any], sizes: list[int], replicas: list[int]) -> No
     at_head = results["at_head_single"]
     print("one replica at head (median)                CPU s    wall s   heads from")
     for m in sizes:
-        for tool in ("migrate_lock", "migrate_lock_no_manifest", "alembic"):
+        for tool in (
+            "migrate_lock",
+            "migrate_lock_no_manifest",
+            "alembic",
+            "status",
+            "status_no_manifest",
+        ):
             row = at_head[m][tool]
-            source = row["heads_from"] or ("-" if tool == "alembic" else "alembic")
+            source = row["heads_from"] or ("alembic" if tool.startswith("migrate_lock") else "-")
             print(f"  M={m:<5} {tool:<26}   {row['cpu_s']:.3f}    {row['wall_s']:.3f}   {source}")
     print("\nN replicas at once                    wall s   exit codes")
     for n, row in results["replicas"].items():
