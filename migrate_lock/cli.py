@@ -15,6 +15,7 @@ import click
 import migrate_lock
 from migrate_lock import __version__
 from migrate_lock.errors import ExitCode, MigrateLockError, unclassified_server_error
+from migrate_lock.fleet.cli import tenant_options
 from migrate_lock.interrupts import Terminated, signals_raise
 from migrate_lock.lean.settings_schema import (
     choices,
@@ -192,6 +193,7 @@ def _then_options(command: Callable[..., None]) -> Callable[..., None]:
     help="Back up before revisions run (only when there are) [env BACKUP_BEFORE_UPGRADE].",
 )
 @_then_options
+@tenant_options("upgrade", _run)
 @click.pass_context
 def upgrade(
     ctx: click.Context,
@@ -244,6 +246,7 @@ def run(
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON on stdout.")
+@tenant_options("status", _run)
 @click.pass_context
 def status(ctx: click.Context, as_json: bool) -> None:
     """Compare the database with the code: exit 0 at head/ahead, 4 pending, 5 unknown."""
@@ -264,6 +267,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command()
+@tenant_options("current", _run)
 @click.pass_context
 def current(ctx: click.Context) -> None:
     """Print the revision(s) the database is at."""
@@ -302,6 +306,7 @@ def freeze(ctx: click.Context) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
 @_confirm_option
+@tenant_options("seed", _run)
 @click.pass_context
 def seed(
     ctx: click.Context, dry_run: bool, force: bool, prune: bool, as_json: bool, confirm: str | None
@@ -474,6 +479,7 @@ def lint(
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the plan as JSON on stdout.")
 @click.option("--no-sql", is_flag=True, help="Leave out each revision's SQL.")
+@tenant_options("plan", _run)
 @click.pass_context
 def plan(ctx: click.Context, as_json: bool, no_sql: bool) -> None:
     """What `upgrade` would do now: pending revisions, their SQL and risks. Changes nothing."""

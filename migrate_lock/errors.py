@@ -117,6 +117,10 @@ class UsageError(MigrateLockError):
     exit_code = ExitCode.USAGE
 
 
+class TenantSourceError(UsageError):
+    """``--tenants`` names no source migrate-lock knows, or its listing failed (exit 2)."""
+
+
 class TemporaryError(MigrateLockError):
     """Worth retrying later: the lock was busy or the database unreachable."""
 

@@ -145,11 +145,13 @@ class LockHolder:
 
 @dataclass(frozen=True)
 class DdlTimeouts:
-    """PostgreSQL timeouts for the statements run holding the lock (DDL_* settings)."""
+    """PostgreSQL timeouts for the statements run holding the lock (DDL_* settings), and
+    their ``search_path`` (MIGRATION_SEARCH_PATH; None keeps the role's)."""
 
     lock_timeout: str
     statement_timeout: str
     idle_in_transaction_timeout: str
+    search_path: str | None = None
 
 
 class Hold:
@@ -348,6 +350,8 @@ def _name_and_bound(
             "statement_timeout": timeouts.statement_timeout,
             "idle_in_transaction_session_timeout": timeouts.idle_in_transaction_timeout,
         }
+        if timeouts.search_path:
+            options["search_path"] = timeouts.search_path
     row = connection.execute("SELECT current_setting('server_version_num')::int").fetchone()
     if row and int(row[0]) >= 140000:
         # Notice a client that died mid-statement without waiting for the statement.

@@ -53,11 +53,14 @@ class Project:
     @cached_property
     def config(self) -> Config:
         url = self._url_if_set()
-        return alembic_config(
+        config = alembic_config(
             self.settings.alembic_config,
             sqlalchemy_url=url.sqlalchemy if url else None,
             output=self._output,
         )
+        if self.settings.migration_tenant is not None:
+            config.attributes["tenant"] = self.settings.migration_tenant
+        return config
 
     @cached_property
     def scripts(self) -> Scripts:
@@ -245,6 +248,7 @@ class DatabaseSession:
                 lock_timeout=settings.ddl_lock_timeout,
                 statement_timeout=settings.ddl_statement_timeout,
                 idle_in_transaction_timeout=settings.ddl_idle_in_transaction_timeout,
+                search_path=settings.migration_search_path,
             ),
             work_is_done=work_is_done,
             waited_before=waited_before,

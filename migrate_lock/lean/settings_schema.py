@@ -498,6 +498,26 @@ class LeanSettings:
         doc="The schema of the version table (not of migrate-lock's own tables). Part of the "
         'lock key. Handed to `env.py` as `config.attributes["version_table_schema"]`.',
     )
+    migration_search_path: str | None = setting(
+        "MIGRATION_SEARCH_PATH",
+        kind=TEXT,
+        default=None,
+        default_doc="the role's `search_path`",
+        allowed_doc="a `search_path` value, e.g. `tenant_1, public`",
+        doc="The `search_path` of the connection that holds the migration lock, set once it "
+        "holds it (`SET LOCAL` in the transaction scope, so nothing stays on a pooled "
+        "connection): `env.py` and revisions with unqualified names then work in that schema. "
+        "`--tenants schemas:…` sets it to the tenant, then `public`. See "
+        "[many tenants](tenants.md).",
+    )
+    migration_tenant: str | None = setting(
+        "MIGRATION_TENANT",
+        kind=TEXT,
+        default=None,
+        allowed_doc="a tenant's name",
+        doc='The tenant being migrated, handed to `env.py` as `config.attributes["tenant"]`. '
+        "`--tenants` sets it for each tenant. See [many tenants](tenants.md).",
+    )
     seeds_dir: Path | None = setting(
         "SEEDS_DIR",
         kind=DIRECTORY,

@@ -1,0 +1,176 @@
+"""One worker process of a fleet: loads Alembic once, then migrates tenant after tenant.
+
+Started by run.py as ``python -m migrate_lock.fleet.worker FD``. It reads JSON lines on
+stdin (first the fleet's settings, then one job per tenant) and writes JSON lines to the
+pipe FD (``ready``, ``waiting`` while a tenant's lock is held by someone else, ``done``
+with the tenant's outcome). Each tenant goes through ``protocol.upgrade`` (or
+``seed.seed``), the path a single upgrade takes, with that tenant's settings: for a
+schema tenant VERSION_TABLE_SCHEMA and MIGRATION_SEARCH_PATH name the schema (then
+``public``) and MIGRATION_TENANT names it for ``env.py``; a database tenant gets its URL.
+
+``upgrade()`` is not thread-safe within one process, so a fleet's concurrency is worker
+processes, never threads. When the fleet process goes away (even SIGKILL), stdin ends:
+the worker finishes the tenant it is on (committed whole, or rolled back) and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import IO, Any, NoReturn
+
+from migrate_lock.errors import ExitCode, LockTimeout, MigrateLockError, unclassified_server_error
+from migrate_lock.interrupts import signals_raise
+from migrate_lock.logs import LEVELS, EventLog, log
+
+
+class _Tap:
+    """The worker's event log stream: tells the fleet when a tenant waits for its lock, and
+    passes warnings and errors on to stderr, naming the tenant."""
+
+    def __init__(self, send: Any, forward: EventLog) -> None:
+        self._send = send
+        self._forward = forward
+        self.tenant: str | None = None
+        self._waiting_sent = False
+        #: The database's own warnings (its environment marker): once per worker, not
+        #: once per schema.
+        self._said: set[str] = set()
+
+    def reset(self, tenant: str) -> None:
+        self.tenant = tenant
+        self._waiting_sent = False
+
+    def isatty(self) -> bool:
+        return False
+
+    def flush(self) -> None:
+        return None
+
+    def write(self, text: str) -> int:
+        for line in text.splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            event = str(record.pop("event", ""))
+            level = str(record.pop("level", "info")).upper()
+            record.pop("ts", None)
+            if event == "lock.waiting" and not self._waiting_sent:
+                self._waiting_sent = True
+                self._send({"event": "waiting", "holder_pid": record.get("holder_pid")})
+            if event.startswith("guard."):
+                if event in self._said:
+                    continue
+                self._said.add(event)
+            if LEVELS.get(level, 0) >= LEVELS["WARNING"] or self._forward.level <= LEVELS["DEBUG"]:
+                self._forward.emit(level, event, tenant=self.tenant, **record)
+        return len(text)
+
+
+def tenant_settings(base: Any, job: dict[str, Any], setup: dict[str, Any]) -> Any:
+    """``base`` (validated Settings) with the tenant's overrides."""
+    update: dict[str, Any] = {
+        "migration_tenant": job["name"],
+        "log_format": "json",  # read back by _Tap
+        "log_level": "DEBUG" if base.log_level == "DEBUG" else "INFO",
+        "migrate_then": None,  # the bootstrap step is the application's, not a tenant's
+    }
+    if job["kind"] == "schema":
+        schema = job["name"]
+        update |= {
+            "version_table_schema": schema,
+            "migration_search_path": '"' + schema.replace('"', '""') + '", public',
+            # Seeds describe shared reference data: applied per database, not per schema.
+            "seed_on_upgrade": False,
+        }
+    else:
+        update |= {"migration_database_url": job["url"]}
+    if setup.get("skip_locked"):
+        update["migration_lock_timeout_seconds"] = 0.0
+    return base.model_copy(update=update)
+
+
+def run_one(base: Any, job: dict[str, Any], setup: dict[str, Any]) -> dict[str, Any]:
+    """One tenant: its outcome as the ``done`` message."""
+    from migrate_lock import protocol  # noqa: PLC0415 - loaded once, after the settings
+    from migrate_lock.seed import seed  # noqa: PLC0415 - as above
+
+    started = time.monotonic()
+    settings = tenant_settings(base, job, setup)
+    message: dict[str, Any] = {"event": "done", "tenant": job["name"]}
+    try:
+        if setup.get("verb") == "seed":
+            run = seed(settings=settings, **setup.get("seed", {}))
+            applied = [result.name for result in run.results if result.action == "applied"]
+            message |= {"outcome": "seeded" if applied else "at_head", "seeded": applied}
+        else:
+            result = protocol.upgrade(setup.get("target", "heads"), settings=settings)
+            outcome = {"fast_path": "at_head", "waited": "waited", "migrated": "migrated"}
+            message |= {
+                "outcome": outcome[result.role],
+                "from_revisions": list(result.from_revisions),
+                "to_revisions": list(result.to_revisions),
+                "applied": list(result.applied),
+                "wait_ms": result.wait_ms,
+            }
+    except LockTimeout as error:
+        message |= {
+            "outcome": "locked" if setup.get("skip_locked") else "failed",
+            "error": str(error),
+            "exit_code": int(error.exit_code),
+        }
+    except MigrateLockError as error:
+        message |= {"outcome": "failed", "error": str(error), "exit_code": int(error.exit_code)}
+    except Exception as error:  # noqa: BLE001 - one tenant's surprise is not the fleet's
+        explained = unclassified_server_error(error)
+        text = (
+            str(explained)
+            if explained is not None
+            else f"unexpected {type(error).__name__}: {error}; this is a bug in migrate-lock"
+        )
+        code = explained.exit_code if explained is not None else ExitCode.MIGRATION_FAILED
+        message |= {"outcome": "failed", "error": log.scrub(text), "exit_code": int(code)}
+    message["seconds"] = round(time.monotonic() - started, 3)
+    return message
+
+
+def main(argv: list[str]) -> NoReturn:
+    out: IO[str] = os.fdopen(int(argv[1]), "w", buffering=1, encoding="utf-8")
+
+    def send(message: dict[str, Any]) -> None:
+        out.write(json.dumps(message, default=str) + "\n")
+
+    with signals_raise():
+        setup = json.loads(sys.stdin.readline() or "{}")
+        from migrate_lock.settings import load_settings  # noqa: PLC0415 - after the setup
+
+        base = load_settings(**setup.get("overrides", {}))
+        forward = EventLog()
+        forward.configure(log_format=base.log_format, level=base.log_level)
+        tap = _Tap(send, forward)
+        log.stream = tap  # type: ignore[assignment]
+        for secret in setup.get("secrets", []):
+            log.add_secret(secret)
+        from migrate_lock import protocol  # noqa: F401, PLC0415 - Alembic, once per worker
+
+        send({"event": "ready", "pid": os.getpid()})
+        for line in sys.stdin:
+            if not line.strip():
+                continue
+            job = json.loads(line)
+            tap.reset(job["name"])
+            send(run_one(base, job, setup))
+    out.flush()
+    sys.stderr.flush()
+    # Skip the interpreter's teardown of Alembic and SQLAlchemy: every connection is closed.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    try:
+        main(sys.argv)
+    except (BrokenPipeError, KeyboardInterrupt):
+        sys.exit(ExitCode.INTERRUPTED)
