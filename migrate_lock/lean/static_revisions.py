@@ -25,8 +25,10 @@ Two readers, one answer. The fast one is a handful of regular expressions that a
 only the shape revision files nearly always have: a docstring, imports, the
 assignments, then ``def``/``class``/decorators at column 0. A file of any other shape
 goes to the exact one, ``ast`` (about 65 µs a file, so only for those files), with the
-same rules. What neither checks is whether a function body compiles: at head no
-revision runs, and every verb that does run one loads the files with Alembic first.
+same rules. What neither checks is whether a file would import (a syntax error in a
+function body, a failing import, a ``raise`` at module level): its assignments are still
+certain, at head no revision runs, and every verb that runs one loads the files with
+Alembic first (and reports such a file, exit 78).
 
 Standard library only: this is part of the at-head path (tests/unit/test_imports.py).
 """
@@ -244,8 +246,10 @@ def _files(directories: Iterable[str], recursive: bool) -> list[tuple[str, int, 
     """Each revision file Alembic would load: path, size, modification time."""
     found: list[tuple[str, int, int]] = []
     for top in directories:
-        if not os.path.isdir(top):
-            raise _Unsure(f"version location {top} is not a directory")
+        if not os.path.isdir(top) or os.path.basename(os.path.normpath(top)).endswith(
+            "__pycache__"
+        ):
+            raise _Unsure(f"version location {top}: not a directory, or one Alembic skips")
         pending = [top]
         while pending:
             directory = pending.pop()
@@ -344,7 +348,9 @@ def _text(data: bytes, path: str) -> str:
 
 
 def _parse(text: str, path: str, *, suspects: bool) -> _Entry:
-    found = None if suspects and _suspect(text) else _fast(text)
+    # Python reads identifiers in NFKC ("globals" with a fullwidth g is globals): only
+    # ``ast``, which normalizes them, reads a file with anything but ASCII in it.
+    found = None if (suspects and _suspect(text)) or not text.isascii() else _fast(text)
     values = found if found is not None else _exact(text, path)
     return _checked(values, path)
 

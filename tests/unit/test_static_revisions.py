@@ -209,6 +209,12 @@ REFUSED = [
         "a walrus in a default", GOOD.replace("def upgrade()", "def upgrade(x=(revision := 'e'))")
     ),
     Refused("exec", GOOD + "\nexec('revision = \"e\"')\n"),
+    Refused(
+        "a fullwidth globals in a decorator (NFKC)",
+        GOOD.replace(
+            "def upgrade", "@(lambda f: \uff47lobals().update(revision='e') or f)\ndef upgrade"
+        ),
+    ),
     Refused("a function named so", GOOD + "\ndef branch_labels():\n    pass\n"),
     Refused("a class named so", GOOD + "\nclass depends_on:\n    pass\n"),
     Refused("a loop variable", GOOD + "\nfor revision in ['x']:\n    pass\n"),
