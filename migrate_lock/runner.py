@@ -342,7 +342,7 @@ def _run_on(
     config.attributes["connection"] = shared
     config.attributes["on_version_apply"] = on_version_apply
     try:
-        with _only_this_connection(), postgresql_only(config, offline=False):
+        with _only_this_connection(), guarded_configure(config, offline=False):
             if before is not None:
                 before(shared)
             getattr(command, name)(config, target)
@@ -401,7 +401,7 @@ def run_offline(config: Config, target: str) -> None:
     ``NEEDS_DATABASE_MARK`` comment instead and the rendering goes on.
     """
     try:
-        with _offline_results(), postgresql_only(config, offline=True):
+        with _offline_results(), guarded_configure(config, offline=True):
             command.upgrade(config, target, sql=True)
     except _OtherDialectConfigured as refused:
         raise refused.error from None
@@ -697,20 +697,31 @@ class _OtherDialectConfigured(BaseException):
 
 
 @contextmanager
-def postgresql_only(config: Config, *, offline: bool) -> Iterator[None]:
-    """Within the block, every ``context.configure()`` env.py calls must be PostgreSQL's.
+def guarded_configure(config: Config, *, offline: bool) -> Iterator[None]:
+    """Within the block, every ``context.configure()`` env.py calls is checked and completed.
 
-    The one check every verb that runs env.py passes through (``run_offline``: upgrade
-    --sql, lint, plan; ``_run_on``: upgrade, downgrade, stamp, init-db, smoke). An env.py
-    that sets ``sqlalchemy.url`` by itself (Flask-Migrate's takes the application's
-    SQLALCHEMY_DATABASE_URI, which falls back to SQLite where the application's database
-    variable is not set, as in a CI job) would have SQL of another dialect rendered and
-    linted: refused (OtherDialect, exit 78) before any SQL is written or run.
+    The one place every verb that runs env.py passes through (``run_offline``: upgrade
+    --sql, lint, plan; ``_run_on``: upgrade, downgrade, stamp, init-db, smoke):
+    - the context must be PostgreSQL's: an env.py that sets ``sqlalchemy.url`` by itself
+      (Flask-Migrate's takes the application's SQLALCHEMY_DATABASE_URI, which falls back to
+      SQLite where the application's database variable is not set, as in a CI job) would
+      have SQL of another dialect rendered and linted: refused (OtherDialect, exit 78)
+      before any SQL is written or run;
+    - online, our ``on_version_apply`` (config.attributes) is called for each applied revision
+      even when env.py does not pass it (env.py files written for pytest-alembic, by hand),
+      after env.py's own callbacks: it records the history, the environment marker and the
+      result's applied revisions.
     """
     descriptor = MigrationContext.__dict__["configure"]  # the classmethod itself
     ours = _main_option(config, "sqlalchemy.url")
+    hook = None if offline else config.attributes.get("on_version_apply")
 
     def configure(cls: type[MigrationContext], *args: Any, **kwargs: Any) -> MigrationContext:
+        opts = kwargs.get("opts")
+        if hook is not None and isinstance(opts, dict):
+            callbacks = tuple(opts.get("on_version_apply") or ())  # Alembic's: a tuple
+            if hook not in callbacks:
+                kwargs["opts"] = {**opts, "on_version_apply": (*callbacks, hook)}
         context: MigrationContext = descriptor.__get__(None, cls)(*args, **kwargs)
         if context.dialect.name != "postgresql":
             replaced = _main_option(config, "sqlalchemy.url") != ours

@@ -121,3 +121,21 @@ def test_host_less_url_connects_through_a_unix_socket(
 
     assert result.returncode == 0, result.stderr
     assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
+
+
+def test_an_env_py_without_on_version_apply_still_has_every_revision_recorded(
+    project: Path, database_url: str
+) -> None:
+    """Why: env.py files written for pytest-alembic or by hand do not pass on_version_apply;
+    the history (what tells "ahead" from "unknown"), the result's applied list and smoke's
+    concurrency check then saw no revision applied."""
+    env_py = project / "migrations" / "env.py"
+    hook = '        on_version_apply=config.attributes.get("on_version_apply"),\n'
+    assert hook in env_py.read_text()
+    env_py.write_text(env_py.read_text().replace(hook, ""))
+
+    result = run_cli(["upgrade", "--json"], cwd=project, database_url=database_url)
+
+    assert result.returncode == 0, result.stderr
+    assert len(json.loads(result.stdout)["applied"]) == 21
+    assert query(database_url, "SELECT count(*) FROM migrate_lock.history") == [(21,)]
