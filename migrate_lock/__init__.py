@@ -56,6 +56,11 @@ _EXPORTS = {
     "restore": "migrate_lock.backups",
     "BackupResult": "migrate_lock.backups",
     "RestoreResult": "migrate_lock.backups",
+    "upgrade_fleet": "migrate_lock.fleet.run",
+    "seed_fleet": "migrate_lock.fleet.run",
+    "fleet_plan": "migrate_lock.fleet.run",
+    "FleetResult": "migrate_lock.fleet.report",
+    "FleetPlan": "migrate_lock.fleet.plan",
 }
 
 #: Modules of the public API, loaded on first use: ``migrate_lock.seed.seed()`` (the verb),
@@ -67,6 +72,8 @@ __all__ = [
     "DestructiveResult",
     "EmbeddedPostgres",
     "ExitCode",
+    "FleetPlan",
+    "FleetResult",
     "MigrateLockError",
     "Protection",
     "RestoreResult",
@@ -78,6 +85,7 @@ __all__ = [
     "backup",
     "current",
     "downgrade",
+    "fleet_plan",
     "freeze",
     "heads",
     "history",
@@ -97,12 +105,14 @@ __all__ = [
     "run_sql_file",
     "schema_state",
     "seed",
+    "seed_fleet",
     "set_environment",
     "show_environment",
     "smoke",
     "stamp",
     "status",
     "upgrade",
+    "upgrade_fleet",
     "upgrade_sql",
 ]
 
@@ -117,6 +127,9 @@ if TYPE_CHECKING:
     from migrate_lock.entrypoint import run
     from migrate_lock.environment import set_environment, show_environment
     from migrate_lock.errors import ExitCode, MigrateLockError
+    from migrate_lock.fleet.plan import FleetPlan
+    from migrate_lock.fleet.report import FleetResult
+    from migrate_lock.fleet.run import fleet_plan, seed_fleet, upgrade_fleet
     from migrate_lock.guard import Protection
     from migrate_lock.heads_manifest import freeze
     from migrate_lock.inspection import Status, current, heads, history, schema_state, status
