@@ -16,7 +16,8 @@ How values are read, on both paths (docs/configuration.md, "How values are read"
 - CLI flags (``overrides``) beat the environment, which beats ``.env``; within one source
   a variable's main name beats its aliases (``ENVIRONMENT`` beats ``APP_ENV``); a row
   marked ``own`` (``MIGRATE_LOCK_ENVIRONMENT``) has migrate-lock's own name, which beats
-  the application's names in every source;
+  the application's names in every source (but from ``.env`` it never lowers a stricter
+  known value the environment gives them);
 - a secret setting (``DATABASE_URL``) may instead be given as a file, ``DATABASE_URL_FILE``
   (Docker and Kubernetes secrets): the file's text is the value; both in one source is an
   error, and so is a file that cannot be read (named, never its content);
@@ -773,39 +774,72 @@ def collect(
     two spellings of one variable to different values, a secret and its ``_FILE`` both,
     or names a secret file that cannot be read. ``fields`` limits it to those.
     """
-    rows = SCHEMA if fields is None else tuple(row(field) for field in fields)
-    indexed = [_index(dotenv), _index(environ)]  # later sources win
-    found: dict[str, tuple[str, str]] = {}
-    for item in rows:
-        sources = indexed if item.in_dotenv else indexed[1:]
-        own = None
-        if item.own:  # migrate-lock's own name beats the application's, in every source
-            own = next(
-                (hit for index in reversed(sources) if (hit := _given(item, item.variable, index))),
-                None,
-            )
-        if own is not None:
-            found[item.field] = own
-            continue
-        for index in sources:
-            for variable in item.variables:  # the main name beats the aliases
-                hit = _given(item, variable, index)
-                if hit:
-                    found[item.field] = hit
-                    break
     given_overrides = {
         field: value if isinstance(value, str) else str(value)
         for field, value in overrides.items()
         if value is not None and (not isinstance(value, str) or value.strip())
     }
+    # A field a flag sets is not read from the sources at all (nor its _FILE form's file).
+    decided = set(given_overrides)
     if "database_url" in given_overrides and "migration_database_url" not in given_overrides:
         # The database named by the caller is the one to use: it beats
         # MIGRATION_DATABASE_URL from the environment or .env too.
-        found.pop("migration_database_url", None)
+        decided.add("migration_database_url")
+    rows = SCHEMA if fields is None else tuple(row(field) for field in fields)
+    indexed = [_index(dotenv), _index(environ)]  # later sources win
+    found: dict[str, tuple[str, str]] = {}
+    for item in rows:
+        if item.field in decided:
+            continue
+        # The winning source first: a source that loses is not read (a stale
+        # DATABASE_URL_FILE in .env beside DATABASE_URL in the environment is no error).
+        sources = (indexed if item.in_dotenv else indexed[1:])[::-1]
+        hit = _own(item, sources[0], sources[1:]) if item.own else None
+        if hit is None:
+            hit = next(
+                (
+                    given
+                    for index in sources
+                    for variable in item.variables  # the main name beats the aliases
+                    if (given := _given(item, variable, index))
+                ),
+                None,
+            )
+        if hit is not None:
+            found[item.field] = hit
     for field, text in given_overrides.items():
         if field in _BY_FIELD and (fields is None or field in fields):
             found[field] = (_BY_FIELD[field].variable, text)
     return found
+
+
+def _own(item: Setting, environ: _Index, lower: list[_Index]) -> tuple[str, str] | None:
+    """migrate-lock's own name (``MIGRATE_LOCK_ENVIRONMENT``), which beats the application's
+    names in every source; but from ``.env`` it never lowers the protection the environment
+    asks for: an application name in the environment with a known, stricter value (a
+    developer's ``.env`` saying development on a server whose ENVIRONMENT says production)
+    wins over it. None when our name is not set."""
+    if ours := _given(item, item.variable, environ):
+        return ours
+    ours = next((hit for index in lower if (hit := _given(item, item.variable, index))), None)
+    if ours is None:
+        return None
+    theirs = next(
+        (hit for variable in item.variables[1:] if (hit := _given(item, variable, environ))),
+        None,
+    )
+    return theirs if theirs is not None and _stricter(item, theirs[1], ours[1]) else ours
+
+
+def _stricter(item: Setting, text: str, than: str) -> bool:
+    """Whether ``text`` is a known value after ``than`` in the row's choices (mildest
+    first); an unknown value never is (the application's own values are ignored)."""
+    try:
+        value, other = item.parse(text), item.parse(than)
+    except ValueError:
+        return False
+    order = item.kind.choices
+    return value in order and other in order and order.index(value) > order.index(other)
 
 
 _Index = dict[str, list[tuple[str, str]]]
@@ -838,11 +872,11 @@ def _given(item: Setting, variable: str, index: _Index) -> tuple[str, str] | Non
 
 
 def read_secret_file(variable: str, path: str) -> str:
-    """The value a ``VARIABLE_FILE`` setting names: the file's text without its final line
-    break. SettingError naming the file (never its content) if it cannot be read or is
-    empty."""
+    """The value a ``VARIABLE_FILE`` setting names: the file's text without a leading byte
+    order mark (Windows editors, PowerShell's ``-Encoding utf8``) and its final line break.
+    SettingError naming the file (never its content) if it cannot be read or is empty."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = Path(path).read_text(encoding="utf-8-sig")
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise SettingError(

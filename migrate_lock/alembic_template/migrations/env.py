@@ -39,7 +39,7 @@ def from_environment(name: str) -> str:
     value = os.environ.get(name, "").strip()
     secret_file = os.environ.get(f"{name}_FILE", "").strip()
     if not value and secret_file:
-        with open(secret_file, encoding="utf-8") as file:
+        with open(secret_file, encoding="utf-8-sig") as file:  # a BOM is not the URL
             value = file.read().strip()
     return value
 

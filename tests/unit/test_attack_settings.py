@@ -1,0 +1,104 @@
+"""Odd but legal settings an operator meets, read alike by both paths (issue 15, item 3 and 5).
+
+Found by attacking the environment aliases, ``.env`` discovery and secrets from files:
+each test says what went wrong before.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import pytest
+
+from migrate_lock.errors import ConfigError
+from migrate_lock.guard import check_startup
+from migrate_lock.lean.settings_schema import dotenv_path, read_dotenv, read_settings
+from migrate_lock.settings import load_settings
+
+pytestmark = pytest.mark.unit
+
+URL = "postgresql://app:n0t-A-placeh0lder@db.internal:5432/app"
+
+
+@pytest.fixture
+def cwd(tmp_path: Path) -> Iterator[Path]:
+    """An empty environment, in a repository of its own (no stray .env above it)."""
+    (tmp_path / ".git").mkdir()
+    with mock.patch.dict(os.environ, clear=True):
+        before = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            yield tmp_path
+        finally:
+            os.chdir(before)
+
+
+def both(**overrides: Any) -> tuple[Any, Any]:
+    """The settings as the full path and the lean path read them (the lean one must not
+    defer here)."""
+    lean = read_settings(os.environ, read_dotenv(dotenv_path(os.environ, overrides)), overrides)
+    return load_settings(**overrides), lean
+
+
+def test_our_name_in_dotenv_never_lowers_a_stricter_environment_value(cwd: Path) -> None:
+    """Why: a developer's .env (MIGRATE_LOCK_ENVIRONMENT=development) left on a server whose
+    environment says ENVIRONMENT=production turned production's checks off: a placeholder
+    password and localhost were accepted."""
+    (cwd / ".env").write_text("MIGRATE_LOCK_ENVIRONMENT=development\n")
+    os.environ.update(ENVIRONMENT="production", DATABASE_URL=URL)
+    full, lean = both()
+    assert full.environment == lean.environment == "production"
+    placeholder = URL.replace("n0t-A-placeh0lder", "changethis")
+    os.environ.update(APP_ENV="prod", ENVIRONMENT="", DATABASE_URL=placeholder)
+    full, lean = both()
+    assert full.environment == lean.environment == "production"
+    with pytest.raises(ConfigError, match="placeholder password"):
+        check_startup(lean)
+
+
+def test_our_name_in_dotenv_still_beats_a_milder_or_unknown_environment_value(
+    cwd: Path,
+) -> None:
+    """What holds: .env's MIGRATE_LOCK_ENVIRONMENT maps an application value we do not know,
+    or raises a milder one; in the environment, ours is the operator's word."""
+    (cwd / ".env").write_text("MIGRATE_LOCK_ENVIRONMENT=staging\n")
+    cases = (("preview-42", "staging"), ("local", "staging"), ("prod", "production"))
+    for value, expected in cases:
+        os.environ["ENVIRONMENT"] = value
+        full, lean = both()
+        assert full.environment == lean.environment == expected, value
+    os.environ.update(MIGRATE_LOCK_ENVIRONMENT="development", ENVIRONMENT="production")
+    full, lean = both()
+    assert full.environment == lean.environment == "development"
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "", "\n\n"])
+def test_a_secret_file_written_with_a_byte_order_mark_holds_the_url(cwd: Path, ending: str) -> None:
+    """Why: a secret file saved by a Windows editor (or PowerShell's -Encoding utf8) starts
+    with a BOM: exit 78 "got scheme '\\ufeffpostgresql'" (an invisible character) on the
+    full path, while the lean reader handed the BOM on as part of the URL."""
+    (cwd / "url").write_bytes(b"\xef\xbb\xbf" + (URL + ending).encode())
+    os.environ["DATABASE_URL_FILE"] = str(cwd / "url")
+    full, lean = both()
+    assert full.database_url == lean.database_url == URL
+
+
+def test_a_losing_source_s_secret_file_is_not_read(cwd: Path) -> None:
+    """Why: .env's DATABASE_URL_FILE=/run/secrets/db (for the container) made every verb
+    exit 78 on a laptop that exports DATABASE_URL, and so did --database-url beside a
+    DATABASE_URL_FILE naming a secret not mounted here: the value that loses was read."""
+    (cwd / ".env").write_text("DATABASE_URL_FILE=/run/secrets/not-mounted-here\n")
+    os.environ["DATABASE_URL"] = URL
+    full, lean = both()
+    assert full.database_url == lean.database_url == URL
+    del os.environ["DATABASE_URL"]
+    os.environ["MIGRATION_DATABASE_URL_FILE"] = "/run/secrets/not-mounted-either"
+    full, lean = both(database_url=URL)
+    assert full.database_url == lean.database_url == URL
+    assert full.migration_database_url is lean.migration_database_url is None
+    with pytest.raises(ConfigError, match="not-mounted-here, which cannot be read"):
+        load_settings()  # the file that counts must still be readable
