@@ -195,9 +195,9 @@ def fleet(project: Path, url: str, env: dict[str, str], jobs: int, what: str) ->
     sampler = Sampler(url)
     sampler.start()
     started = time.perf_counter()
+    command = [sys.executable, "-m", "migrate_lock", "upgrade", "--tenants", "schemas:tenant_%"]
     done = subprocess.run(
-        [sys.executable, "-m", "migrate_lock", "upgrade", "--tenants", "schemas:tenant_%"]
-        + ["--jobs", str(jobs), "--json"],
+        [*command, "--jobs", str(jobs), "--json"],
         cwd=project,
         env=env | {"DATABASE_URL": url},
         capture_output=True,
