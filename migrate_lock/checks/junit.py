@@ -3,7 +3,7 @@
 One ``<testsuite>`` in a ``<testsuites>`` root, one ``<testcase>`` per case: the format
 GitHub Actions test reporters, GitLab, Jenkins and Azure Pipelines all read. A case
 fails with a ``<failure message=…>`` (its ``details`` as the element's text), is skipped
-with a ``<skipped message=…>``, or passes. Standard library only.
+with a ``<skipped message=…>``, or passes. Every text is scrubbed of secrets.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ import os
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from migrate_lock.errors import ConfigError
+from migrate_lock.logs import log
 
 
 @dataclass(frozen=True)
@@ -35,7 +36,9 @@ class JUnitCase:
 
 
 def render_junit(suite_name: str, cases: Sequence[JUnitCase]) -> str:
-    """The JUnit XML document for ``cases`` as one suite named ``suite_name``."""
+    """The JUnit XML document for ``cases`` as one suite named ``suite_name``, every text
+    scrubbed (a revision's error may quote a URL or a password; CI keeps the file)."""
+    cases = [_scrubbed(case) for case in cases]
     failures = sum(1 for case in cases if case.failure is not None)
     skipped = sum(1 for case in cases if case.failure is None and case.skipped is not None)
     seconds = f"{sum(case.seconds for case in cases):.3f}"
@@ -67,6 +70,19 @@ def render_junit(suite_name: str, cases: Sequence[JUnitCase]) -> str:
             ET.SubElement(element, "system-out").text = case.details
     ET.indent(root)
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
+
+
+def _scrubbed(case: JUnitCase) -> JUnitCase:
+    def clean(text: str | None) -> str | None:
+        return None if text is None else log.scrub(text)
+
+    return replace(
+        case,
+        name=log.scrub(case.name),
+        failure=clean(case.failure),
+        details=log.scrub(case.details),
+        skipped=clean(case.skipped),
+    )
 
 
 def write_junit(path: str | Path, suite_name: str, cases: Sequence[JUnitCase]) -> None:

@@ -105,6 +105,12 @@ class Check:
     context: tuple[str, ...] = ()
     duration_ms: int = 0
 
+    def __post_init__(self) -> None:
+        # A revision's or env.py's own error may quote a URL or a password: the report goes
+        # to stdout, --json and --junit, which the logger's scrubbing never sees.
+        object.__setattr__(self, "summary", log.scrub(self.summary))
+        object.__setattr__(self, "context", tuple(log.scrub(line) for line in self.context))
+
 
 @dataclass(frozen=True)
 class SmokeReport:

@@ -1,0 +1,51 @@
+"""No secret in the new reports: smoke's report (stdout, --json, --junit) and lint's JUnit.
+
+Found by running smoke on a revision whose error quotes the database URL (an env.py or a
+revision that says where it could not connect): the stderr line was scrubbed, but the
+report on stdout and the JUnit file CI keeps held the password.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from unittest import mock
+
+import pytest
+
+from migrate_lock.checks.junit import JUnitCase, render_junit
+from migrate_lock.checks.smoke import Check, SmokeReport
+
+pytestmark = pytest.mark.unit
+
+PASSWORD = "p@ss:w/rd%?#x"
+URL = "postgresql://app:p%40ss%3Aw%2Frd%25%3F%23x@db.internal:5432/app"
+
+
+def leaks(text: str) -> list[str]:
+    return [form for form in (PASSWORD, "p%40ss%3Aw%2Frd%25%3F%23x") if form in text]
+
+
+@mock.patch.dict(os.environ, {"DATABASE_URL": URL})
+def test_smoke_s_report_never_shows_a_password_a_revision_quoted() -> None:
+    error = f"revision 0002 (leak) failed: RuntimeError: cannot reach {URL} (password {PASSWORD})"
+    check = Check("upgrade", "failed", f"base -> heads failed: {error}", context=(error,))
+    report = SmokeReport(server="postgresql://app:***@db.internal:5432/app", checks=(check,))
+    assert not leaks(check.summary + "\n".join(check.context))
+    assert not leaks(json.dumps(report.as_dict()))
+    assert not leaks(render_junit("migrate-lock smoke", report.junit_cases()))
+    assert "cannot reach postgresql://app:***@db.internal:5432/app" in check.summary
+
+
+@mock.patch.dict(os.environ, {"DATABASE_URL": URL})
+def test_a_junit_report_is_scrubbed_whoever_built_its_cases() -> None:
+    """lint --junit's cases carry Squawk's messages and the revisions' statements."""
+    case = JUnitCase(
+        name="0002",
+        failure=f"statement quotes {URL}",
+        details=f"ALTER ROLE reader PASSWORD '{PASSWORD}';",
+        skipped=None,
+    )
+    document = render_junit("migrate-lock lint", [case, JUnitCase("0003", skipped=URL)])
+    assert not leaks(document)
+    assert "ALTER ROLE reader PASSWORD" in document
