@@ -16,6 +16,7 @@ from alembic.util import CommandError
 
 from migrate_lock.errors import NoRevisions, ProjectFileError, UsageError, first_line, shown_path
 from migrate_lock.interrupts import Terminated
+from migrate_lock.lean.alembic_compat import REVISION_LOADERS
 
 
 class Scripts:
@@ -167,7 +168,7 @@ def _failing_file(error: BaseException) -> tuple[str | None, int | None]:
         trace = trace.tb_next
     for frame, _ in frames:
         names = frame.f_locals
-        if frame.f_code.co_name in ("_from_path", "load_python_file", "load_module_py"):
+        if frame.f_code.co_name in REVISION_LOADERS:
             found = names.get("path")
             if found is None and "dir_" in names and "filename" in names:
                 found = Path(names["dir_"]) / names["filename"]

@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from migrate_lock.lean.alembic_compat import (
+    reads_recursive_version_locations,
+    version_locations_separator,
+)
 from migrate_lock.logs import log
 
 MANIFEST_NAME = "migrate-lock.heads.json"
@@ -101,8 +105,9 @@ def script_files(alembic_ini: Path) -> ScriptFiles | None:
         section = parser["alembic"]
         location = section.get("script_location")
         versions = section.get("version_locations")
-        separator = section.get("path_separator") or section.get("version_path_separator")
+        separator = version_locations_separator(section) if versions else None
         recursive = section.getboolean("recursive_version_locations", fallback=False)
+        recursive = recursive and reads_recursive_version_locations()  # Alembic 1.10+
     except (configparser.Error, KeyError, ValueError):
         return None
     if not location or (":" in location and not Path(location).is_absolute()):

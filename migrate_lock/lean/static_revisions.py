@@ -44,6 +44,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from migrate_lock.lean.alembic_compat import (
+    reads_recursive_version_locations,
+    version_locations_separator,
+)
 from migrate_lock.lean.manifest import Manifest, read_manifest, script_files
 from migrate_lock.logs import log
 
@@ -212,6 +216,8 @@ def _read_locations(ini: Path) -> tuple[tuple[str, ...], bool] | None:
     recursive = section.get("recursive_version_locations", "false")
     if recursive not in ("true", "false"):
         return None  # Alembic reads anything but "true" as false; a typo is unusual
+    if recursive == "true" and not reads_recursive_version_locations():
+        recursive = "false"  # Alembic before 1.10 has no such option
     location = section.get("script_location")
     if not location or (":" in location and not os.path.isabs(location)):
         return None  # missing, or package:resource
@@ -220,9 +226,7 @@ def _read_locations(ini: Path) -> tuple[tuple[str, ...], bool] | None:
     versions = section.get("version_locations")
     if not versions:
         return (os.path.join(location, "versions"),), recursive == "true"
-    separator = section.get("path_separator")
-    if separator is None:
-        separator = section.get("version_path_separator")
+    separator = version_locations_separator(section)
     if separator is None:
         parts = re.split(r", *|(?: +)", versions)  # Alembic's legacy splitting
     else:

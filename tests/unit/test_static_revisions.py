@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from migrate_lock.lean import static_revisions
+from migrate_lock.lean.alembic_compat import reads_recursive_version_locations
 from migrate_lock.lean.static_revisions import StaticRevisions, read_revisions
 
 pytestmark = pytest.mark.unit
@@ -136,7 +137,8 @@ def test_several_heads_and_locations(tmp_path: Path) -> None:
     found = read_revisions(ini)
 
     assert found is not None
-    assert found.heads == ("c3", "y8")
+    # Alembic before 1.10 reads no recursive_version_locations: more/nested is not loaded.
+    assert found.heads == (("c3", "y8") if reads_recursive_version_locations() else ("c3", "x9"))
     assert found == alembic_view(ini)
 
 
