@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
 from migrate_lock.dsn import DatabaseUrl, parse_database_url, with_database
-from migrate_lock.errors import ConfigError, TenantSourceError, UsageError
+from migrate_lock.errors import ConfigError, Refused, TenantSourceError, UsageError
 from migrate_lock.fleet.plan import FleetPlan, TenantState, plan_databases, plan_schemas
 from migrate_lock.fleet.report import DONE, FleetResult, Progress, TenantOutcome
 from migrate_lock.fleet.sources import (
@@ -296,6 +296,14 @@ def _run_fleet(
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: must be at least 1", hint="e.g. --jobs 4")
     chosen = fleet(tenants, shard=shard, overrides=overrides)
+    if seed and seed.get("prune") and not (chosen.settings.confirm_destructive or "").strip():
+        # The guardrail's own words, before any tenant: each database's guard decides next.
+        raise Refused(
+            f"seed --prune --tenants {chosen.source} refused: it deletes rows in every "
+            "tenant; nothing was changed",
+            hint="confirm with --confirm-destructive DBNAME (or `true`, which a database "
+            "marked production refuses), see docs/guardrails.md",
+        )
     plan = read_plan(chosen)
     if verb == "seed":
         if any(state.tenant.kind == "schema" for state in plan.tenants):

@@ -230,3 +230,22 @@ def test_a_schema_tenant_gets_its_schema_search_path_and_name(tmp_path: Path) ->
     assert database.migration_url().database == "shop_b"
     assert database.version_table_schema is None
     assert database.migration_tenant == "shop_b"
+
+
+def test_the_indexed_job_example_shards_by_its_completions() -> None:
+    """Why: a shard count other than the Job's completions leaves tenants to no pod."""
+    import yaml  # type: ignore[import-untyped]
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "kubernetes" / "fleet-job.yaml"
+    job = yaml.safe_load(example.read_text())["spec"]
+    assert job["completionMode"] == "Indexed"
+    container = job["template"]["spec"]["containers"][0]
+    command = container["command"]
+    assert command[:4] == ["migrate-lock", "upgrade", "--tenants", "schemas:tenant_%"]
+    shard = command[command.index("--shard") + 1]
+    assert shard == f"/{job['completions']}"
+    assert job["template"]["spec"]["restartPolicy"] == "Never"
+    rules = {rule["action"]: rule for rule in job["podFailurePolicy"]["rules"]}
+    assert 75 in rules["Count"]["onExitCodes"]["values"]
+    assert 1 in rules["FailIndex"]["onExitCodes"]["values"]
+    assert rules["Ignore"]["onPodConditions"] == [{"type": "DisruptionTarget"}]
