@@ -43,15 +43,18 @@ CLEANUP_LOCK_TIMEOUT = "5s"
 #: How the comment on an index that could not be dropped at once begins.
 LEFTOVER_MARK = "migrate-lock: invalid index left by a failed concurrent build"
 
-#: Plain (not partitioned) invalid indexes, by OID, that no other session is building.
-#: pg_stat_progress_create_index hides the table of another role's build: any build of
-#: another session whose table is not shown counts as one on every table.
+#: Plain (not partitioned) invalid indexes, by OID.
 _INVALID_INDEXES = """
 SELECT i.indexrelid::int8, n.nspname, c.relname, obj_description(i.indexrelid, 'pg_class')
 FROM pg_index i
 JOIN pg_class c ON c.oid = i.indexrelid
 JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE NOT i.indisvalid AND c.relkind = 'i'
+"""
+#: ... that no other session is building (PostgreSQL 12 and later say so).
+#: pg_stat_progress_create_index hides the table of another role's build: any build of
+#: another session whose table is not shown counts as one on every table.
+_NOT_BEING_BUILT = """
   AND NOT EXISTS (
     SELECT FROM pg_stat_progress_create_index p
     WHERE p.pid <> pg_backend_pid()
@@ -115,9 +118,15 @@ def noted(error: MigrateLockError, cleanups: list[Cleanup]) -> MigrateLockError:
     return error.with_message(f"{error.message}; {'; '.join(notes)}")
 
 
-def invalid_indexes(connection: psycopg.Connection[Any]) -> dict[int, InvalidIndex]:
-    """The database's invalid plain indexes that no other session is building."""
-    rows = connection.execute(_INVALID_INDEXES).fetchall()
+def invalid_indexes(
+    connection: psycopg.Connection[Any], *, being_built: bool = False
+) -> dict[int, InvalidIndex]:
+    """The database's invalid plain indexes, without those another session is building
+    unless ``being_built``."""
+    query = _INVALID_INDEXES
+    if not being_built and connection.info.server_version >= 120000:
+        query += _NOT_BEING_BUILT
+    rows = connection.execute(query).fetchall()
     return {
         int(oid): InvalidIndex(int(oid), schema, name, comment)
         for oid, schema, name, comment in rows
@@ -147,7 +156,9 @@ def cleaning_up(
             before = None
             if _usable(connection):
                 _drop_marked(connection)
-                before = invalid_indexes(connection)
+                # Every invalid index there now, someone else's builds in progress too:
+                # none of them is ever ours to drop.
+                before = invalid_indexes(connection, being_built=True)
             try:
                 yield
             except BaseException:

@@ -10,6 +10,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from migrate_lock.concurrent_index import Cleanup, InvalidIndex, noted
+from migrate_lock.errors import TableLockTimeout
+
 from support import assert_one_line_failure, query, run_cli
 
 
@@ -86,6 +89,7 @@ def test_an_invalid_index_left_by_a_cancelled_build_is_removed_and_the_retry_wor
         failed = run_cli(["upgrade"], cwd=project, database_url=at_head, **timeouts)
 
         line = assert_one_line_failure(failed, exit_code)
+        print(line)
         assert f"revision 0022 (an index built concurrently) {says}" in line, line
         assert "; removed the invalid index public.leagues_name it left;" in line, line
         assert indexes(at_head) == [("someone_elses", False)]
@@ -110,6 +114,7 @@ def test_an_index_a_writer_on_its_table_keeps_from_dropping_goes_on_the_next_run
         failed = run_cli(["upgrade"], cwd=project, database_url=at_head, DDL_LOCK_TIMEOUT="1s")
 
         line = assert_one_line_failure(failed, 75)
+        print(line)
         assert "could not get a table lock within DDL_LOCK_TIMEOUT" in line
         assert (
             "the invalid index public.leagues_name it left could not be removed ([55P03]" in line
@@ -125,3 +130,18 @@ def test_an_index_a_writer_on_its_table_keeps_from_dropping_goes_on_the_next_run
     assert retried.returncode == 0, retried.stderr
     assert "migrate.invalid_index_removed" in retried.stderr
     assert indexes(at_head) == [("leagues_name", True)]
+
+
+@pytest.mark.unit
+def test_the_drop_to_run_by_hand_quotes_the_names() -> None:
+    index = InvalidIndex(1, "Sales", 'ix "odd"')
+    assert index.drop_statement == 'DROP INDEX CONCURRENTLY IF EXISTS "Sales"."ix ""odd"""'
+    cleanup = Cleanup("0022", removed=[InvalidIndex(2, "public", "a")])
+    cleanup.left.append((index, "[55P03] canceling statement due to lock timeout", False))
+    assert cleanup.note() == (
+        'removed the invalid index public.a it left; the invalid index Sales.ix "odd" it '
+        "left could not be removed ([55P03] canceling statement due to lock timeout): run "
+        '`DROP INDEX CONCURRENTLY IF EXISTS "Sales"."ix ""odd"""` before retrying'
+    )
+    error = TableLockTimeout("revision 0022", "[55P03] …")
+    assert str(noted(error, [Cleanup("0022")])) == str(error)  # nothing left: as it was
