@@ -603,7 +603,7 @@ def on_new_tables(revisions: list[RevisionSql], findings: list[Finding]) -> Chec
 _NAME = r'(?:"[^"]+"|[\w$]+)(?:\s*\.\s*(?:"[^"]+"|[\w$]+))?'
 _CREATE_TABLE = re.compile(
     r"^\s*CREATE\s+(?:(?:GLOBAL|LOCAL)\s+)?(?:(?:TEMP|TEMPORARY|UNLOGGED)\s+)?TABLE\s+"
-    rf"(?:IF\s+NOT\s+EXISTS\s+)?(?P<name>{_NAME})\s*(?P<rest>.*)",
+    rf"(?P<if_not_exists>IF\s+NOT\s+EXISTS\s+)?(?P<name>{_NAME})\s*(?P<rest>.*)",
     re.IGNORECASE | re.DOTALL,
 )
 _ALTER_TABLE = re.compile(
@@ -626,9 +626,12 @@ _REFERENCES = re.compile(
 
 
 def created_tables(sql: str) -> set[str]:
-    """The table a ``CREATE TABLE name (…)`` statement creates (empty for ``… AS``)."""
+    """The table a ``CREATE TABLE name (…)`` statement creates (empty for ``… AS``, and for
+    ``IF NOT EXISTS``: the table may be there already, with data)."""
     match = _CREATE_TABLE.match(sql)
-    if match is None or re.match(r"(AS|PARTITION\s+OF|OF)\b", match["rest"], re.IGNORECASE):
+    if match is None or match["if_not_exists"]:
+        return set()
+    if re.match(r"(AS|PARTITION\s+OF|OF)\b", match["rest"], re.IGNORECASE):
         return set()
     return {_table(match["name"])}
 
@@ -639,7 +642,10 @@ def renamed_new_tables(sql: str, new: set[str]) -> set[str]:
     if match is None or _table(match["name"]) not in new:
         return set()
     renamed = _RENAME_TO.match(match["rest"])
-    return {_table(renamed["name"])} if renamed else set()
+    if renamed is None:
+        return set()
+    schema, dot, _ = _table(match["name"]).rpartition(".")  # RENAME TO keeps the schema
+    return {schema + dot + _table(renamed["name"])}
 
 
 def tables_of(sql: str) -> set[str]:
@@ -656,9 +662,13 @@ def tables_of(sql: str) -> set[str]:
 
 
 def _table(name: str) -> str:
-    """A table's name without its schema, folded as PostgreSQL folds it."""
-    last = re.split(r'\s*\.\s*(?=(?:"[^"]+"|[\w$]+)\s*$)', name.strip())[-1]
-    return last[1:-1] if last.startswith('"') else last.lower()
+    """A table's name (``schema.name`` when qualified), folded as PostgreSQL folds it.
+
+    The schema is kept: ``other.audit`` is not the ``audit`` the run created, and an
+    unqualified name is not taken for a qualified one (a finding is set apart only when
+    the table is surely new)."""
+    parts = re.split(r'\s*\.\s*(?=(?:"[^"]+"|[\w$]+)\s*$)', name.strip())
+    return ".".join(part[1:-1] if part.startswith('"') else part.lower() for part in parts)
 
 
 def squawk_binary() -> str:

@@ -55,11 +55,12 @@ def test_only_findings_at_or_above_fail_on_fail() -> None:
 
 
 def test_statements_name_the_tables_they_work_on() -> None:
-    assert tables_of('CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS i ON ONLY s."T" (a)') == {"T"}
+    index = 'CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS i ON ONLY s."T" (a)'
+    assert tables_of(index) == {"s.T"}
     assert tables_of(
         "ALTER TABLE IF EXISTS Orders ADD CONSTRAINT f FOREIGN KEY (a) "
         "REFERENCES public.accounts (id)"
-    ) == {"orders", "accounts"}
+    ) == {"orders", "public.accounts"}
     assert tables_of("DROP TABLE a, b CASCADE;") == {"a", "b"}
     assert tables_of("ALTER TABLE new ATTACH PARTITION old FOR VALUES IN (1)") == {"new", "old"}
     assert tables_of("UPDATE a SET b = 1") == set()
