@@ -163,7 +163,12 @@ def cleaning_up(
                 yield
             except BaseException:
                 if before is not None and _usable(connection):
-                    cleanups.append(_clean_up(connection, before, which_revision()))
+                    try:
+                        cleanups.append(_clean_up(connection, before, which_revision()))
+                    except Exception as error:  # noqa: BLE001 - the revision's error wins
+                        log.warning(
+                            "migrate.invalid_index_check_failed", error=type(error).__name__
+                        )
                 raise
 
     MigrationContext.autocommit_block = watched  # type: ignore[method-assign]
@@ -229,7 +234,9 @@ def _mark(connection: psycopg.Connection[Any], index: InvalidIndex, revision: st
                 )
             )
     except psycopg.Error as error:
-        log.warning("migrate.invalid_index_unmarked", index=index.shown, error=str(error))
+        log.warning(
+            "migrate.invalid_index_unmarked", index=index.shown, error=describe_sql_error(error)
+        )
         return False
     return True
 
