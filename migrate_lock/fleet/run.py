@@ -516,6 +516,9 @@ class _Pool:
         if event == "ready":
             worker.ready = True
             return None
+        if event == "fatal":
+            # What every worker would fail on (its settings): the fleet stops, nothing run.
+            raise ConfigError(str(message.get("error")))
         if event == "waiting":
             if worker.tenant is not None:
                 self.progress.waiting_on(worker.tenant.name)

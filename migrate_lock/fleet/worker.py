@@ -147,7 +147,12 @@ def main(argv: list[str]) -> NoReturn:
         setup = json.loads(sys.stdin.readline() or "{}")
         from migrate_lock.settings import load_settings  # noqa: PLC0415 - after the setup
 
-        base = load_settings(**setup.get("overrides", {}))
+        try:
+            base = load_settings(**setup.get("overrides", {}))
+        except MigrateLockError as error:
+            send({"event": "fatal", "error": str(error), "exit_code": int(error.exit_code)})
+            out.flush()
+            os._exit(int(error.exit_code))
         forward = EventLog()
         forward.configure(log_format=base.log_format, level=base.log_level)
         tap = _Tap(send, forward)
