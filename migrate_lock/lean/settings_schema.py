@@ -922,11 +922,22 @@ def dotenv_path(
     except OSError:  # the current directory was removed
         return None
     for up, directory in enumerate((here, *here.parents)):
-        if (directory / ".env").is_file():
-            # As the operator would name it from here (.env, ../.env), for messages.
-            return Path(*[".."] * up, ".env")
-        if (directory / ".git").exists():
-            return None
+        # Looked up from here (.env, ../.env: as the operator names it, for messages), not
+        # by absolute path: the current directory's own .env is readable even where a
+        # directory above it may not be searched.
+        relative = Path(*[".."] * up)
+        try:
+            if (relative / ".env").is_file():
+                return relative / ".env"
+            if (relative / ".git").exists():
+                return None
+        except OSError as error:  # no search (x) permission: what it holds is unknown
+            raise SettingError(
+                f"cannot look for .env in {directory} ({error.strerror or error}), so the "
+                "settings it may hold are unknown; set ENV_FILE (or --env-file) to the .env "
+                "to read (an empty file for none)",
+                variables=("ENV_FILE",),
+            ) from None
     return None
 
 

@@ -102,3 +102,35 @@ def test_a_losing_source_s_secret_file_is_not_read(cwd: Path) -> None:
     assert full.migration_database_url is lean.migration_database_url is None
     with pytest.raises(ConfigError, match="not-mounted-here, which cannot be read"):
         load_settings()  # the file that counts must still be readable
+
+
+def test_a_directory_above_that_may_not_be_searched_is_one_line_not_a_traceback(
+    cwd: Path,
+) -> None:
+    """Why: run from a directory whose parent has no search (x) permission for this user,
+    every verb died with a PermissionError traceback (exit 1): .env was looked up by
+    absolute path, through that parent, even in the current directory itself.
+
+    The filesystem is modelled (the suite may run as root, which ignores permissions):
+    a path that goes through ``cwd`` (the parent) from above or from below raises EACCES.
+    """
+    here = cwd / "backend"
+    here.mkdir()
+    os.chdir(here)
+    real_stat = os.stat
+
+    def stat(path: Any, *args: Any, **kwargs: Any) -> os.stat_result:
+        text = os.fspath(path)
+        through_parent = text.startswith(str(cwd) + os.sep) or text.startswith("..")
+        if through_parent:
+            raise PermissionError(13, "Permission denied", text)
+        return real_stat(path, *args, **kwargs)
+
+    with mock.patch("os.stat", stat):
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        assert str(raised.value).startswith(f"cannot look for .env in {cwd} (Permission denied)")
+        assert "set ENV_FILE" in str(raised.value)
+        (here / ".env").write_text(f"DATABASE_URL={URL}\n")  # its own .env: found, read
+        full, lean = both()
+    assert full.database_url == lean.database_url == URL
