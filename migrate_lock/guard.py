@@ -176,7 +176,8 @@ def _url_problems(variable: str, raw: str, *, allow_localhost: bool) -> list[str
             where = "the local socket" if hosts == [""] else "localhost"
             problems.append(f"{variable} points at {where} ({url.masked})")
     if url.password is not None:
-        user = unquote(urlsplit(url.libpq).username or "")
+        # The user may be in the query too (?user=app&password=app), as the password may.
+        user = query.get("user") or unquote(urlsplit(url.libpq).username or "")
         if url.password == "":
             problems.append(f"{variable} has an empty password ({url.masked})")
         elif url.password.lower() in PLACEHOLDER_PASSWORDS or url.password == user:
