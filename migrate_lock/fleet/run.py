@@ -89,11 +89,14 @@ def read_plan(fleet: Fleet) -> FleetPlan:
         return _plan(fleet, None, heads, known, heads_from)
     url = _migration_url(settings)
     timeout = int(min(10.0, max(1.0, settings.db_connect_timeout_seconds)))
-    try:
-        with LeanConnection.connect(url.libpq, timeout_seconds=timeout) as connection:
-            return _plan(fleet, connection, heads, known, heads_from)
-    except LeanUnavailable:
-        pass  # psycopg says why, with the proper error
+    # The libpq binding reads %s as a parameter: a query of the user's with one goes to
+    # psycopg, which runs a query without parameters as it is.
+    if not (fleet.source.kind == "query" and "%s" in fleet.source.value):
+        try:
+            with LeanConnection.connect(url.libpq, timeout_seconds=timeout) as connection:
+                return _plan(fleet, connection, heads, known, heads_from)
+        except LeanUnavailable:
+            pass  # psycopg says why, with the proper error
     return _plan_in_full(fleet, url, heads, known, heads_from)
 
 
@@ -534,7 +537,7 @@ class _Pool:
             tuple(message.get("to_revisions", ())),
             tuple(message.get("applied", message.get("seeded", ()))),
             float(message.get("seconds", 0.0)),
-            message.get("error"),
+            log.scrub(message["error"]) if message.get("error") else None,
             int(message.get("exit_code", 0)),
         )
         self.progress.done(outcome)
