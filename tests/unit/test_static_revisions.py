@@ -302,8 +302,7 @@ def test_the_fast_reader_and_ast_agree_on_the_usual_shapes(tmp_path: Path) -> No
     for source in (GOOD, revision_file("e5", ("c3", "d4"), labels=["x"], annotated=True)):
         fast = static_revisions._fast(source)
         assert fast is not None
-        exact = static_revisions._exact(source, "x.py")
-        assert static_revisions._checked(fast, "x") == static_revisions._checked(exact, "x")
+        assert fast == static_revisions._checked(static_revisions._exact(source, "x.py"), "x")
 
 
 def test_unusual_but_certain_files_go_to_ast_and_are_read(tmp_path: Path) -> None:
