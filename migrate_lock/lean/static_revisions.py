@@ -227,9 +227,7 @@ def _read_locations(ini: Path) -> tuple[tuple[str, ...], bool] | None:
     versions = section.get("version_locations")
     if not versions:
         return (os.path.join(location, "versions"),), recursive == "true"
-    separator = section.get("path_separator")
-    if separator is None:
-        separator = section.get("version_path_separator")
+    separator = version_locations_separator(section)
     if separator is None:
         parts = re.split(r", *|(?: +)", versions)  # Alembic's legacy splitting
     else:
