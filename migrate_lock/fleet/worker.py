@@ -19,6 +19,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any, NoReturn
 
 from migrate_lock.errors import ExitCode, LockTimeout, MigrateLockError, unclassified_server_error
@@ -26,11 +27,13 @@ from migrate_lock.interrupts import signals_raise
 from migrate_lock.logs import LEVELS, EventLog, log
 
 
-class _Tap:
-    """The worker's event log stream: tells the fleet when a tenant waits for its lock, and
-    passes warnings and errors on to stderr, naming the tenant."""
+class _Relay:
+    """Stands in for the event log's ``emit`` in a worker: tells the fleet when a tenant
+    waits for its lock, and passes warnings and errors (everything, with LOG_LEVEL=DEBUG)
+    on to stderr naming the tenant. The rest (a tenant's ``migrate.*`` and ``lock.*``
+    events) the fleet's own ``fleet.tenant`` line sums up, and costs nothing here."""
 
-    def __init__(self, send: Any, forward: EventLog) -> None:
+    def __init__(self, send: Callable[[dict[str, Any]], None], forward: EventLog) -> None:
         self._send = send
         self._forward = forward
         self.tenant: str | None = None
@@ -43,39 +46,25 @@ class _Tap:
         self.tenant = tenant
         self._waiting_sent = False
 
-    def isatty(self) -> bool:
-        return False
-
-    def flush(self) -> None:
-        return None
-
-    def write(self, text: str) -> int:
-        for line in text.splitlines():
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            event = str(record.pop("event", ""))
-            level = str(record.pop("level", "info")).upper()
-            record.pop("ts", None)
-            if event == "lock.waiting" and not self._waiting_sent:
-                self._waiting_sent = True
-                self._send({"event": "waiting", "holder_pid": record.get("holder_pid")})
-            if event.startswith("guard."):
-                if event in self._said:
-                    continue
-                self._said.add(event)
-            if LEVELS.get(level, 0) >= LEVELS["WARNING"] or self._forward.level <= LEVELS["DEBUG"]:
-                self._forward.emit(level, event, tenant=self.tenant, **record)
-        return len(text)
+    def emit(self, level: str, event: str, **fields: Any) -> None:
+        if event == "lock.waiting" and not self._waiting_sent:
+            self._waiting_sent = True
+            self._send({"event": "waiting", "holder_pid": fields.get("holder_pid")})
+        if LEVELS[level] < max(self._forward.level, LEVELS["WARNING"]) and not (
+            self._forward.level <= LEVELS["DEBUG"]
+        ):
+            return
+        if event.startswith("guard."):
+            if event in self._said:
+                return
+            self._said.add(event)
+        self._forward.emit(level, event, tenant=self.tenant, **fields)
 
 
 def tenant_settings(base: Any, job: dict[str, Any], setup: dict[str, Any]) -> Any:
     """``base`` (validated Settings) with the tenant's overrides."""
     update: dict[str, Any] = {
         "migration_tenant": job["name"],
-        "log_format": "json",  # read back by _Tap
-        "log_level": "DEBUG" if base.log_level == "DEBUG" else "INFO",
         "migrate_then": None,  # the bootstrap step is the application's, not a tenant's
     }
     if job["kind"] == "schema":
@@ -155,10 +144,10 @@ def main(argv: list[str]) -> NoReturn:
             os._exit(int(error.exit_code))
         forward = EventLog()
         forward.configure(log_format=base.log_format, level=base.log_level)
-        tap = _Tap(send, forward)
-        log.stream = tap  # type: ignore[assignment]
-        for secret in setup.get("secrets", []):
-            log.add_secret(secret)
+        relay = _Relay(send, forward)
+        # This process is the fleet's: its events go through the relay (an instance
+        # attribute shadows the method for every ``log.info(...)`` of the package).
+        setattr(log, "emit", relay.emit)  # noqa: B010 - a method, replaced on purpose
         from migrate_lock import protocol  # noqa: F401, PLC0415 - Alembic, once per worker
 
         send({"event": "ready", "pid": os.getpid()})
@@ -166,7 +155,7 @@ def main(argv: list[str]) -> NoReturn:
             if not line.strip():
                 continue
             job = json.loads(line)
-            tap.reset(job["name"])
+            relay.reset(job["name"])
             send(run_one(base, job, setup))
     out.flush()
     sys.stderr.flush()

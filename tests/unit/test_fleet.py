@@ -249,3 +249,30 @@ def test_the_indexed_job_example_shards_by_its_completions() -> None:
     assert 75 in rules["Count"]["onExitCodes"]["values"]
     assert 1 in rules["FailIndex"]["onExitCodes"]["values"]
     assert rules["Ignore"]["onPodConditions"] == [{"type": "DisruptionTarget"}]
+
+
+def test_a_worker_relays_lock_waits_once_and_only_warnings() -> None:
+    """Why: the progress line counts tenants waiting on a lock; a tenant's INFO events
+    would bury the fleet's own lines, and the database's marker warning is one per worker."""
+    import io
+
+    from migrate_lock.fleet.worker import _Relay
+    from migrate_lock.logs import EventLog
+
+    sent: list[dict[str, Any]] = []
+    stream = io.StringIO()
+    forward = EventLog()
+    forward.stream = stream
+    forward.configure(log_format="json", level="INFO")
+    relay = _Relay(sent.append, forward)
+    for tenant in ("t1", "t2"):
+        relay.reset(tenant)
+        relay.emit("INFO", "lock.waiting", holder_pid=42)
+        relay.emit("INFO", "lock.waiting", holder_pid=42)
+        relay.emit("INFO", "migrate.done", applied=3)
+        relay.emit("WARNING", "guard.marker_not_written", database="shop")
+        relay.emit("ERROR", "db.connection_lost", error="gone")
+    assert sent == [{"event": "waiting", "holder_pid": 42}] * 2
+    events = [line for line in stream.getvalue().splitlines() if line]
+    assert len(events) == 3  # the marker warning once, the error for each tenant
+    assert '"tenant": "t2"' in events[-1] and "migrate.done" not in stream.getvalue()
