@@ -20,10 +20,10 @@ _SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full
 # password runs to the LAST "@" before the path, the query or a space: a raw "@" in it
 # must not leave its tail visible.
 _URL_IN_TEXT = re.compile(r"\b([a-z][a-z0-9+.-]*://)([^:/@\s]*):([^\s/?]*)@", re.IGNORECASE)
-#: ``password=`` in a URL's query or a keyword/value conninfo, quoted ('…', with \' and
-#: \\ escapes, as libpq reads it) or not.
+#: ``password=`` (or ``sslpassword=``, the client key's passphrase) in a URL's query or a
+#: keyword/value conninfo, quoted ('…', with \' and \\ escapes, as libpq reads it) or not.
 _PASSWORD_PARAMETER = re.compile(
-    r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'?|[^&\s]+)", re.IGNORECASE | re.DOTALL
+    r"(\b(?:ssl)?password\s*=\s*)('(?:[^'\\]|\\.)*'?|[^&\s]+)", re.IGNORECASE | re.DOTALL
 )
 #: Placeholder text in our own hints, not a secret.
 _PLACEHOLDER = "PASSWORD"
@@ -223,7 +223,7 @@ def secret_candidates(raw: str) -> set[str]:
         # In a query a value runs to the next "&", spaces and all (libpq then refuses it).
         for parameter in rest.partition("?")[2].split("&"):
             key, equals, value = parameter.partition("=")
-            if equals and key.strip().lower() == "password":
+            if equals and key.strip().lower() in ("password", "sslpassword"):
                 found.add(value)
     for match in _PASSWORD_PARAMETER.finditer(text):
         value = match.group(2)

@@ -15,6 +15,7 @@ import pytest
 
 from migrate_lock.checks.junit import JUnitCase, render_junit
 from migrate_lock.checks.smoke import Check, SmokeReport
+from migrate_lock.dsn import parse_database_url, scrub_text
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +50,21 @@ def test_a_junit_report_is_scrubbed_whoever_built_its_cases() -> None:
     document = render_junit("migrate-lock lint", [case, JUnitCase("0003", skipped=URL)])
     assert not leaks(document)
     assert "ALTER ROLE reader PASSWORD" in document
+
+
+KEY_PASSPHRASE = "k3y-Passphrase"
+TLS_URL = (
+    "postgresql://app:n0t-this@db.internal:5432/app?sslmode=verify-full"
+    f"&sslcert=/run/secrets/client.crt&sslkey=/run/secrets/client.key&sslpassword={KEY_PASSPHRASE}"
+)
+
+
+def test_the_client_key_s_passphrase_is_a_secret_too() -> None:
+    """Why: with a client certificate (managed PostgreSQL), libpq's sslpassword= showed in
+    every masked URL: the lock.scope line, smoke's server, the TLS failure lines."""
+    url = parse_database_url(TLS_URL)
+    assert KEY_PASSPHRASE not in url.masked and "sslpassword=***" in url.masked
+    conninfo = f"host=db.internal sslpassword='{KEY_PASSPHRASE}' sslmode=verify-full"
+    assert KEY_PASSPHRASE not in scrub_text(f"pg_dump: error: {conninfo}")
+    with mock.patch.dict(os.environ, {"DATABASE_URL": TLS_URL}):
+        assert KEY_PASSPHRASE not in scrub_text(f"could not decrypt with {KEY_PASSPHRASE}")
