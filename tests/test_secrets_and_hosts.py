@@ -222,7 +222,7 @@ def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, 
 @pytest.mark.parametrize(
     ("root", "says"),
     [
-        ("other", "the server's certificate does not verify"),
+        ("other", "the server's certificate is not trusted by sslrootcert="),
         ("server", "the server's certificate does not name this host"),
     ],
 )
