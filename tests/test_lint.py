@@ -298,6 +298,18 @@ def test_git_base_lints_the_revision_files_changed_since_the_base(tmp_path: Path
     report = json.loads(result.stdout)
     assert report["scope"]["mode"] == "git-base"
     assert report["revisions"] == ["0002", "0003"]  # 0002 was changed in the work tree
+    # Why: run from another repository (-c naming this project), git answered for that one:
+    # "0 revision files changed", exit 0. The migrations' own repository is asked.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    subprocess.run([*git, "init", "-q", "-b", "main"], cwd=elsewhere, check=True)
+    subprocess.run([*git, "commit", "-q", "--allow-empty", "-m", "x"], cwd=elsewhere, check=True)
+    result = run_cli(
+        ["-c", str(project / "alembic.ini"), "lint", "--json", "--git-base", "main"],
+        cwd=elsewhere,
+        database_url=None,
+    )
+    assert json.loads(result.stdout)["revisions"] == ["0002", "0003"], result.stderr[-300:]
     bad = run_cli(["lint", "--git-base", "no-such-ref"], cwd=project, database_url=None)
     line = assert_one_line_failure(bad, 2)
     assert "--git-base no-such-ref" in line

@@ -278,7 +278,7 @@ def choose_scope(
             settings, f"{since}:heads"
         )
     if git_base is not None:
-        changed = changed_files(git_base)
+        changed = changed_files(git_base, Path(project.scripts.script.dir))
         chosen = revisions_of_files(project, changed)
         detail = f"{len(chosen)} revision files changed against {git_base}"
         return LintScope("git-base", detail), _rendered(settings, chosen)
@@ -330,17 +330,20 @@ def pending_revisions(project: Project) -> list[str] | None:
 _PROBE_SECONDS = 5.0
 
 
-def changed_files(base: str) -> list[Path]:
+def changed_files(base: str, where: Path | None = None) -> list[Path]:
     """The files changed against git ref ``base`` (from where the branch left it, working
-    tree included) and the untracked ones, as absolute paths.
+    tree included) and the untracked ones, as absolute paths, in the repository that holds
+    ``where`` (the migrations folder; else the current directory's: run from another
+    repository, git would answer for that one, and lint would pass on nothing).
 
     Raises UsageError (exit 2) when git cannot answer (not a repository, unknown ref).
     """
+    at = ["-C", str(where)] if where is not None else []
 
     def git(*args: str) -> list[str]:
         try:
             result = subprocess.run(
-                ["git", *args], capture_output=True, text=True, check=False, timeout=60
+                ["git", *at, *args], capture_output=True, text=True, check=False, timeout=60
             )
         except OSError as error:
             raise UsageError(
