@@ -37,7 +37,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -871,12 +873,26 @@ def _given(item: Setting, variable: str, index: _Index) -> tuple[str, str] | Non
     return _one_spelling(given) if given else None
 
 
+#: The text of the secret files that are not regular files (pipes), by device and inode.
+_READ_ONCE: dict[tuple[int, int], str] = {}
+
+
 def read_secret_file(variable: str, path: str) -> str:
     """The value a ``VARIABLE_FILE`` setting names: the file's text without a leading byte
     order mark (Windows editors, PowerShell's ``-Encoding utf8``) and its final line break.
-    SettingError naming the file (never its content) if it cannot be read or is empty."""
+    SettingError naming the file (never its content) if it cannot be read or is empty.
+
+    A pipe (``DATABASE_URL_FILE=<(vault read …)``, ``/dev/stdin``) can be read once: its
+    text is kept for this process, which reads the settings more than once (the lean path,
+    then the full one). A regular file is read afresh each time (a rotated secret)."""
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        found = os.stat(path)
+        regular, key = stat.S_ISREG(found.st_mode), (found.st_dev, found.st_ino)
+        text = None if regular else _READ_ONCE.get(key)
+        if text is None:
+            text = Path(path).read_text(encoding="utf-8-sig")
+            if not regular:
+                _READ_ONCE[key] = text
     except OSError as error:
         reason = error.strerror or type(error).__name__
         raise SettingError(

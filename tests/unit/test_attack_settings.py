@@ -134,3 +134,19 @@ def test_a_directory_above_that_may_not_be_searched_is_one_line_not_a_traceback(
         (here / ".env").write_text(f"DATABASE_URL={URL}\n")  # its own .env: found, read
         full, lean = both()
     assert full.database_url == lean.database_url == URL
+
+
+def test_a_secret_file_that_is_a_pipe_is_read_once(cwd: Path) -> None:
+    """Why: DATABASE_URL_FILE=<(vault read …) (a pipe): the lean path read it, deferred to
+    the full path (the database was not at head), which found it empty: exit 78 "names
+    /dev/fd/63, which is empty"."""
+    reader, writer = os.pipe()
+    try:
+        os.write(writer, (URL + "\n").encode())
+        os.close(writer)
+        os.environ["DATABASE_URL_FILE"] = f"/dev/fd/{reader}"
+        full, lean = both()
+        assert full.database_url == lean.database_url == URL
+        assert load_settings().database_url == URL  # and again
+    finally:
+        os.close(reader)
