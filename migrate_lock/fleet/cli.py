@@ -71,6 +71,7 @@ def tenant_options(verb: str, run: Runner) -> Callable[[Callable[..., None]], Ca
                 click.option(
                     "--jobs",
                     type=click.IntRange(1, 256),
+                    metavar="N",
                     help="With --tenants: tenants at a time, one worker process each [default 4].",
                 ),
                 click.option(
