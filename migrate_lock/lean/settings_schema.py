@@ -926,7 +926,14 @@ def dotenv_path(
         variable, text = named
         path = Path(text.strip())
         if not path.is_file():
-            what = "a directory" if path.is_dir() else "a file that does not exist"
+            what = (
+                "a directory"
+                if path.is_dir()
+                else "not a regular file (a pipe or a device: every reader reads it, so save "
+                "it to a file; an empty file for no .env)"
+                if path.exists()
+                else "a file that does not exist"
+            )
             raise SettingError(
                 f"{variable} names {path}, {what}; point it at the .env file, or unset it "
                 "to look for .env upward from the current directory",

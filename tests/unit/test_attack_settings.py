@@ -150,3 +150,16 @@ def test_a_secret_file_that_is_a_pipe_is_read_once(cwd: Path) -> None:
         assert load_settings().database_url == URL  # and again
     finally:
         os.close(reader)
+
+
+@pytest.mark.parametrize("named", ["/dev/null", "/dev/stdin"])
+def test_an_env_file_that_is_a_device_or_a_pipe_is_not_said_to_be_missing(
+    cwd: Path, named: str
+) -> None:
+    """Why: `--env-file /dev/null` or `ENV_FILE=<(…)` was refused as "a file that does not
+    exist", which it plainly does."""
+    os.environ["ENV_FILE"] = named
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert f"ENV_FILE names {named}, not a regular file" in str(raised.value)
+    assert "does not exist" not in str(raised.value)
