@@ -3,12 +3,14 @@
 One ``<testsuite>`` in a ``<testsuites>`` root, one ``<testcase>`` per case: the format
 GitHub Actions test reporters, GitLab, Jenkins and Azure Pipelines all read. A case
 fails with a ``<failure message=…>`` (its ``details`` as the element's text), is skipped
-with a ``<skipped message=…>``, or passes. Every text is scrubbed of secrets.
+with a ``<skipped message=…>``, or passes. Every text is scrubbed of secrets, and of
+what XML cannot hold (a terminal's colour codes, other control characters).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -72,15 +74,24 @@ def render_junit(suite_name: str, cases: Sequence[JUnitCase]) -> str:
     return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(root, encoding="unicode") + "\n"
 
 
+#: A terminal's colour and cursor codes (a revision's error, coloured by its logging).
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+#: What XML 1.0 cannot hold, even escaped: a document with it is refused by every reader.
+_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
+
+
 def _scrubbed(case: JUnitCase) -> JUnitCase:
-    def clean(text: str | None) -> str | None:
-        return None if text is None else log.scrub(text)
+    def text(value: str) -> str:
+        return _NOT_XML.sub("\ufffd", _ANSI.sub("", log.scrub(value)))
+
+    def clean(value: str | None) -> str | None:
+        return None if value is None else text(value)
 
     return replace(
         case,
-        name=log.scrub(case.name),
+        name=text(case.name),
         failure=clean(case.failure),
-        details=log.scrub(case.details),
+        details=text(case.details),
         skipped=clean(case.skipped),
     )
 
