@@ -826,11 +826,11 @@ def _own(item: Setting, environ: _Index, lower: list[_Index]) -> tuple[str, str]
     ours = next((hit for index in lower if (hit := _given(item, item.variable, index))), None)
     if ours is None:
         return None
-    theirs = next(
-        (hit for variable in item.variables[1:] if (hit := _given(item, variable, environ))),
-        None,
-    )
-    return theirs if theirs is not None and _stricter(item, theirs[1], ours[1]) else ours
+    for variable in item.variables[1:]:  # any of them: ENVIRONMENT=preview, APP_ENV=prod
+        theirs = _given(item, variable, environ)
+        if theirs is not None and _stricter(item, theirs[1], ours[1]):
+            ours = theirs
+    return ours
 
 
 def _stricter(item: Setting, text: str, than: str) -> bool:

@@ -58,6 +58,9 @@ def test_our_name_in_dotenv_never_lowers_a_stricter_environment_value(cwd: Path)
     assert full.environment == lean.environment == "production"
     with pytest.raises(ConfigError, match="placeholder password"):
         check_startup(lean)
+    os.environ.update(ENVIRONMENT="preview-42", APP_ENV="production")  # one unknown, one known
+    full, lean = both()
+    assert full.environment == lean.environment == "production"
 
 
 def test_our_name_in_dotenv_still_beats_a_milder_or_unknown_environment_value(
