@@ -17,7 +17,8 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
-from contextlib import AbstractContextManager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -117,9 +118,21 @@ def identifier_problem(name: str) -> str | None:
 
 
 def schema_revisions(
-    connection: LockConnection, schemas: Sequence[str], version_table: str
+    connection: LockConnection,
+    schemas: Sequence[str],
+    version_table: str,
+    *,
+    connect_more: Callable[[], LockConnection] | None = None,
+    parallel: int = 1,
 ) -> dict[str, tuple[str, ...] | None]:
-    """Each schema's revisions: ``()`` for an empty version table, None for none."""
+    """Each schema's revisions: ``()`` for an empty version table, None for none.
+
+    One query finds the schemas that have a version table; ``UNION ALL`` statements of
+    ``BATCH`` tables each read them. With ``connect_more`` and ``parallel`` > 1, up to
+    ``parallel`` connections (``connection`` and new ones, closed on the way out) read the
+    batches side by side: a new server session spends most of such a read loading each
+    table's description, which several sessions do at once.
+    """
     found: dict[str, tuple[str, ...] | None] = dict.fromkeys(schemas)
     if not schemas:
         return found
@@ -129,19 +142,50 @@ def schema_revisions(
         (list(schemas), version_table),
     ).fetchall()
     with_table = sorted(str(row[0]) for row in rows)
-    revisions: dict[str, list[str]] = {schema: [] for schema in with_table}
-    for start in range(0, len(with_table), BATCH):
-        batch = with_table[start : start + BATCH]
-        union = " UNION ALL ".join(
+    batches = [
+        " UNION ALL ".join(
             f"SELECT {quote_literal(schema)}::text, version_num::text"
             f" FROM {quote_identifier(schema)}.{quote_identifier(version_table)}"
-            for schema in batch
+            for schema in with_table[start : start + BATCH]
         )
-        for schema, revision in connection.execute(union).fetchall():
-            revisions[str(schema)].append(str(revision))
+        for start in range(0, len(with_table), BATCH)
+    ]
+    revisions: dict[str, list[str]] = {schema: [] for schema in with_table}
+    for schema, revision in _read_batches(connection, batches, connect_more, parallel):
+        revisions[str(schema)].append(str(revision))
     for schema, items in revisions.items():
         found[schema] = tuple(sorted(items))
     return found
+
+
+def _read_batches(
+    connection: LockConnection,
+    batches: list[str],
+    connect_more: Callable[[], LockConnection] | None,
+    parallel: int,
+) -> list[tuple[object, ...]]:
+    def read(on: LockConnection, mine: list[str]) -> list[tuple[object, ...]]:
+        rows: list[tuple[object, ...]] = []
+        for statement in mine:
+            rows += on.execute(statement).fetchall()
+        return rows
+
+    count = min(parallel, len(batches))
+    if connect_more is None or count < 2:
+        return read(connection, batches)
+    with ExitStack() as stack:
+        connections = [connection]
+        for _ in range(count - 1):
+            try:
+                extra = connect_more()
+            except Exception:  # noqa: BLE001 - fewer connections: slower, same answer
+                break
+            stack.callback(extra.close)  # type: ignore[attr-defined]
+            connections.append(extra)
+        shares = [batches[index :: len(connections)] for index in range(len(connections))]
+        with ThreadPoolExecutor(len(connections)) as pool:
+            parts = pool.map(read, connections, shares)
+            return [row for part in parts for row in part]
 
 
 def classify(
@@ -164,8 +208,11 @@ def plan_schemas(
     known: frozenset[str],
     version_table: str,
     heads_from: str,
+    connect_more: Callable[[], LockConnection] | None = None,
+    parallel: int = 1,
 ) -> FleetPlan:
-    """The plan of schema tenants, read on ``connection`` (the migration database)."""
+    """The plan of schema tenants, read on ``connection`` (the migration database), and
+    on up to ``parallel`` - 1 more from ``connect_more`` for many tenants."""
     states: list[TenantState] = []
     valid: list[Tenant] = []
     for tenant in tenants:
@@ -174,7 +221,13 @@ def plan_schemas(
             states.append(TenantState(tenant, "invalid", detail=problem))
         else:
             valid.append(tenant)
-    revisions = schema_revisions(connection, [tenant.name for tenant in valid], version_table)
+    revisions = schema_revisions(
+        connection,
+        [tenant.name for tenant in valid],
+        version_table,
+        connect_more=connect_more,
+        parallel=parallel,
+    )
     for tenant in valid:
         current = revisions[tenant.name]
         states.append(TenantState(tenant, classify(current, heads, known), current))

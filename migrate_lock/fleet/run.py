@@ -25,7 +25,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
@@ -60,6 +60,8 @@ class Fleet:
     shard: Shard | None
     settings: LeanSettings
     overrides: dict[str, Any] = field(default_factory=dict)
+    #: Connections the plan may read with at once (the run's --jobs; never more).
+    parallel: int = 4
 
 
 def fleet(
@@ -67,6 +69,7 @@ def fleet(
     *,
     shard: Shard | str | None = None,
     overrides: Mapping[str, Any] | None = None,
+    parallel: int = 4,
 ) -> Fleet:
     """Parse the source and the shard; read the settings (lean when certain)."""
     from migrate_lock.migrate import start_settings  # noqa: PLC0415 - the front door's reader
@@ -74,7 +77,7 @@ def fleet(
     source = parse_source(tenants) if isinstance(tenants, str) else tenants
     chosen = parse_shard(shard) if isinstance(shard, str) or shard is None else shard
     given = {key: value for key, value in (overrides or {}).items() if value is not None}
-    return Fleet(source, chosen, start_settings(given), given)
+    return Fleet(source, chosen, start_settings(given), given, parallel)
 
 
 # --- the plan ---------------------------------------------------------------------------
@@ -92,9 +95,13 @@ def read_plan(fleet: Fleet) -> FleetPlan:
     # The libpq binding reads %s as a parameter: a query of the user's with one goes to
     # psycopg, which runs a query without parameters as it is.
     if not (fleet.source.kind == "query" and "%s" in fleet.source.value):
+
+        def connect_more() -> LockConnection:
+            return LeanConnection.connect(url.libpq, timeout_seconds=timeout)
+
         try:
             with LeanConnection.connect(url.libpq, timeout_seconds=timeout) as connection:
-                return _plan(fleet, connection, heads, known, heads_from)
+                return _plan(fleet, connection, heads, known, heads_from, connect_more)
         except LeanUnavailable:
             pass  # psycopg says why, with the proper error
     return _plan_in_full(fleet, url, heads, known, heads_from)
@@ -125,6 +132,7 @@ def _plan(
     heads: tuple[str, ...],
     known: frozenset[str],
     heads_from: str,
+    connect_more: Callable[[], LockConnection] | None = None,
 ) -> FleetPlan:
     settings = fleet.settings
     tenants = list_tenants(fleet.source, connection)
@@ -141,6 +149,8 @@ def _plan(
             known=known,
             version_table=settings.version_table,
             heads_from=heads_from,
+            connect_more=connect_more,
+            parallel=fleet.parallel,
         ).tenants
     if databases:
         seeds = (
@@ -298,7 +308,7 @@ def _run_fleet(
     started = time.monotonic()
     if jobs < 1:
         raise UsageError(f"--jobs {jobs}: must be at least 1", hint="e.g. --jobs 4")
-    chosen = fleet(tenants, shard=shard, overrides=overrides)
+    chosen = fleet(tenants, shard=shard, overrides=overrides, parallel=jobs)
     if seed and seed.get("prune") and not (chosen.settings.confirm_destructive or "").strip():
         # The guardrail's own words, before any tenant: each database's guard decides next.
         raise Refused(

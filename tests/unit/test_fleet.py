@@ -134,6 +134,10 @@ class FakeConnection:
         self.versions = versions
         self.statements: list[str] = []
         self.rows: list[tuple[object, ...]] = []
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
 
     def execute(self, query: str, params: Any = None) -> FakeConnection:
         self.statements.append(query)
@@ -276,3 +280,29 @@ def test_a_worker_relays_lock_waits_once_and_only_warnings() -> None:
     events = [line for line in stream.getvalue().splitlines() if line]
     assert len(events) == 3  # the marker warning once, the error for each tenant
     assert '"tenant": "t2"' in events[-1] and "migrate.done" not in stream.getvalue()
+
+
+def test_many_batches_are_read_on_several_connections(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Why: a new server session loads each table's description on first read; for
+    thousands of tenants several sessions do that side by side, and close after."""
+    monkeypatch.setattr(plan_module, "BATCH", 2)
+    versions = {f"s{i}": [str(i)] for i in range(7)}
+    main = FakeConnection(versions)
+    more: list[FakeConnection] = []
+
+    def counting() -> FakeConnection:
+        connection = FakeConnection(versions)
+        more.append(connection)
+        return connection
+
+    found = schema_revisions(
+        main,  # type: ignore[arg-type]
+        sorted(versions),
+        "alembic_version",
+        connect_more=counting,  # type: ignore[arg-type]
+        parallel=3,
+    )
+    assert found == {name: tuple(revisions) for name, revisions in versions.items()}
+    assert len(more) == 2  # 4 batches, 3 connections
+    assert len(main.statements) == 1 + 2 and all(len(c.statements) == 1 for c in more)
+    assert not main.closed and all(connection.closed for connection in more)
