@@ -109,9 +109,11 @@ _IMPORT = (
     rf"(?:from[ \t]+\.*[\w.]*[ \t]+)?import[ \t]+[\w. \t,]+{_COMMENT}"
     rf"|from[ \t]+\.*[\w.]*[ \t]+import[ \t]*\([\w. \t,\n]*\){_COMMENT}"
 )
+#: A docstring, its loops unrolled (half the time of one alternation per character).
 _DOCSTRING = (
-    r"""[rRuU]?(?:\"\"\"(?:[^"\\]|\\[\s\S]|"(?!""))*\"\"\"|'''(?:[^'\\]|\\[\s\S]|'(?!''))*'''"""
-    r"""|"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')"""
+    r'''[rRuU]?(?:"""[^"\\]*(?:(?:\\[\s\S]|"(?!""))[^"\\]*)*"""'''
+    r"""|'''[^'\\]*(?:(?:\\[\s\S]|'(?!''))[^'\\]*)*'''"""
+    r"""|"[^"\\\n]*(?:\\.[^"\\\n]*)*"|'[^'\\\n]*(?:\\.[^'\\\n]*)*')"""
 )
 #: The top of a revision file as Alembic's templates (old and new) write it: blank lines
 #: and comments, a docstring, imports, then the four assignments in their order
