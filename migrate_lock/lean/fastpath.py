@@ -158,6 +158,8 @@ def _check_or_wait(
     step = prepare(settings, heads, seeds)
 
     def at_heads_on(connection: LeanConnection) -> bool:
+        if version_table_busy(connection, table):
+            return False  # being migrated: not done, and reading it would wait
         current = database_revisions(connection, table)
         return (
             current is not None
@@ -166,8 +168,9 @@ def _check_or_wait(
             and not (step is not None and step.due(connection, table))
         )
 
-    current = database_revisions(connection, table)
-    if at_heads_on(connection):
+    busy = version_table_busy(connection, table)
+    current = None if busy else database_revisions(connection, table)
+    if not busy and at_heads_on(connection):
         return LeanStart(result=_done("fast_path", heads, key, 0.0, started, heads_from))
     if any(revision not in manifest.revisions for revision in current or ()):
         return LeanStart()  # ahead or unknown: the full path knows the history and the graph
@@ -221,6 +224,21 @@ def _check_or_wait(
             return LeanStart(hold=hold, connection=connection, waited_before=waited)
         waited += hold.waited_seconds
         return LeanStart(result=_done("waited", heads, key, waited, started, heads_from))
+
+
+def version_table_busy(connection: LeanConnection, table: VersionTable) -> bool:
+    """Whether another session holds the version table in ACCESS EXCLUSIVE mode (a revision
+    that alters it, such as widening version_num, until its run commits). Reading the table
+    would then wait for that whole run, holding this connection, unseen by the lock's
+    timeout and reports: a waiter treats it as work in progress instead."""
+    row = connection.execute(
+        "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'relation' AND granted"
+        " AND mode = 'AccessExclusiveLock' AND pid <> pg_backend_pid()"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND relation = to_regclass(%s))",
+        (table.qualified,),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _done(
