@@ -45,9 +45,19 @@ if TYPE_CHECKING:
 class Project:
     """The code side: Alembic config and scripts, loaded lazily and once."""
 
-    def __init__(self, settings: Settings | None = None, *, output: TextIO | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        output: TextIO | None = None,
+        connection: psycopg.Connection[Any] | None = None,
+    ) -> None:
         self.settings = settings or load_settings()
         self._output = output
+        #: A caller's open autocommit connection to the migration database, which
+        #: ``session()`` uses (and leaves open) while it is not broken: a fleet worker's,
+        #: reused across tenants.
+        self._connection = connection
         log.configure(log_format=self.settings.log_format, level=self.settings.log_level)
 
     @cached_property
@@ -96,7 +106,12 @@ class Project:
         application_name: str = "migrate-lock",
         on_retry: Callable[[], None] | None = None,
     ) -> Iterator[DatabaseSession]:
-        """One autocommit connection to the migration database, closed on the way out."""
+        """One autocommit connection to the migration database, closed on the way out
+        (the caller's, given to the Project, is used as it is and left open)."""
+        given = self._connection
+        if given is not None and not (given.closed or given.broken):
+            yield DatabaseSession(self, given)
+            return
         connection = connect(
             self.url,
             timeout_seconds=self.settings.db_connect_timeout_seconds,

@@ -65,6 +65,7 @@ def upgrade(
     overrides: Mapping[str, Any] | None = None,
     handover: LeanStart | None = None,
     then: Callable[[], object] | None = None,
+    connection: psycopg.Connection[Any] | None = None,
 ) -> UpgradeResult:
     """The full path of ``migrate_lock.upgrade`` (migrate.py): Alembic, SQLAlchemy, psycopg.
 
@@ -72,13 +73,16 @@ def upgrade(
     ``handover`` is the lock the at-head path holds on its lean connection; it is
     handed over once this call's own connection is open, and this call takes it next.
     ``then`` is the bootstrap step as a Python function (it beats MIGRATE_THEN; then.py).
+    ``connection`` is an open autocommit connection to the migration database to run on,
+    left open (a fleet worker's, reused across tenants: fleet/worker.py resets it); a new
+    one replaces it once it is broken.
 
     A connection lost on the way (a server restart, a failover) is survived: the
     server rolled back whatever was open, so the protocol starts over on a new
     connection, up to ``RECONNECTS`` times; then ConnectionLost (exit 75).
     """
     started = time.monotonic()
-    project = Project(settings or load_settings(**(overrides or {})))
+    project = Project(settings or load_settings(**(overrides or {})), connection=connection)
     check_startup(project.settings)
     for attempt in range(RECONNECTS + 1):
         try:

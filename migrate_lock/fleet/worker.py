@@ -82,8 +82,56 @@ def tenant_settings(base: Any, job: dict[str, Any], setup: dict[str, Any]) -> An
     return base.model_copy(update=update)
 
 
-def run_one(base: Any, job: dict[str, Any], setup: dict[str, Any]) -> dict[str, Any]:
-    """One tenant: its outcome as the ``done`` message."""
+#: What a reused connection is put back to between two tenants (DISCARD ALL but the
+#: prepared statements, which psycopg keeps track of): nothing one tenant set, held or
+#: created for its session (search_path, role, timeouts, locks, LISTEN, temp tables)
+#: reaches the next.
+_RESET = (
+    "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *;"
+    " SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
+)
+
+
+class _Connection:
+    """The worker's connection to the migration database, reused by its schema tenants
+    (a new server session per tenant costs more than the tenant's own statements)."""
+
+    def __init__(self, base: Any) -> None:
+        self.base = base
+        self.connection: Any = None
+
+    def get(self) -> Any:
+        if self.connection is None or self.connection.closed or self.connection.broken:
+            from migrate_lock.connection import connect  # noqa: PLC0415 - with protocol
+
+            try:
+                self.connection = connect(
+                    self.base.migration_url(),
+                    timeout_seconds=self.base.db_connect_timeout_seconds,
+                )
+            except MigrateLockError:
+                self.connection = None  # the tenant's upgrade connects itself, and says why
+        return self.connection
+
+    def reset(self) -> None:
+        connection = self.connection
+        if connection is None or connection.closed or connection.broken:
+            self.connection = None
+            return
+        try:
+            connection.rollback()
+            connection.autocommit = True
+            connection.execute(_RESET)
+        except Exception:  # noqa: BLE001 - a connection that will not reset is not reused
+            connection.close()
+            self.connection = None
+
+
+def run_one(
+    base: Any, job: dict[str, Any], setup: dict[str, Any], connection: Any = None
+) -> dict[str, Any]:
+    """One tenant: its outcome as the ``done`` message. ``connection``: the worker's
+    connection to the migration database, for a schema tenant."""
     from migrate_lock import protocol  # noqa: PLC0415 - loaded once, after the settings
     from migrate_lock.seed import seed  # noqa: PLC0415 - as above
 
@@ -96,7 +144,9 @@ def run_one(base: Any, job: dict[str, Any], setup: dict[str, Any]) -> dict[str, 
             applied = [result.name for result in run.results if result.action == "applied"]
             message |= {"outcome": "seeded" if applied else "at_head", "seeded": applied}
         else:
-            result = protocol.upgrade(setup.get("target", "heads"), settings=settings)
+            result = protocol.upgrade(
+                setup.get("target", "heads"), settings=settings, connection=connection
+            )
             outcome = {"fast_path": "at_head", "waited": "waited", "migrated": "migrated"}
             message |= {
                 "outcome": outcome[result.role],
@@ -150,13 +200,18 @@ def main(argv: list[str]) -> NoReturn:
         setattr(log, "emit", relay.emit)  # noqa: B010 - a method, replaced on purpose
         from migrate_lock import protocol  # noqa: F401, PLC0415 - Alembic, once per worker
 
+        shared = _Connection(base)
+        verb = setup.get("verb", "upgrade")
         send({"event": "ready", "pid": os.getpid()})
         for line in sys.stdin:
             if not line.strip():
                 continue
             job = json.loads(line)
             relay.reset(job["name"])
-            send(run_one(base, job, setup))
+            reused = shared.get() if job["kind"] == "schema" and verb == "upgrade" else None
+            send(run_one(base, job, setup, reused))
+            if reused is not None:
+                shared.reset()
     out.flush()
     sys.stderr.flush()
     # Skip the interpreter's teardown of Alembic and SQLAlchemy: every connection is closed.
