@@ -158,3 +158,14 @@ def wait_for_a_sleeping_revision(url: str, timeout: float = 60) -> None:
     ):
         assert time.monotonic() < deadline, "the slow revision never started"
         time.sleep(0.02)
+
+
+def leave_to_alembic(project: Path) -> None:
+    """Make the at-head path defer, so that the command takes the full path (Alembic).
+
+    Without a heads manifest the at-head path reads the revision files itself; it refuses
+    a project whose alembic.ini sets ``revision_environment`` (harmless for upgrade)."""
+    ini = project / "alembic.ini"
+    text = ini.read_text()
+    assert "[alembic]\n" in text and "revision_environment" not in text
+    ini.write_text(text.replace("[alembic]\n", "[alembic]\nrevision_environment = true\n", 1))

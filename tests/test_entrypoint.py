@@ -16,7 +16,7 @@ import pytest
 from migrate_lock.lean.settings_schema import default
 from migrate_lock.lock import lock_key
 
-from support import assert_one_line_failure, cli_env, query, run_cli, spawn
+from support import assert_one_line_failure, cli_env, leave_to_alembic, query, run_cli, spawn
 
 ENTRYPOINTS = Path(__file__).resolve().parent.parent / "entrypoints"
 
@@ -76,6 +76,8 @@ def test_run_migrates_then_execs_the_command_in_the_same_process(
     """Why: CMD must become PID 1 to get the container's signals, and its exit code is ours."""
     if manifest:  # the lean path takes the lock and hands it to the full path
         assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    else:
+        leave_to_alembic(project)
     process = spawn(
         ["run", "--", *_reporter("--bind", "0.0.0.0:8000")], cwd=project, database_url=database_url
     )
@@ -122,6 +124,8 @@ def test_run_closes_every_connection_before_the_exec(
     abandoned) or, were it inheritable, would hold a backend and maybe the lock for good."""
     if manifest:  # the lean path's connection and the lock it hands over must go too
         assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    else:
+        leave_to_alembic(project)
 
     result = run_cli(["run", "--", "true"], cwd=project, database_url=database_url)
 

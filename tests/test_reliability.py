@@ -22,7 +22,7 @@ from migrate_lock.lock import lock_key
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.sandbox.example import write_example_project
 
-from support import TEST_PASSWORD, query, run_cli, spawn
+from support import TEST_PASSWORD, leave_to_alembic, query, run_cli, spawn
 
 
 def in_schema(database_url: str, schema: str) -> str:
@@ -72,8 +72,13 @@ def small_server() -> Iterator[EmbeddedPostgres]:
 def test_64_replicas_against_20_connections_all_succeed_exactly_once(
     project: Path, small_server: EmbeddedPostgres
 ) -> None:
-    """Why: "too many clients" during a scale-up is transient; replicas must retry, not crash."""
+    """Why: "too many clients" during a scale-up is transient; replicas must retry, not crash.
+
+    Waiting replicas give their connections back (MIGRATION_LOCK_WAIT_CONNECTION_SECONDS),
+    so 64 of them alone no longer fill 20 slots: other clients hold 18 of them while the
+    replicas start, as serving replicas would."""
     run_cli(["freeze"], cwd=project, database_url=None)
+    fillers = [psycopg.connect(small_server.url(), autocommit=True) for _ in range(18)]
     processes = [
         spawn(
             ["upgrade"],
@@ -84,6 +89,14 @@ def test_64_replicas_against_20_connections_all_succeed_exactly_once(
         )
         for _ in range(64)
     ]
+    # Until the replicas have been turned away a good number of times (the server logs each).
+    log = small_server.data_dir / "server.log"
+    deadline = time.monotonic() + 120
+    while log.read_text(errors="replace").count("too many clients") < 40:
+        assert time.monotonic() < deadline, "the replicas never met the connection limit"
+        time.sleep(0.1)
+    for filler in fillers:
+        filler.close()
     outputs = [process.communicate(timeout=400)[1] for process in processes]
 
     assert [p.returncode for p in processes] == [0] * 64, [o[-300:] for o in outputs if o]
@@ -114,6 +127,8 @@ def test_a_database_restart_mid_migration_is_survived_exactly_once(
     write_example_project(project, 21, slow_revision=12, slow_seconds=4)
     if frozen:
         run_cli(["freeze"], cwd=project, database_url=None)
+    else:
+        leave_to_alembic(project)
     database = f"restart_{uuid.uuid4().hex[:12]}"
     query(restartable_server.url(), f'CREATE DATABASE "{database}"')
     url = restartable_server.url(database)

@@ -14,7 +14,7 @@ from migrate_lock.errors import ConfigError
 from migrate_lock.logs import EventLog
 from migrate_lock.settings import load_settings
 
-from support import assert_no_secret, assert_one_line_failure, cli_env, run_cli
+from support import assert_no_secret, assert_one_line_failure, cli_env, leave_to_alembic, run_cli
 
 
 @pytest.mark.parametrize(
@@ -124,6 +124,8 @@ def test_a_lowercase_environment_name_is_read_with_or_without_a_heads_manifest(
     was refused (exit 78) without a manifest and accepted (exit 0) with one."""
     if frozen:
         assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    else:
+        leave_to_alembic(project)
     result = run_as_operator(
         ["upgrade"], cwd=project, database_url=database_url, environment="production"
     )
@@ -153,6 +155,8 @@ def test_a_malformed_database_url_is_refused_even_when_the_migration_url_is_used
     "at head" (exit 0) with one."""
     if frozen:
         assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    else:
+        leave_to_alembic(project)
     result = run_cli(
         ["upgrade"],
         cwd=project,
@@ -172,6 +176,8 @@ def test_the_database_url_flag_beats_migration_database_url_on_both_paths(
     (cli.py no longer repeats it), so both the lean and the full path must honour it."""
     if frozen:
         assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    else:
+        leave_to_alembic(project)
     result = run_cli(
         ["--database-url", database_url, "upgrade"],
         cwd=project,

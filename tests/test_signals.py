@@ -15,7 +15,7 @@ import pytest
 from migrate_lock.lock import lock_key
 from migrate_lock.sandbox.example import write_example_project
 
-from support import cli_env, query, run_cli, spawn, wait_for_a_sleeping_revision
+from support import cli_env, leave_to_alembic, query, run_cli, spawn, wait_for_a_sleeping_revision
 
 #: CMD for the tests; it must never run when the upgrade was interrupted.
 NEVER = [sys.executable, "-c", "print('COMMAND STARTED')"]
@@ -60,6 +60,8 @@ def test_signal_while_waiting_for_the_lock_exits_at_once_and_closes_the_session(
     a session (and its retries) behind; the command must never start."""
     if manifest:  # with a heads manifest, the wait happens on the lean (libpq) path
         assert run_cli(["freeze"], cwd=project, database_url=None).returncode == 0
+    else:
+        leave_to_alembic(project)
     database = str(psycopg.conninfo.conninfo_to_dict(database_url)["dbname"])
     with psycopg.connect(database_url, autocommit=True) as holder:
         holder.execute(
