@@ -173,8 +173,17 @@ def load_settings(**overrides: Any) -> Settings:
     for field in ("database_url", "migration_database_url"):
         value = getattr(settings, field)
         if value:
-            parse_database_url(value, variable=variable_name(field))
+            parse_database_url(value, variable=_url_origin(field, overrides))
     return settings
+
+
+def _url_origin(field: str, overrides: dict[str, Any]) -> str:
+    """How a URL's messages name it: ``DATABASE_URL``, or ``DATABASE_URL (from
+    DATABASE_URL_FILE)`` when a secret file holds it (the file is where to look)."""
+    variable = variable_name(field)
+    origin = schema.collect(os.environ, dotenv_for(overrides), overrides, fields=(field,))
+    spelling = origin[field][0] if field in origin else variable
+    return f"{variable} (from {spelling})" if spelling.upper().endswith("_FILE") else variable
 
 
 def variable_name(field: str) -> str:

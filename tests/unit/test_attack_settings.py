@@ -166,3 +166,17 @@ def test_an_env_file_that_is_a_device_or_a_pipe_is_not_said_to_be_missing(
         load_settings()
     assert f"ENV_FILE names {named}, not a regular file" in str(raised.value)
     assert "does not exist" not in str(raised.value)
+
+
+def test_a_malformed_url_from_a_secret_file_says_it_came_from_the_file(cwd: Path) -> None:
+    """Why: a secret file with a second line (a comment, a stray line) was reported as
+    "DATABASE_URL is malformed" while DATABASE_URL was not set anywhere."""
+    (cwd / "url").write_text(URL + "\n# rotated 2026-11-30\n")
+    os.environ["DATABASE_URL_FILE"] = str(cwd / "url")
+    with pytest.raises(ConfigError) as raised:
+        load_settings()
+    assert str(raised.value).startswith("DATABASE_URL (from DATABASE_URL_FILE) is ")
+    assert "n0t-A-placeh0lder" not in str(raised.value)
+    os.environ.update(DATABASE_URL_FILE="", DATABASE_URL="postgres://app@db/app?sslmode=bad")
+    with pytest.raises(ConfigError, match=r"^DATABASE_URL is malformed"):
+        load_settings()
