@@ -9,11 +9,12 @@ the full path (project.py, settings.py) only inside the functions that need it.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from migrate_lock.errors import ExitCode
+from migrate_lock.errors import ExitCode, TemporaryError
 from migrate_lock.lean.manifest import Manifest, read_manifest
 from migrate_lock.lean.static_revisions import StaticRevisions, read_revisions
 from migrate_lock.lean.status import lean_status
@@ -68,7 +69,7 @@ def status(
     known = _known_heads(project)
     if known is None:
         project.scripts  # noqa: B018 - a revision that does not load fails before connecting
-    with project.session(application_name="migrate-lock status") as session:
+    with _files_first(project), project.session(application_name="migrate-lock status") as session:
         return Status(
             state=_state(project, session, known),
             lock_key=session.lock_key,
@@ -90,8 +91,24 @@ def schema_state(
     known = _known_heads(project)
     if known is None:
         project.scripts  # noqa: B018 - a revision that does not load fails before connecting
-    with project.session(application_name="migrate-lock readiness") as session:
+    with (
+        _files_first(project),
+        project.session(application_name="migrate-lock readiness") as session,
+    ):
         return _state(project, session, known)
+
+
+@contextmanager
+def _files_first(project: Project) -> Iterator[None]:
+    """A database that does not answer (exit 75) is reported only once the revision files
+    are known to load: a file that does not is the operator's to fix (exit 78), and retrying
+    would not mend it. (With known heads the files are not loaded when the database answers.)
+    """
+    try:
+        yield
+    except TemporaryError:
+        project.scripts  # noqa: B018 - raises ProjectFileError for a file that does not load
+        raise
 
 
 def _known_heads(project: Project) -> Manifest | StaticRevisions | None:

@@ -151,7 +151,7 @@ def test_the_applications_own_error_in_env_py_is_exit_78_attributed_to_env_py(
     _replace(small / "migrations" / "env.py", "config = context.config\n", APP_SETTINGS_IN_ENV_PY)
     result = run_cli(verb, cwd=small, database_url=database_url)
     line = assert_one_line_failure(result, 78)
-    assert "migrations/env.py, line 26: raised ValidationError: 1 validation error" in line
+    assert "migrations/env.py, line 29: raised ValidationError: 1 validation error" in line
     assert "bug" not in line
     assert query(database_url, "SELECT to_regclass('alembic_version')") == [(None,)]
 

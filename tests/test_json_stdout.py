@@ -15,7 +15,7 @@ import pytest
 
 from migrate_lock.sandbox.example import write_example_project
 
-from support import run_cli
+from support import leave_to_alembic, run_cli
 
 MARKERS = ("env.py loaded", "env.py running", "revision 0002 loaded", "revision 0002 upgrading")
 
@@ -46,6 +46,8 @@ def chatty(tmp_path: Path) -> Path:
         1,
     )
     revision.write_text(source)
+    # At head, status would answer without loading a revision: take the full path.
+    leave_to_alembic(project)
     return project
 
 
