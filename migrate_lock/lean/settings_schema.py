@@ -366,7 +366,8 @@ class LeanSettings:
         "`test`. Not set: no start-up checks, nothing recorded, and a database without a "
         "marker is treated as production. `MIGRATE_LOCK_ENVIRONMENT` (in the environment or "
         "`.env`) beats the application's `ENVIRONMENT` and `APP_ENV`, whose other values are "
-        "then ignored; of those two, `ENVIRONMENT` wins. "
+        "then ignored (but from `.env` it never lowers a stricter one they have in the "
+        "environment); of those two, `ENVIRONMENT` wins. "
         "[Aliases and unknown values](#environment-names).",
     )
     migration_lock_timeout_seconds: float = setting(
