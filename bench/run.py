@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from installed import as_installed
 
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.sandbox.example import applied_counts, write_example_project
@@ -50,6 +51,7 @@ YOYO += ["--database", "{url}", "yoyo_migrations"]
 
 
 def main() -> None:
+    as_installed()
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--quick", action="store_true", help="skip M=1000 and N=32")

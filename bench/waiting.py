@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from installed import as_installed
 
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.sandbox.example import applied_counts, write_example_project
@@ -39,6 +40,7 @@ SAMPLE_FROM_SECONDS = 5.0
 
 
 def main() -> None:
+    as_installed()
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="16 replicas, 10 s, crowd of 48")
