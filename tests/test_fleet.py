@@ -38,6 +38,8 @@ LOCKED = "tenant_100"
 
 _NOTES = '''"""notes: who migrated this schema"""
 
+import os
+
 from alembic import context, op
 
 revision = "0002"
@@ -50,6 +52,11 @@ def upgrade() -> None:
     tenant = context.config.attributes.get("tenant", "?")
     op.execute("CREATE TABLE notes (tenant text NOT NULL, in_schema text NOT NULL)")
     op.execute(f"INSERT INTO notes VALUES ('{tenant}', current_schema())")
+    if os.environ.get("FLEET_TEST_TEMP_TABLE"):
+        # A worker reuses its connection: a temporary table left for the next tenant would
+        # make its 0002 fail. (Not behind a transaction pooler, where the pooled server
+        # connection keeps it for whichever client comes next, fleet or not.)
+        op.execute("CREATE TEMP TABLE scratch (x int)")
 
 
 def downgrade() -> None:
@@ -199,7 +206,12 @@ def test_a_fleet_of_200_schemas_failures_a_lock_a_kill_and_reruns(
     source = "schemas:tenant_%"
 
     # 1. Killed midway: SIGKILL the fleet once 20 tenants are at head.
-    fleet = spawn(["upgrade", "--tenants", source, "--jobs", "2"], cwd=project, database_url=url)
+    fleet = spawn(
+        ["upgrade", "--tenants", source, "--jobs", "2"],
+        cwd=project,
+        database_url=url,
+        FLEET_TEST_TEMP_TABLE="1",
+    )
     deadline = time.monotonic() + 60
     while True:
         done = query(
@@ -232,6 +244,7 @@ def test_a_fleet_of_200_schemas_failures_a_lock_a_kill_and_reruns(
                 ["upgrade", "--tenants", source, "--jobs", "3", "--skip-locked", "--json"],
                 cwd=project,
                 database_url=url,
+                FLEET_TEST_TEMP_TABLE="1",
             )
     assert sampler.most <= 3 + 1, sampler.most
     assert result.returncode == 1, result.stderr
@@ -256,6 +269,7 @@ def test_a_fleet_of_200_schemas_failures_a_lock_a_kill_and_reruns(
         ["upgrade", "--tenants", source, "--jobs", "2", "--lock-timeout", "60", "--json"],
         cwd=project,
         database_url=url,
+        FLEET_TEST_TEMP_TABLE="1",
     )
     release.join()
     assert result.returncode == 1, result.stderr
@@ -275,7 +289,12 @@ def test_a_fleet_of_200_schemas_failures_a_lock_a_kill_and_reruns(
     with psycopg.connect(url, autocommit=True) as connection:
         for schema in CONFLICTING:
             connection.execute(f"DROP TABLE {schema}.items")
-    result = run_cli(["upgrade", "--tenants", source, "--json"], cwd=project, database_url=url)
+    result = run_cli(
+        ["upgrade", "--tenants", source, "--json"],
+        cwd=project,
+        database_url=url,
+        FLEET_TEST_TEMP_TABLE="1",
+    )
     assert result.returncode == 0, result.stderr
     document = fleet_json(result.stdout)
     assert document["counts"] == {"at_head": TENANTS - 2, "migrated": 2}
