@@ -99,16 +99,28 @@ class _Connection:
     def __init__(self, base: Any) -> None:
         self.base = base
         self.connection: Any = None
+        #: Behind a pooler (the transaction lock scope) the server sessions are the
+        #: pooler's: nothing of ours stays on them, and a reset could undo another
+        #: client's (its session locks, its LISTEN), so none is run.
+        self.pooled = False
 
     def get(self) -> Any:
         if self.connection is None or self.connection.closed or self.connection.broken:
             from migrate_lock.connection import connect  # noqa: PLC0415 - with protocol
+            from migrate_lock.scope import choose_scope  # noqa: PLC0415 - as above
 
             try:
                 self.connection = connect(
                     self.base.migration_url(),
                     timeout_seconds=self.base.db_connect_timeout_seconds,
                 )
+                endpoint = self.connection.info
+                self.pooled = choose_scope(
+                    self.base.migration_lock_scope,
+                    host=endpoint.host,
+                    port=endpoint.port,
+                    connection=self.connection,
+                ).transaction
             except MigrateLockError:
                 self.connection = None  # the tenant's upgrade connects itself, and says why
         return self.connection
@@ -121,7 +133,8 @@ class _Connection:
         try:
             connection.rollback()
             connection.autocommit = True
-            connection.execute(_RESET)
+            if not self.pooled:
+                connection.execute(_RESET)
         except Exception:  # noqa: BLE001 - a connection that will not reset is not reused
             connection.close()
             self.connection = None
