@@ -12,6 +12,7 @@ A test that needs a superuser says so and uses ``pg_server.admin(database)``.
 
 from __future__ import annotations
 
+import compileall
 import contextlib
 import os
 import uuid
@@ -26,6 +27,7 @@ import pytest
 from hypothesis import settings as hypothesis_settings
 from psycopg import sql
 
+import migrate_lock
 from migrate_lock.dsn import parse_database_url, with_database
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.sandbox.example import write_example_project
@@ -37,6 +39,16 @@ from support import APP_ROLE, OTHER_ROLE, OWNER_WITHOUT_CREATEDB, TEST_PASSWORD,
 # max_examples still bounds the work.
 hypothesis_settings.register_profile("suite", deadline=None)
 hypothesis_settings.load_profile("suite")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Compile the package once, as ``pip install`` would: with PYTHONDONTWRITEBYTECODE=1
+    (set on some CI machines) each of the suite's CLI processes would compile its modules
+    again (~40 ms of CPU each, thousands of processes). Workers share what the controller
+    wrote."""
+    if not hasattr(config, "workerinput"):
+        compileall.compile_dir(Path(migrate_lock.__file__).parent, quiet=1)
+
 
 #: The fixtures that start or use PostgreSQL: a unit test (``-m unit``) may not ask for them.
 DATABASE_FIXTURES = frozenset({"pg_server", "database_url"})
