@@ -16,14 +16,14 @@ database with TENANTS empty schemas (``CREATE DATABASE ... TEMPLATE``):
 - all at head: the fleet command (and the time its own JSON reports), and the loop.
 
 migrate-lock runs as an installed package would: with .pyc files (this machine sets
-PYTHONDONTWRITEBYTECODE=1; it is unset for the children, after a compileall).
+PYTHONDONTWRITEBYTECODE=1; bench/installed.py's ``as_installed`` compiles the package and
+unsets it for the children).
 Prints a table and the targets, and writes bench/results/fleet.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import compileall
 import json
 import os
 import platform
@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from installed import as_installed
 
-import migrate_lock
 from migrate_lock.sandbox.embedded import EmbeddedPostgres
 from migrate_lock.scaffold import init_project
 
@@ -99,10 +99,8 @@ def main() -> None:
     parser.add_argument("--skip-loop", action="store_true")
     args = parser.parse_args()
     jobs = [int(item) for item in args.jobs.split(",")]
-    package = Path(migrate_lock.__file__).parent
-    compileall.compile_dir(str(package), quiet=1)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env |= {"ENVIRONMENT": "test", "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING"}
+    as_installed()
+    env = dict(os.environ) | {"ENVIRONMENT": "test", "LOG_FORMAT": "json", "LOG_LEVEL": "WARNING"}
     server = EmbeddedPostgres(password="bench-fleet-pw")
     server.start()
     results: dict[str, Any] = {

@@ -404,17 +404,24 @@ def move_legacy_marker(connection: LockConnection) -> None:
     the move never lowers or loses a marker. Call under the lock, in the migrating
     transaction.
     """
+    _move_legacy_marker(connection)
+
+
+def _move_legacy_marker(connection: LockConnection) -> Marker | None:
+    """``move_legacy_marker``, returning the database's marker after the move (what
+    ``read_marker`` would read then, without reading it again)."""
     markers = _markers(connection)
-    if all(ours for _, ours, _ in markers):
-        return
     strictest = _strictest([marker for _, _, marker in markers])
+    if all(ours for _, ours, _ in markers):
+        return strictest
     if strictest is None:  # empty or unreadable leftovers: nothing to keep
         for qualified, ours, _ in markers:
             if not ours:
                 connection.execute(f"DROP TABLE {qualified}")
-        return
+        return None
     _store_marker(connection, strictest.environment, moved=strictest, how="move")
     log.info("guard.marker_moved", environment=strictest.environment, to=MARKER_TABLE)
+    return strictest
 
 
 def delete_marker(connection: LockConnection, table: VersionTable | None = None) -> None:
@@ -477,11 +484,10 @@ def remember_environment(
     init-db). Without ENVIRONMENT nothing is written. A marker an older release kept
     beside the version table moves to our schema either way.
     """
-    move_legacy_marker(connection)
+    marker = _move_legacy_marker(connection)
     local = settings.environment
     if local is None:
         return
-    marker = read_marker(connection)
     if marker is not None and RANK[local] <= RANK[marker.environment]:
         if marker.environment != local:
             log.warning(

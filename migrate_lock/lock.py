@@ -352,12 +352,16 @@ def _name_and_bound(
         }
         if timeouts.search_path:
             options["search_path"] = timeouts.search_path
-    row = connection.execute("SELECT current_setting('server_version_num')::int").fetchone()
-    if row and int(row[0]) >= 140000:
-        # Notice a client that died mid-statement without waiting for the statement.
-        options["client_connection_check_interval"] = "2s"
-    for name, value in options.items():
-        connection.execute("SELECT set_config(%s, %s, %s)", (name, value, local))
+    # One round trip for all of them. From PostgreSQL 14, also notice a client that died
+    # mid-statement without waiting for the statement (an older server has no such
+    # setting: the CASE never names it there).
+    settings = ", ".join("set_config(%s, %s, %s)" for _ in options)
+    params: list[object] = [item for pair in options.items() for item in (*pair, local)]
+    connection.execute(
+        f"SELECT {settings}, CASE WHEN current_setting('server_version_num')::int >= 140000"
+        " THEN set_config('client_connection_check_interval', '2s', %s) END",
+        (*params, local),
+    )
 
 
 def _try_in_session(connection: LockConnection, key: int) -> bool:

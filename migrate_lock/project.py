@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import configparser
 import os
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -181,6 +182,19 @@ def _scripts_key(settings: Settings) -> tuple[object, ...] | None:
         return None  # let the load report it
 
 
+#: What a connection's server told us that stays true for the connection's life (its
+#: database's name, the lock scope for a MIGRATION_LOCK_SCOPE): a connection reused by
+#: many sessions (a fleet worker's, one per tenant) asks once.
+_KNOWN: weakref.WeakKeyDictionary[Any, dict[object, Any]] = weakref.WeakKeyDictionary()
+
+
+def _known(connection: Any) -> dict[object, Any]:
+    try:
+        return _KNOWN.setdefault(connection, {})
+    except TypeError:  # not weakly referenceable (a test's stand-in): nothing is kept
+        return {}
+
+
 @dataclass
 class DatabaseSession:
     """The database side of a project, on one connection."""
@@ -196,8 +210,11 @@ class DatabaseSession:
 
     @cached_property
     def database_name(self) -> str:
-        row = self.connection.execute("SELECT current_database()").fetchone()
-        return str(row[0]) if row else self.project.url.database
+        known = _known(self.connection)
+        if "database" not in known:
+            row = self.connection.execute("SELECT current_database()").fetchone()
+            known["database"] = str(row[0]) if row else self.project.url.database
+        return str(known["database"])
 
     @cached_property
     def lock_key(self) -> int:
@@ -214,13 +231,16 @@ class DatabaseSession:
         Judged by the host and port libpq actually connected to: with a multi-host URL
         that is one of several, as the lean path judges it too.
         """
-        endpoint = self.connection.info
-        return choose_scope(
-            self.project.settings.migration_lock_scope,
-            host=endpoint.host,
-            port=endpoint.port,
-            connection=self.connection,
-        )
+        setting = self.project.settings.migration_lock_scope
+        known = _known(self.connection)
+        choice = known.get(("scope", setting))
+        if choice is None:
+            endpoint = self.connection.info
+            choice = choose_scope(
+                setting, host=endpoint.host, port=endpoint.port, connection=self.connection
+            )
+            known[("scope", setting)] = choice
+        return choice
 
     def current(self) -> tuple[str, ...] | None:
         return database_revisions(self.connection, self.version_table)

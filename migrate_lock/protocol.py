@@ -289,9 +289,12 @@ def _migrate_holding_lock(
     if shared is not None:
         _refuse_early_commit(session, "env.py")
     try:
+        # No seed file due: no seed transaction (nor its catalog checks) at all.
         seeded = tuple(
             result.name
-            for result in apply_seeds(connection, session.version_table, due, force=True)
+            for result in (
+                apply_seeds(connection, session.version_table, due, force=True) if due else ()
+            )
             if result.action == "applied"
         )
     except SeedError as error:
@@ -362,8 +365,12 @@ def _run_migrations(
             hint="env.py must pass version_table/version_table_schema from "
             "config.attributes to context.configure (see docs/existing-projects.md)",
         )
-    # The ancestors too: those applied before migrate-lock was adopted.
-    record_history(connection, table, project.scripts.ancestry(after.current))
+    # The ancestors too: those applied before migrate-lock was adopted (none when this
+    # run applied them all: each revision's bookkeeping recorded it). Our schema and
+    # history table exist once a revision's bookkeeping ran (committed with it).
+    ancestry = project.scripts.ancestry(after.current)
+    if not (marked and ancestry <= set(applied)):
+        record_history(connection, table, ancestry, create=not marked)
     if not marked:
         remember_environment(connection, table, project.settings, new_database=fresh)
     return after, tuple(applied)

@@ -16,6 +16,7 @@ import functools
 import inspect
 import re
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -789,7 +790,13 @@ def sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]:
     Make it while ``raw`` has no transaction open: SQLAlchemy's first connect ends
     with a ROLLBACK. Disposing of the engine is never needed (we close ``raw``).
     """
-    engine = create_engine("postgresql+psycopg://", creator=lambda: raw, poolclass=StaticPool)
+    engine, target, reused = _engine_for(raw)
+    target[0] = raw
+    if reused:
+        # The one thing the dialect learnt on its first connect that a session changes
+        # (search_path): what reflection without a schema reads.
+        row = raw.execute("SELECT current_schema()").fetchone()
+        engine.dialect.default_schema_name = str(row[0]) if row else None
     connection = LockedConnection(engine)  # what engine.connect() does, as our subclass
     try:
         yield connection
@@ -801,6 +808,25 @@ def sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]:
         with contextlib.suppress(Exception):
             connection.close()
         engine.dispose(close=False)
+        target[0] = None
+
+
+#: Per thread, the engine of the last server, database and role (a fleet worker's
+#: tenants, a process that upgrades again): SQLAlchemy's first connect asks the server
+#: ~9 questions (version, isolation level, hstore, …) once per engine, not per upgrade.
+_engines = threading.local()
+
+
+def _engine_for(raw: psycopg.Connection[Any]) -> tuple[Engine, list[Any], bool]:
+    info = raw.info
+    key = (info.host, info.port, info.dbname, info.user, info.server_version)
+    cached = getattr(_engines, "last", None)
+    if cached is not None and cached[0] == key:
+        return cached[1], cached[2], True
+    target: list[Any] = [None]
+    engine = create_engine("postgresql+psycopg://", creator=lambda: target[0], poolclass=StaticPool)
+    _engines.last = (key, engine, target)
+    return engine, target, False
 
 
 class LockedConnection(Connection):

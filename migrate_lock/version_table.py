@@ -131,16 +131,27 @@ def record_history(
     all that is known to be done (spares the catalog lookups).
     """
     if create:
-        ensure_own_schema(connection)
-        # Keyed by the qualified version table: two applications may share a database.
-        connection.execute(
-            f"CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} ("
-            " version_table text NOT NULL,"
-            " revision text NOT NULL,"
-            " first_applied_at timestamptz NOT NULL DEFAULT now(),"
-            " PRIMARY KEY (version_table, revision))"
+        # One round trip says what exists: our schema, our tables, the legacy ones.
+        history, legacy_history, seeds, legacy_seeds = ensure_own_schema(
+            connection,
+            HISTORY_TABLE,
+            table.legacy(LEGACY_HISTORY),
+            SEEDS_TABLE,
+            table.legacy(LEGACY_SEEDS),
         )
-        move_legacy_tables(connection, table)
+        if not history:
+            # Keyed by the qualified version table: two applications may share a database.
+            connection.execute(
+                f"CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} ("
+                " version_table text NOT NULL,"
+                " revision text NOT NULL,"
+                " first_applied_at timestamptz NOT NULL DEFAULT now(),"
+                " PRIMARY KEY (version_table, revision))"
+            )
+        if legacy_history or legacy_seeds:
+            move_legacy_tables(
+                connection, table, present=((legacy_history, True), (legacy_seeds, seeds))
+            )
     connection.execute(
         f"INSERT INTO {HISTORY_TABLE} (version_table, revision)"
         " SELECT %s, unnest(%s::text[]) ON CONFLICT DO NOTHING",
@@ -148,20 +159,23 @@ def record_history(
     )
 
 
-def ensure_own_schema(connection: LockConnection) -> None:
+def ensure_own_schema(connection: LockConnection, *tables: str) -> tuple[bool, ...]:
     """Create our schema if it is missing; ConfigError (exit 78, nothing done) if the role
-    may not (it needs CREATE on the database, which a database's owner has)."""
+    may not (it needs CREATE on the database, which a database's owner has). Returns
+    which of the qualified ``tables`` exist, read in the same round trip."""
+    exist = "".join(", to_regclass(%s) IS NOT NULL" for _ in tables)
     row = connection.execute(
         "SELECT s.oid IS NOT NULL,"
         " CASE WHEN s.oid IS NULL THEN has_database_privilege(current_database(), 'CREATE')"
         " ELSE has_schema_privilege(s.oid, 'USAGE') AND has_schema_privilege(s.oid, 'CREATE')"
-        " END, current_user, current_database()"
+        f" END, current_user, current_database(){exist}"
         " FROM (SELECT to_regnamespace(%s)::oid AS oid) AS s",
-        (OWN_SCHEMA,),
+        (*tables, OWN_SCHEMA),
     ).fetchone()
-    present, allowed, user, database = row if row else (False, False, "?", "?")
+    present, allowed, user, database = row[:4] if row else (False, False, "?", "?")
+    found = tuple(bool(value) for value in row[4:]) if row else tuple(False for _ in tables)
     if present and allowed:
-        return
+        return found
     if not allowed:
         what = (
             f"use and create tables in the schema {OWN_SCHEMA!r}"
@@ -175,24 +189,33 @@ def ensure_own_schema(connection: LockConnection) -> None:
             f'(or GRANT USAGE, CREATE ON SCHEMA {OWN_SCHEMA} TO "{user}")',
         )
     connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{OWN_SCHEMA}"')
+    return found
 
 
-def move_legacy_tables(connection: LockConnection, table: VersionTable) -> None:
+def move_legacy_tables(
+    connection: LockConnection,
+    table: VersionTable,
+    *,
+    present: tuple[tuple[bool, bool], tuple[bool, bool]] | None = None,
+) -> None:
     """Move the history and seed checksums an older release kept beside ``table`` into
     our schema (rows re-keyed by the qualified version table; never any lost).
 
     The environment marker moves with ``guard.move_legacy_marker``. Call under the lock,
-    in the migrating transaction, after ``ensure_own_schema``.
+    in the migrating transaction, after ``ensure_own_schema``. ``present``: whether the
+    (legacy, ours) history and seeds tables exist, when the caller has just read it.
     """
     # Rows of the old tables carry the version table's bare name (each sat beside its
     # version table); ours are keyed by the qualified one.
     rekey = "'\"' || %s || '\".\"' || version_table || '\"'"
-    for legacy_name, ours, columns in (
-        (LEGACY_HISTORY, HISTORY_TABLE, HISTORY_COLUMNS),
-        (LEGACY_SEEDS, SEEDS_TABLE, SEEDS_COLUMNS),
+    for index, (legacy_name, ours, columns) in enumerate(
+        (
+            (LEGACY_HISTORY, HISTORY_TABLE, HISTORY_COLUMNS),
+            (LEGACY_SEEDS, SEEDS_TABLE, SEEDS_COLUMNS),
+        )
     ):
         legacy = table.legacy(legacy_name)
-        old, new = existing(connection, legacy, ours)
+        old, new = present[index] if present else existing(connection, legacy, ours)
         if not old:
             continue
         if not new:

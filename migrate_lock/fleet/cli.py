@@ -156,7 +156,7 @@ def _fleet(
         _finish(result, as_json)
     plan = run(lambda: fleet.fleet_plan(tenants, shard=shard, overrides=_overrides()))
     if as_json:
-        click.echo(json.dumps(plan.as_dict(), default=str, indent=2))
+        click.echo(_json(plan.as_dict()))
     elif verb == "current":
         for state in plan.tenants:
             shown = ", ".join(state.current or ()) or "(none)"
@@ -166,6 +166,21 @@ def _fleet(
     if verb == "current":
         sys.exit(0)
     sys.exit(int(ExitCode.OK if len(plan.at_head) == len(plan.tenants) else ExitCode.PENDING))
+
+
+def _json(document: dict[str, Any]) -> str:
+    """``document`` indented by its keys, each item of a list on one line of its own:
+    for thousands of tenants, json's indenting encoder (pure Python) cost ~0.25 s, the
+    compact one (in C) a tenth of it."""
+    fields = []
+    for key, value in document.items():
+        if isinstance(value, list) and value:
+            items = ",\n    ".join(json.dumps(item, default=str) for item in value)
+            text = "[\n    " + items + "\n  ]"
+        else:
+            text = json.dumps(value, default=str)
+        fields.append(f"  {json.dumps(key)}: {text}")
+    return "{\n" + ",\n".join(fields) + "\n}"
 
 
 def _print_plan(plan: Any, verb: str) -> None:
@@ -192,7 +207,7 @@ def _finish(result: Any, as_json: bool) -> NoReturn:
     from migrate_lock.fleet.report import summary_table  # noqa: PLC0415 - with --tenants
 
     if as_json:
-        click.echo(json.dumps(result.as_dict(), default=str, indent=2))
+        click.echo(_json(result.as_dict()))
     else:
         click.echo(summary_table(result))
     code = result.exit_code

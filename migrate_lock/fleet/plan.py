@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from migrate_lock.fleet.sources import Tenant
 from migrate_lock.lean.abc import LockConnection
-from migrate_lock.lean.settings_schema import read_field
+from migrate_lock.lean.settings_schema import row
 from migrate_lock.seeds.files import SeedFile, changed_seeds
 from migrate_lock.version_table import VersionTable, current_schema, database_revisions
 
@@ -111,7 +111,9 @@ def quote_literal(text: str) -> str:
 def identifier_problem(name: str) -> str | None:
     """Why ``name`` cannot be a tenant schema (VERSION_TABLE_SCHEMA's rule), or None."""
     try:
-        read_field("version_table_schema", {"VERSION_TABLE_SCHEMA": name})
+        # The setting's own reading (read_field's, without looking for the variable's
+        # other sources: a tenth of the time, for thousands of names).
+        row("version_table_schema").parse(name)
     except ValueError as error:
         return f"schema name {name!r} {error}"
     return None

@@ -102,7 +102,19 @@ def test_the_holder_is_named_and_bounded_before_the_work_runs() -> None:
         index for index, statement in enumerate(connection.statements) if "set_config" in statement
     ]
     assert settings and max(settings) < work
-    assert len(settings) >= 4  # application_name, lock_timeout, statement_timeout, idle timeout
+
+
+def test_the_holder_is_named_and_bounded_in_one_round_trip() -> None:
+    """Why: a fleet worker takes a lock per tenant, and the ~11 set_config calls, one
+    statement each, were a sixth of a tenant's statements. One statement sets them all
+    (application_name, keepalives, the DDL timeouts, the server's own client check)."""
+    connection = ScriptedConnection()
+    hold_and_run(connection, "session")
+    settings = connection.ran(r"set_config")
+    assert len(settings) == 1
+    assert settings[0].startswith("SELECT set_config(")  # the holder report knows it
+    assert "client_connection_check_interval" in settings[0]
+    assert not connection.ran(r"^SELECT current_setting")
 
 
 def test_the_session_lock_is_announced_and_released_after_the_work() -> None:
