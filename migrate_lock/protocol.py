@@ -335,7 +335,8 @@ def _run_migrations(
     table = session.version_table
     marked = False
     # Before the first revision: only a brand-new database is marked lower than production.
-    fresh = is_new_database(connection, table)
+    # One at a revision (its version table read under the lock just now) is not: no need to ask.
+    fresh = not before.current and is_new_database(connection, table)
 
     def bookkeeping(revision: str) -> None:
         # In that revision's own transaction: a kill right after Alembic's commit must

@@ -18,6 +18,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -811,21 +812,20 @@ def sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]:
         target[0] = None
 
 
-#: Per thread, the engine of the last server, database and role (a fleet worker's
-#: tenants, a process that upgrades again): SQLAlchemy's first connect asks the server
-#: ~9 questions (version, isolation level, hstore, …) once per engine, not per upgrade.
+#: Per thread, the engine of the last connection (a fleet worker's, reused by its
+#: tenants): SQLAlchemy's first connect asks the server ~9 questions (version, isolation
+#: level, hstore, whose adapter it registers on that connection) once per engine, not
+#: per upgrade. A new connection gets a new engine.
 _engines = threading.local()
 
 
 def _engine_for(raw: psycopg.Connection[Any]) -> tuple[Engine, list[Any], bool]:
-    info = raw.info
-    key = (info.host, info.port, info.dbname, info.user, info.server_version)
     cached = getattr(_engines, "last", None)
-    if cached is not None and cached[0] == key:
+    if cached is not None and cached[0]() is raw:
         return cached[1], cached[2], True
     target: list[Any] = [None]
     engine = create_engine("postgresql+psycopg://", creator=lambda: target[0], poolclass=StaticPool)
-    _engines.last = (key, engine, target)
+    _engines.last = (weakref.ref(raw), engine, target)
     return engine, target, False
 
 
