@@ -30,6 +30,7 @@ from alembic import command, op
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext, RevisionStep
 from alembic.util import CommandError
+from psycopg.pq import TransactionStatus
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import StaticPool
@@ -795,8 +796,15 @@ def sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]:
     target[0] = raw
     if reused:
         # The one thing the dialect learnt on its first connect that a session changes
-        # (search_path): what reflection without a schema reads.
-        row = raw.execute("SELECT current_schema()").fetchone()
+        # (search_path): what reflection without a schema reads. Read outside any
+        # transaction when none is open, so env.py still gets a connection without one.
+        outside = not raw.autocommit and raw.info.transaction_status == TransactionStatus.IDLE
+        raw.autocommit = raw.autocommit or outside
+        try:
+            row = raw.execute("SELECT current_schema()").fetchone()
+        finally:
+            if outside:
+                raw.autocommit = False
         engine.dialect.default_schema_name = str(row[0]) if row else None
     connection = LockedConnection(engine)  # what engine.connect() does, as our subclass
     try:
