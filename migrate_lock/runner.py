@@ -818,6 +818,12 @@ def sqlalchemy_connection(raw: psycopg.Connection[Any]) -> Iterator[Connection]:
             connection.close()
         engine.dispose(close=False)
         target[0] = None
+        # SQLAlchemy's connect added its notice logger to ``raw``: take it off, or a
+        # connection that outlives this (a fleet worker's) gathers one per upgrade.
+        with contextlib.suppress(ImportError, ValueError):
+            from sqlalchemy.dialects.postgresql.psycopg import _log_notices  # noqa: PLC0415
+
+            raw.remove_notice_handler(_log_notices)
 
 
 #: Per thread, the engine of the last connection (a fleet worker's, reused by its
