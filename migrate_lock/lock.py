@@ -54,7 +54,7 @@ HANDOVER_GRACE_SECONDS = 0.1
 #: A waiter that gave its connection back polls at most this often (jittered: half to all).
 MAX_POLL_SECONDS_WITHOUT_CONNECTION = 1.0
 #: The share of usable connection slots in use from which a waiter keeps none.
-CROWDED_SHARE = 0.75
+CROWDED_SHARE = 0.5
 
 _APPLICATION_NAME_PREFIX = "migrate-lock: migrating since "
 #: True when this backend holds the key (params: its two halves, see ``_split``).

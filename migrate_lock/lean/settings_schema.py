@@ -380,10 +380,10 @@ class LeanSettings:
     migration_lock_wait_connection_seconds: float = setting(
         "MIGRATION_LOCK_WAIT_CONNECTION_SECONDS",
         kind=NUMBER,
-        default=2.0,
+        default=3.0,
         doc="How long a waiting replica keeps its database connection (and LISTEN, for a "
         "hand-off within milliseconds). After that, or at once when the server's connection "
-        "slots are 75% taken, it gives the connection back and polls with short connections "
+        "slots are half taken, it gives the connection back and polls with short connections "
         "about once a second, so a long migration's waiters do not take the slots that "
         "serving replicas need. `0`: give it back after the first attempt.",
     )
