@@ -7,7 +7,6 @@ each test says what went wrong before.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -22,19 +21,6 @@ from migrate_lock.settings import load_settings
 pytestmark = pytest.mark.unit
 
 URL = "postgresql://app:n0t-A-placeh0lder@db.internal:5432/app"
-
-
-@pytest.fixture
-def cwd(tmp_path: Path) -> Iterator[Path]:
-    """An empty environment, in a repository of its own (no stray .env above it)."""
-    (tmp_path / ".git").mkdir()
-    with mock.patch.dict(os.environ, clear=True):
-        before = os.getcwd()
-        os.chdir(tmp_path)
-        try:
-            yield tmp_path
-        finally:
-            os.chdir(before)
 
 
 def both(**overrides: Any) -> tuple[Any, Any]:

@@ -8,9 +8,7 @@ and the lean ``read_settings``) must read them alike.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
@@ -20,19 +18,6 @@ from migrate_lock.lean.settings_schema import Undecided, read_dotenv, read_setti
 from migrate_lock.settings import load_settings
 
 pytestmark = pytest.mark.unit
-
-
-@pytest.fixture
-def cwd(tmp_path: Path) -> Iterator[Path]:
-    """An empty environment, in a repository of its own (no stray .env above it)."""
-    (tmp_path / ".git").mkdir()
-    with mock.patch.dict(os.environ, clear=True):
-        before = os.getcwd()
-        os.chdir(tmp_path)
-        try:
-            yield tmp_path
-        finally:
-            os.chdir(before)
 
 
 def both(**environ: str) -> tuple[str | None, str | None]:

@@ -4,9 +4,7 @@ Docker and Kubernetes secrets convention), one rule in the settings table for bo
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import pytest
 
@@ -18,18 +16,6 @@ pytestmark = pytest.mark.unit
 
 URL = "postgresql://app:Xy7-file-secret@db.internal:5432/app"
 OTHER = "postgresql://migrator:Other-secret-9@db.internal:5432/app"
-
-
-@pytest.fixture
-def cwd(tmp_path: Path) -> Iterator[Path]:
-    (tmp_path / ".git").mkdir()
-    with mock.patch.dict(os.environ, clear=True):
-        before = os.getcwd()
-        os.chdir(tmp_path)
-        try:
-            yield tmp_path
-        finally:
-            os.chdir(before)
 
 
 def secret(directory: Path, text: str, name: str = "db_url") -> str:
