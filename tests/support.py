@@ -169,3 +169,43 @@ def leave_to_alembic(project: Path) -> None:
     text = ini.read_text()
     assert "[alembic]\n" in text and "revision_environment" not in text
     ini.write_text(text.replace("[alembic]\n", "[alembic]\nrevision_environment = true\n", 1))
+
+
+#: A second revision (a table ``item``) and the models it matches, for autogenerate tests.
+ITEM_REVISION = '''"""items
+
+Revision ID: 0002
+Revises: 0001
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "item",
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("name", sa.Text, nullable=False),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("item")
+'''
+
+ITEM_MODELS = """import sqlalchemy as sa
+
+metadata = sa.MetaData()
+item = sa.Table(
+    "item",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+)
+"""

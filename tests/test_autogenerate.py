@@ -26,45 +26,7 @@ from migrate_lock import include_object
 from migrate_lock.dsn import parse_database_url
 from migrate_lock.scaffold import init_project
 
-from support import query, run_cli
-
-REVISION = '''"""items
-
-Revision ID: 0002
-Revises: 0001
-"""
-
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.create_table(
-        "item",
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("name", sa.Text, nullable=False),
-    )
-
-
-def downgrade() -> None:
-    op.drop_table("item")
-'''
-
-MODELS = """import sqlalchemy as sa
-
-metadata = sa.MetaData()
-item = sa.Table(
-    "item",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("name", sa.Text, nullable=False),
-)
-"""
+from support import ITEM_MODELS, ITEM_REVISION, query, run_cli
 
 #: The tables releases before the own schema kept beside the version table.
 LEGACY_TABLES = ("migrate_lock_environment", "migrate_lock_history", "migrate_lock_seeds")
@@ -76,8 +38,8 @@ def write_adopted_project(project: Path) -> str:
     import system caches modules by name)."""
     init_project(project)
     models = f"shop_models_{uuid.uuid4().hex[:8]}"
-    (project / f"{models}.py").write_text(MODELS)
-    (project / "migrations" / "versions" / "0002_items.py").write_text(REVISION)
+    (project / f"{models}.py").write_text(ITEM_MODELS)
+    (project / "migrations" / "versions" / "0002_items.py").write_text(ITEM_REVISION)
     (project / "seeds").mkdir()
     (project / "seeds" / "10_item.csv").write_text("id,name\n1,first\n")
     env = project / "migrations" / "env.py"
@@ -186,7 +148,7 @@ def test_a_model_change_is_still_found(adopted: Path) -> None:
     """The filter hides our tables only: a real difference is still reported."""
     models = next(adopted.glob("shop_models_*.py"))
     models.write_text(
-        MODELS
+        ITEM_MODELS
         + '\nextra = sa.Table("extra", metadata, sa.Column("id", sa.Integer, primary_key=True))\n'
     )
 

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine
 from migrate_lock.dsn import parse_database_url
 from migrate_lock.scaffold import init_project
 
-from support import query, run_cli
+from support import ITEM_MODELS, ITEM_REVISION, query, run_cli
 
 __all__ = [
     "test_model_definitions_match_ddl",
@@ -44,52 +44,13 @@ MODELS = "shop_models"
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "existing-projects.md"
 GENERIC_ENV_PY = Path(alembic.__file__).parent / "templates" / "generic" / "env.py"
 
-#: A second revision, and the models it matches (test_model_definitions_match_ddl).
-REVISION = '''"""items
-
-Revision ID: 0002
-Revises: 0001
-"""
-
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0002"
-down_revision = "0001"
-branch_labels = None
-depends_on = None
-
-
-def upgrade() -> None:
-    op.create_table(
-        "item",
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("name", sa.Text, nullable=False),
-    )
-
-
-def downgrade() -> None:
-    op.drop_table("item")
-'''
-
-MODELS_SOURCE = """import sqlalchemy as sa
-
-metadata = sa.MetaData()
-item = sa.Table(
-    "item",
-    metadata,
-    sa.Column("id", sa.Integer, primary_key=True),
-    sa.Column("name", sa.Text, nullable=False),
-)
-"""
-
 
 def write_shop(path: Path, env_py: str | None = None) -> Path:
     """A ``migrate-lock init`` project with one table, its models and (optionally) another
     env.py; ``target_metadata`` points at the models, as an application's would."""
     init_project(path)
-    (path / f"{MODELS}.py").write_text(MODELS_SOURCE)
-    (path / "migrations" / "versions" / "0002_items.py").write_text(REVISION)
+    (path / f"{MODELS}.py").write_text(ITEM_MODELS)
+    (path / "migrations" / "versions" / "0002_items.py").write_text(ITEM_REVISION)
     env = path / "migrations" / "env.py"
     source = env_py if env_py is not None else env.read_text()
     env.write_text(
