@@ -43,6 +43,7 @@ from migrate_lock.version_table import (
     LEGACY_SEEDS,
     OWN_SCHEMA,
     VersionTable,
+    create_if_missing,
     database_revisions,
     ensure_own_schema,
 )
@@ -373,12 +374,13 @@ def _store_marker(
 ) -> None:
     ensure_own_schema(connection)
     allowed = ", ".join(f"'{name}'" for name in ENVIRONMENTS)
-    connection.execute(
+    create_if_missing(
+        connection,
         f"CREATE TABLE IF NOT EXISTS {MARKER_TABLE} ("
         " singleton boolean PRIMARY KEY DEFAULT true CHECK (singleton),"
         f" environment text NOT NULL CHECK (environment IN ({allowed})),"
         " set_at timestamptz NOT NULL DEFAULT now(),"
-        " set_by text NOT NULL)"
+        " set_by text NOT NULL)",
     )
     if moved is None:
         values = "%s, now(), %s || ' by ' || current_user || ' on ' || %s"

@@ -38,7 +38,12 @@ from typing import TYPE_CHECKING, Literal
 
 from migrate_lock.errors import ConfigError, ThenFailed, first_line
 from migrate_lock.logs import log
-from migrate_lock.version_table import OWN_SCHEMA, ensure_own_schema, existing
+from migrate_lock.version_table import (
+    OWN_SCHEMA,
+    create_if_missing,
+    ensure_own_schema,
+    existing,
+)
 
 if TYPE_CHECKING:
     from migrate_lock.lean.abc import LockConnection
@@ -229,12 +234,13 @@ def record(
 ) -> None:
     """Remember the step's successful run (creating our schema and table on first use)."""
     ensure_own_schema(connection)
-    connection.execute(
+    create_if_missing(
+        connection,
         f"CREATE TABLE IF NOT EXISTS {THEN_TABLE} ("
         " version_table text PRIMARY KEY,"
         " fingerprint text NOT NULL,"
         " ran_at timestamptz NOT NULL DEFAULT now(),"
-        " duration_ms bigint NOT NULL DEFAULT 0)"
+        " duration_ms bigint NOT NULL DEFAULT 0)",
     )
     connection.execute(
         f"INSERT INTO {THEN_TABLE} (version_table, fingerprint, duration_ms)"

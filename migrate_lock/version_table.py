@@ -141,12 +141,13 @@ def record_history(
         )
         if not history:
             # Keyed by the qualified version table: two applications may share a database.
-            connection.execute(
+            create_if_missing(
+                connection,
                 f"CREATE TABLE IF NOT EXISTS {HISTORY_TABLE} ("
                 " version_table text NOT NULL,"
                 " revision text NOT NULL,"
                 " first_applied_at timestamptz NOT NULL DEFAULT now(),"
-                " PRIMARY KEY (version_table, revision))"
+                " PRIMARY KEY (version_table, revision))",
             )
         if legacy_history or legacy_seeds:
             move_legacy_tables(
@@ -188,8 +189,24 @@ def ensure_own_schema(connection: LockConnection, *tables: str) -> tuple[bool, .
             hint=f'as the database owner: CREATE SCHEMA {OWN_SCHEMA} AUTHORIZATION "{user}" '
             f'(or GRANT USAGE, CREATE ON SCHEMA {OWN_SCHEMA} TO "{user}")',
         )
-    connection.execute(f'CREATE SCHEMA IF NOT EXISTS "{OWN_SCHEMA}"')
+    create_if_missing(connection, f'CREATE SCHEMA IF NOT EXISTS "{OWN_SCHEMA}"')
     return found
+
+
+def create_if_missing(connection: LockConnection, statement: str) -> None:
+    """Run a ``CREATE ... IF NOT EXISTS`` of our own so that sessions racing to create the
+    same object all succeed.
+
+    IF NOT EXISTS is not serialized: of two sessions creating an object at once, the second
+    waits for the first, then fails with a unique violation on the catalog (two
+    applications, or two tenants of a fleet, starting on a new database). A PL/pgSQL block
+    catches exactly that in a subtransaction, so the caller's transaction goes on.
+    ``statement`` takes no parameters (our names are constants).
+    """
+    connection.execute(
+        f"DO $create$ BEGIN {statement}; EXCEPTION WHEN unique_violation OR duplicate_schema"
+        " OR duplicate_table OR duplicate_object THEN NULL; END $create$"
+    )
 
 
 def move_legacy_tables(

@@ -465,8 +465,9 @@ class _Pool:
                 selector.register(worker.reader, selectors.EVENT_READ, worker)
             idle = list(workers)
             # One tenant at a time until one has migrated: the first creates migrate-lock's
-            # own schema and tables and the environment marker (per database), which
-            # concurrent first creations would race for.
+            # own schema and tables and the environment marker (per database) alone, rather
+            # than every worker waiting on the others' creations
+            # (version_table.create_if_missing makes such a race safe, not free).
             warm = self.setup.get("verb") != "upgrade"
             while True:
                 while idle and queue and not stopping and (warm or not self._busy(workers)):

@@ -140,26 +140,12 @@ class _Connection:
             self.connection = None
 
 
-def _raced(message: dict[str, Any]) -> bool:
-    """A tenant rolled back because another session created one of migrate-lock's own
-    objects (its schema, history, marker) at the same moment: PostgreSQL does not
-    serialize ``CREATE … IF NOT EXISTS``, and a catalog's unique index says so. Two shards
-    starting on a new database do it; the other session has committed when we retry."""
-    error = str(message.get("error") or "")
-    return message.get("outcome") == "failed" and "[23505]" in error and '"pg_' in error
-
-
 def run_one(
     base: Any, job: dict[str, Any], setup: dict[str, Any], connection: Any = None
 ) -> dict[str, Any]:
-    """One tenant: its outcome as the ``done`` message (once more after a race for
-    migrate-lock's own objects, see ``_raced``). ``connection``: the worker's connection
-    to the migration database, for a schema tenant."""
-    message = _run_one(base, job, setup, connection)
-    if _raced(message):
-        log.debug("fleet.retry", tenant=job["name"], error=message.get("error"))
-        message = _run_one(base, job, setup, None)
-    return message
+    """One tenant: its outcome as the ``done`` message. ``connection``: the worker's
+    connection to the migration database, for a schema tenant."""
+    return _run_one(base, job, setup, connection)
 
 
 def _run_one(

@@ -30,7 +30,7 @@ from migrate_lock.seeds.sql_file import (
     read_statements,
     run_sql_file,
 )
-from migrate_lock.version_table import ensure_own_schema, move_legacy_tables
+from migrate_lock.version_table import create_if_missing, ensure_own_schema, move_legacy_tables
 
 if TYPE_CHECKING:
     from migrate_lock.version_table import VersionTable
@@ -210,7 +210,8 @@ def _ensure_table(connection: psycopg.Connection[Any], table: VersionTable) -> N
     # and move those tables in, inside this transaction.
     ensure_own_schema(connection)
     move_legacy_tables(connection, table)
-    connection.execute(
+    create_if_missing(
+        connection,
         f"CREATE TABLE IF NOT EXISTS {tracking_table(table)} ("
         " version_table text NOT NULL,"
         " name text NOT NULL,"
@@ -220,7 +221,7 @@ def _ensure_table(connection: psycopg.Connection[Any], table: VersionTable) -> N
         " updated bigint NOT NULL DEFAULT 0,"
         " unchanged bigint NOT NULL DEFAULT 0,"
         " deleted bigint NOT NULL DEFAULT 0,"
-        " PRIMARY KEY (version_table, name))"
+        " PRIMARY KEY (version_table, name))",
     )
 
 

@@ -306,18 +306,3 @@ def test_many_batches_are_read_on_several_connections(monkeypatch: pytest.Monkey
     assert len(more) == 2  # 4 batches, 3 connections
     assert len(main.statements) == 1 + 2 and all(len(c.statements) == 1 for c in more)
     assert not main.closed and all(connection.closed for connection in more)
-
-
-def test_only_a_race_for_migrate_locks_own_objects_is_retried() -> None:
-    """Why: two shards starting on a new database both create migrate-lock's schema; the
-    loser is rolled back whole and succeeds once more, a real failure is not retried."""
-    from migrate_lock.fleet.worker import _raced
-
-    race = (
-        "env.py, Alembic's version table update or the commit failed: [23505] duplicate key "
-        'value violates unique constraint "pg_namespace_nspname_index"; rolled back'
-    )
-    assert _raced({"outcome": "failed", "error": race})
-    mine = 'revision 0003 failed: [23505] duplicate key value violates unique constraint "k"'
-    assert not _raced({"outcome": "failed", "error": mine})
-    assert not _raced({"outcome": "migrated"})
