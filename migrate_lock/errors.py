@@ -135,6 +135,11 @@ class ConnectionLost(TemporaryError):
     """The connection broke (a restart, a failover); the server rolled back what was open."""
 
 
+class MigrationInProgress(TemporaryError):
+    """A revision holds the version table (until its run commits): its revision cannot be
+    read without waiting for that whole run."""
+
+
 class LockTimeout(TemporaryError):
     """Another session held the migration lock for longer than we may wait.
 

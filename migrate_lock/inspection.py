@@ -14,12 +14,13 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-from migrate_lock.errors import ExitCode, TemporaryError
+from migrate_lock.errors import ExitCode, MigrationInProgress, TemporaryError
 from migrate_lock.lean.manifest import Manifest, read_manifest
 from migrate_lock.lean.static_revisions import StaticRevisions, read_revisions
 from migrate_lock.lean.status import lean_status
 from migrate_lock.lock import LockHolder, find_holder
 from migrate_lock.state import SchemaState
+from migrate_lock.version_table import version_table_busy
 
 if TYPE_CHECKING:
     from migrate_lock.project import DatabaseSession, Project
@@ -70,6 +71,7 @@ def status(
     if known is None:
         project.scripts  # noqa: B018 - a revision that does not load fails before connecting
     with _files_first(project), project.session(application_name="migrate-lock status") as session:
+        _not_being_migrated(session)
         return Status(
             state=_state(project, session, known),
             lock_key=session.lock_key,
@@ -95,7 +97,22 @@ def schema_state(
         _files_first(project),
         project.session(application_name="migrate-lock readiness") as session,
     ):
+        _not_being_migrated(session)
         return _state(project, session, known)
+
+
+def _not_being_migrated(session: DatabaseSession) -> None:
+    """MigrationInProgress (exit 75) at once, rather than reading a version table that a
+    revision holds: the read would wait for that whole run, holding this connection."""
+    if version_table_busy(session.connection, session.version_table):
+        holder = find_holder(session.connection, session.lock_key)
+        raise MigrationInProgress(
+            f"the version table {session.version_table.qualified} is locked by a migration "
+            "in progress"
+            + (f" ({holder.describe()})" if holder else "")
+            + "; its revision is known once that run commits",
+            hint="retry in a moment; a readiness check can count this as not ready yet",
+        )
 
 
 @contextmanager
@@ -152,6 +169,7 @@ def current(*, settings: Settings | None = None) -> tuple[str, ...]:
     """The revisions the database is at (empty before the first upgrade)."""
     project = _project(settings)
     with project.session(application_name="migrate-lock current") as session:
+        _not_being_migrated(session)
         return session.current() or ()
 
 

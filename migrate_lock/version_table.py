@@ -160,6 +160,22 @@ def record_history(
     )
 
 
+def version_table_busy(connection: LockConnection, table: VersionTable) -> bool:
+    """Whether another session holds the version table in ACCESS EXCLUSIVE mode (a revision
+    that alters it, such as widening version_num, until its run commits). Reading the table
+    would then wait for that whole run, holding this connection, unseen by the lock's
+    timeout and reports: a waiter treats it as work in progress, ``status`` and ``current``
+    say so (MigrationInProgress, exit 75)."""
+    row = connection.execute(
+        "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'relation' AND granted"
+        " AND mode = 'AccessExclusiveLock' AND pid <> pg_backend_pid()"
+        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        " AND relation = to_regclass(%s))",
+        (table.qualified,),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def ensure_own_schema(connection: LockConnection, *tables: str) -> tuple[bool, ...]:
     """Create our schema if it is missing; ConfigError (exit 78, nothing done) if the role
     may not (it needs CREATE on the database, which a database's owner has). Returns

@@ -15,10 +15,11 @@ import time
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from migrate_lock.lock import lock_key
 
-from support import query, run_cli, spawn
+from support import assert_one_line_failure, leave_to_alembic, query, run_cli, spawn
 
 
 def queued_on_a_table_lock(database_url: str) -> int:
@@ -64,3 +65,28 @@ def test_waiters_do_not_queue_behind_a_revision_that_holds_the_version_table(
     assert queued == 0, f"{queued} waiters queued behind the version table's lock"
     assert [json.loads(out)["role"] for out, _ in outputs] == ["waited", "waited"]
     assert all('"lock.waiting_without_connection"' in err for _, err in outputs)
+
+
+@pytest.mark.parametrize("manifest", [True, False], ids=["lean", "full"])
+@pytest.mark.parametrize("verb", [["status"], ["current"]], ids=["status", "current"])
+def test_status_during_a_revision_that_holds_the_version_table_answers_at_once(
+    project: Path, at_head: str, verb: list[str], manifest: bool
+) -> None:
+    """Why: status and current read the version table and queued behind that lock for the
+    whole run (a readiness probe hung, holding a connection); now exit 75 at once, naming
+    the migration in progress."""
+    if manifest:
+        run_cli(["freeze"], cwd=project, database_url=None)
+    else:
+        leave_to_alembic(project)
+    with psycopg.connect(at_head) as holder:
+        key = lock_key(holder.info.dbname, "public", "alembic_version")
+        holder.execute("SELECT pg_advisory_lock(%s)", (key,))
+        holder.execute("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE")
+        try:
+            result = run_cli(verb, cwd=project, database_url=at_head, timeout=20)
+        finally:
+            holder.rollback()
+
+    line = assert_one_line_failure(result, 75)
+    assert "a migration in progress" in line

@@ -51,7 +51,12 @@ from migrate_lock.outcome import Role, UpgradeResult
 from migrate_lock.scope import choose_scope
 from migrate_lock.seeds.files import changed_seeds, discover, seeds_dir
 from migrate_lock.then import prepare
-from migrate_lock.version_table import VersionTable, current_schema, database_revisions
+from migrate_lock.version_table import (
+    VersionTable,
+    current_schema,
+    database_revisions,
+    version_table_busy,
+)
 
 #: What makes the lean path leave a decision to the full path (which then reports it
 #: properly, or finds it fine): a setting or URL it cannot vouch for, libpq trouble.
@@ -224,21 +229,6 @@ def _check_or_wait(
             return LeanStart(hold=hold, connection=connection, waited_before=waited)
         waited += hold.waited_seconds
         return LeanStart(result=_done("waited", heads, key, waited, started, heads_from))
-
-
-def version_table_busy(connection: LeanConnection, table: VersionTable) -> bool:
-    """Whether another session holds the version table in ACCESS EXCLUSIVE mode (a revision
-    that alters it, such as widening version_num, until its run commits). Reading the table
-    would then wait for that whole run, holding this connection, unseen by the lock's
-    timeout and reports: a waiter treats it as work in progress instead."""
-    row = connection.execute(
-        "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'relation' AND granted"
-        " AND mode = 'AccessExclusiveLock' AND pid <> pg_backend_pid()"
-        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-        " AND relation = to_regclass(%s))",
-        (table.qualified,),
-    ).fetchone()
-    return bool(row and row[0])
 
 
 def _done(

@@ -23,7 +23,12 @@ from migrate_lock.lean.static_revisions import known_heads
 from migrate_lock.lock import LockHolder, find_holder, lock_key
 from migrate_lock.logs import log
 from migrate_lock.state import SchemaState
-from migrate_lock.version_table import VersionTable, current_schema, database_revisions
+from migrate_lock.version_table import (
+    VersionTable,
+    current_schema,
+    database_revisions,
+    version_table_busy,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,8 @@ def lean_status(overrides: Mapping[str, Any] | None = None) -> LeanStatus | None
         with LeanConnection.connect(url.libpq, timeout_seconds=timeout) as connection:
             schema = settings.version_table_schema or current_schema(connection)
             table = VersionTable(schema, settings.version_table)
+            if version_table_busy(connection, table):
+                return None  # a revision holds it: the full path says so (exit 75)
             current = database_revisions(connection, table)
             if not current or set(current) != set(known.heads):
                 return None  # behind, ahead or unknown: the scripts' graph decides
