@@ -85,7 +85,9 @@ def schema_state(
     """Whether the database is ready for this code; for an application's ``/readyz``.
 
     ``SchemaState.ready`` is true at head and ahead (a rolling deploy), false when
-    behind or at an unknown revision. ``database_url`` overrides DATABASE_URL.
+    behind or at an unknown revision. ``database_url`` overrides DATABASE_URL. While a
+    revision holds the version table (until its run commits) it raises MigrationInProgress
+    at once rather than wait: count that as not ready yet.
     """
     if settings is None:
         settings = _load_settings(database_url=database_url, migration_database_url=database_url)
