@@ -28,7 +28,7 @@ from urllib.parse import quote
 import psycopg
 from psycopg import sql
 
-from migrate_lock.sandbox.embedded import EmbeddedPostgres, _free_port, _server_user
+from migrate_lock.sandbox.embedded import EmbeddedPostgres, _free_port, _server_user, run_as
 
 from support import APP_ROLE, OTHER_ROLE, TEST_PASSWORD
 
@@ -226,16 +226,4 @@ def _create_roles(server: TlsServer) -> None:
 
 
 def _run(user: tuple[int, int] | None, *command: str | Path) -> None:
-    def drop_privileges() -> None:
-        if user is not None:
-            os.setgid(user[1])
-            os.setuid(user[0])
-
-    subprocess.run(
-        [str(part) for part in command],
-        check=True,
-        capture_output=True,
-        preexec_fn=drop_privileges if user is not None else None,
-        cwd="/",
-        timeout=120,
-    )
+    run_as(user, *command, cwd=Path("/"))

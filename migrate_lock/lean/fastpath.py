@@ -30,7 +30,7 @@ from typing import Any
 from migrate_lock.dsn import DatabaseUrl, parse_database_url
 from migrate_lock.errors import LockTimeout, MigrateLockError
 from migrate_lock.guard import check_startup
-from migrate_lock.lean.manifest import Manifest, read_manifest, script_files
+from migrate_lock.lean.manifest import Manifest
 from migrate_lock.lean.pq import LeanConnection, LeanUnavailable, conninfo_is_valid
 from migrate_lock.lean.settings_schema import (
     LeanSettings,
@@ -38,7 +38,7 @@ from migrate_lock.lean.settings_schema import (
     read_dotenv,
     read_settings,
 )
-from migrate_lock.lean.static_revisions import StaticRevisions, read_revisions
+from migrate_lock.lean.static_revisions import StaticRevisions, known_heads
 from migrate_lock.lock import (
     Hold,
     lock_key,
@@ -111,23 +111,14 @@ def lean_upgrade(overrides: Mapping[str, Any] | None = None) -> Iterator[LeanSta
 
 def _start(stack: ExitStack, overrides: Mapping[str, Any], started: float) -> LeanStart:
     try:
-        dotenv = read_dotenv(dotenv_path(os.environ, overrides))
-        settings = read_settings(os.environ, dotenv, overrides)
-        log.configure(log_format=settings.log_format, level=settings.log_level)
-        files = script_files(settings.alembic_config)
-        manifest = read_manifest(files) if files is not None else None
-        # No fresh manifest (no `freeze`): the revision files' own text, when certain.
-        known = manifest or read_revisions(settings.alembic_config)
+        settings = lean_settings(overrides)
+        # A fresh manifest (`freeze`), else the revision files' own text, when certain.
+        known = known_heads(settings.alembic_config)
         if known is None:
             return LeanStart()
-        url = _migration_url(settings)
+        url = migration_url(settings)
         check_startup(settings)
-        log.add_secret(url.password)
-        timeout = int(min(10.0, max(1.0, settings.db_connect_timeout_seconds)))
-
-        def connect() -> LeanConnection:
-            return LeanConnection.connect(url.libpq, timeout_seconds=timeout)
-
+        connect = connector(settings, url)
         connection = stack.enter_context(connect())
         # The host libpq connected to (a failover URL lists several), for the pooler check.
         url = replace(url, host=connection.info.host, port=connection.info.port)
@@ -147,25 +138,17 @@ def _check_or_wait(
     url: DatabaseUrl,
     connect: Callable[[], LeanConnection],
 ) -> LeanStart:
-    schema = settings.version_table_schema or current_schema(connection)
-    table = VersionTable(schema, settings.version_table)
+    table, key = version_table_and_key(connection, settings, url)
     seeds = (
         discover(seeds_dir(settings.seeds_dir, settings.alembic_config))
         if settings.seed_on_upgrade
         else []
     )
-    row = connection.execute("SELECT current_database()").fetchone()
-    database = str(row[0]) if row and row[0] else url.database
-    key = settings.migration_lock_key
-    key = key if key is not None else lock_key(database, schema, table.name)
     heads, heads_from = manifest.heads, manifest.source
     # A due bootstrap step (MIGRATE_THEN) is work to do, as a changed seed file is.
     step = prepare(settings, heads, seeds)
 
-    def at_heads_on(connection: LeanConnection) -> bool:
-        if version_table_busy(connection, table):
-            return False  # being migrated: not done, and reading it would wait
-        current = database_revisions(connection, table)
+    def at_heads(connection: LeanConnection, current: tuple[str, ...] | None) -> bool:
         return (
             current is not None
             and set(current) == set(heads)
@@ -173,9 +156,14 @@ def _check_or_wait(
             and not (step is not None and step.due(connection, table))
         )
 
+    def at_heads_on(connection: LeanConnection) -> bool:
+        if version_table_busy(connection, table):
+            return False  # being migrated: not done, and reading it would wait
+        return at_heads(connection, database_revisions(connection, table))
+
     busy = version_table_busy(connection, table)
     current = None if busy else database_revisions(connection, table)
-    if not busy and at_heads_on(connection):
+    if not busy and at_heads(connection, current):
         return LeanStart(result=_done("fast_path", heads, key, 0.0, started, heads_from))
     if any(revision not in manifest.revisions for revision in current or ()):
         return LeanStart()  # ahead or unknown: the full path knows the history and the graph
@@ -259,7 +247,41 @@ def _done(
     return result
 
 
-def _migration_url(settings: LeanSettings) -> DatabaseUrl:
+def lean_settings(overrides: Mapping[str, Any]) -> LeanSettings:
+    """The settings as the lean reader reads them (ValueError, LeanUnavailable when it is
+    not certain), with logging configured from them."""
+    dotenv = read_dotenv(dotenv_path(os.environ, overrides))
+    settings = read_settings(os.environ, dotenv, overrides)
+    log.configure(log_format=settings.log_format, level=settings.log_level)
+    return settings
+
+
+def connector(settings: LeanSettings, url: DatabaseUrl) -> Callable[[], LeanConnection]:
+    """How the lean paths open a connection to ``url`` (its password kept out of logs)."""
+    log.add_secret(url.password)
+    timeout = int(min(10.0, max(1.0, settings.db_connect_timeout_seconds)))
+
+    def connect() -> LeanConnection:
+        return LeanConnection.connect(url.libpq, timeout_seconds=timeout)
+
+    return connect
+
+
+def version_table_and_key(
+    connection: LeanConnection, settings: LeanSettings, url: DatabaseUrl
+) -> tuple[VersionTable, int]:
+    """The version table this connection's settings name, and its migration lock's key."""
+    schema = settings.version_table_schema or current_schema(connection)
+    table = VersionTable(schema, settings.version_table)
+    key = settings.migration_lock_key
+    if key is None:
+        row = connection.execute("SELECT current_database()").fetchone()
+        database = str(row[0]) if row and row[0] else url.database
+        key = lock_key(database, schema, table.name)
+    return table, key
+
+
+def migration_url(settings: LeanSettings) -> DatabaseUrl:
     """The URL to migrate on; both URLs are parsed, as ``load_settings`` parses both: a
     malformed DATABASE_URL is exit 78 on the full path even when MIGRATION_DATABASE_URL
     is the one used, so here it defers (ConfigError, LeanUnavailable)."""

@@ -11,21 +11,21 @@ with the proper errors.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from migrate_lock.lean.fastpath import UNDECIDED, _migration_url
-from migrate_lock.lean.pq import LeanConnection
-from migrate_lock.lean.settings_schema import dotenv_path, read_dotenv, read_settings
+from migrate_lock.lean.fastpath import (
+    UNDECIDED,
+    connector,
+    lean_settings,
+    migration_url,
+    version_table_and_key,
+)
 from migrate_lock.lean.static_revisions import known_heads
-from migrate_lock.lock import LockHolder, find_holder, lock_key
-from migrate_lock.logs import log
+from migrate_lock.lock import LockHolder, find_holder
 from migrate_lock.state import SchemaState
 from migrate_lock.version_table import (
-    VersionTable,
-    current_schema,
     database_revisions,
     version_table_busy,
 )
@@ -45,30 +45,19 @@ def lean_status(overrides: Mapping[str, Any] | None = None) -> LeanStatus | None
 
     ``overrides`` are settings by field name (None = not given), as for ``upgrade``.
     """
-    overrides = overrides or {}
     try:
-        dotenv = read_dotenv(dotenv_path(os.environ, overrides))
-        settings = read_settings(os.environ, dotenv, overrides)
-        log.configure(log_format=settings.log_format, level=settings.log_level)
+        settings = lean_settings(overrides or {})
         known = known_heads(settings.alembic_config)
         if known is None:
             return None
-        url = _migration_url(settings)
-        log.add_secret(url.password)
-        timeout = int(min(10.0, max(1.0, settings.db_connect_timeout_seconds)))
-        with LeanConnection.connect(url.libpq, timeout_seconds=timeout) as connection:
-            schema = settings.version_table_schema or current_schema(connection)
-            table = VersionTable(schema, settings.version_table)
+        url = migration_url(settings)
+        with connector(settings, url)() as connection:
+            table, key = version_table_and_key(connection, settings, url)
             if version_table_busy(connection, table):
                 return None  # a revision holds it: the full path says so (exit 75)
             current = database_revisions(connection, table)
             if not current or set(current) != set(known.heads):
                 return None  # behind, ahead or unknown: the scripts' graph decides
-            key = settings.migration_lock_key
-            if key is None:
-                row = connection.execute("SELECT current_database()").fetchone()
-                database = str(row[0]) if row and row[0] else url.database
-                key = lock_key(database, schema, table.name)
             return LeanStatus(
                 state=SchemaState("at_head", current, known.heads, (), ()),
                 lock_key=key,

@@ -142,19 +142,26 @@ class EmbeddedPostgres:
         )
 
     def _run(self, user: tuple[int, int] | None, *command: str | Path) -> None:
-        def drop_privileges() -> None:
-            if user is not None:
-                os.setgid(user[1])
-                os.setuid(user[0])
+        run_as(user, *command, cwd=str(self.root))
 
-        subprocess.run(
-            [str(part) for part in command],
-            check=True,
-            capture_output=True,
-            preexec_fn=drop_privileges if user is not None else None,
-            cwd=str(self.root),
-            timeout=120,
-        )
+
+def run_as(user: tuple[int, int] | None, *command: str | Path, cwd: str | Path) -> None:
+    """Run a server tool as ``user`` (uid, gid; None: as we are), as initdb and the server
+    require when we are root."""
+
+    def drop_privileges() -> None:
+        if user is not None:
+            os.setgid(user[1])
+            os.setuid(user[0])
+
+    subprocess.run(
+        [str(part) for part in command],
+        check=True,
+        capture_output=True,
+        preexec_fn=drop_privileges if user is not None else None,
+        cwd=str(cwd),
+        timeout=120,
+    )
 
 
 @functools.cache
