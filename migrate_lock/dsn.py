@@ -64,6 +64,20 @@ class DatabaseUrl:
         return f"DatabaseUrl({self.masked!r})"
 
 
+def migration_url_of(migration_database_url: str | None, database_url: str | None) -> DatabaseUrl:
+    """The URL migrations run on: MIGRATION_DATABASE_URL if set, else DATABASE_URL, parsed
+    (ConfigError, exit 78, naming the variable; or neither is set)."""
+    if migration_database_url:
+        return parse_database_url(migration_database_url, variable="MIGRATION_DATABASE_URL")
+    if database_url:
+        return parse_database_url(database_url, variable="DATABASE_URL")
+    raise ConfigError(
+        "DATABASE_URL is not set",
+        hint="export DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DBNAME "
+        "(or pass --database-url)",
+    )
+
+
 def parse_database_url(
     raw: str,
     *,

@@ -36,7 +36,7 @@ from pydantic import AliasChoices, BeforeValidator, Field, ValidationError, crea
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from migrate_lock.dsn import DatabaseUrl, parse_database_url
+from migrate_lock.dsn import DatabaseUrl, migration_url_of, parse_database_url
 from migrate_lock.errors import ConfigError, ProjectFileError
 from migrate_lock.lean import settings_schema as schema
 
@@ -93,17 +93,7 @@ class Settings(_Fields):
 
     def migration_url(self) -> DatabaseUrl:
         """The URL migrations run on: MIGRATION_DATABASE_URL if set, else DATABASE_URL."""
-        if self.migration_database_url:
-            return parse_database_url(
-                self.migration_database_url, variable="MIGRATION_DATABASE_URL"
-            )
-        if self.database_url:
-            return parse_database_url(self.database_url, variable="DATABASE_URL")
-        raise ConfigError(
-            "DATABASE_URL is not set",
-            hint="export DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DBNAME "
-            "(or pass --database-url)",
-        )
+        return migration_url_of(self.migration_database_url, self.database_url)
 
 
 class _SchemaSource(PydanticBaseSettingsSource):

@@ -30,7 +30,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from migrate_lock.dsn import DatabaseUrl, parse_database_url, with_database
+from migrate_lock.dsn import DatabaseUrl, migration_url_of, parse_database_url, with_database
 from migrate_lock.errors import ConfigError, Refused, TenantSourceError, UsageError
 from migrate_lock.fleet.plan import FleetPlan, TenantState, plan_databases, plan_schemas
 from migrate_lock.fleet.report import DONE, FleetResult, Progress, TenantOutcome
@@ -195,15 +195,7 @@ def _heads(fleet: Fleet) -> tuple[tuple[str, ...], frozenset[str], str]:
 
 
 def _migration_url(settings: LeanSettings) -> DatabaseUrl:
-    raw = settings.migration_database_url or settings.database_url
-    if not raw:
-        raise ConfigError(
-            "DATABASE_URL is not set",
-            hint="export DATABASE_URL=postgresql://USER:PASSWORD@HOST:5432/DBNAME "
-            "(or pass --database-url)",
-        )
-    variable = "MIGRATION_DATABASE_URL" if settings.migration_database_url else "DATABASE_URL"
-    return parse_database_url(raw, variable=variable)
+    return migration_url_of(settings.migration_database_url, settings.database_url)
 
 
 def tenant_url(fleet: Fleet, tenant: Tenant) -> DatabaseUrl:
