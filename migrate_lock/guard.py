@@ -472,8 +472,11 @@ def remember_environment(
     *,
     how: str = "upgrade",
     new_database: bool | None = None,
-) -> None:
+) -> bool:
     """On upgrade: mark the database with ENVIRONMENT, or raise its marker to it.
+
+    True when there is nothing to do, now or later: no ENVIRONMENT, or a committed marker
+    at or above it (only ``env set`` lowers one, confirmed by name).
 
     A marker is never lowered here (that is ``env set``, a destructive operation):
     a laptop that says ``development`` cannot unprotect a production database by
@@ -489,7 +492,7 @@ def remember_environment(
     marker = _move_legacy_marker(connection)
     local = settings.environment
     if local is None:
-        return
+        return True
     if marker is not None and RANK[local] <= RANK[marker.environment]:
         if marker.environment != local:
             log.warning(
@@ -498,7 +501,7 @@ def remember_environment(
                 local=local,
                 detail="the database stays marked as it was; `migrate-lock env set` changes it",
             )
-        return
+        return True
     if marker is None and local != "production" and new_database is False:
         row = connection.execute("SELECT current_database()").fetchone()
         database = str(row[0]) if row else "DBNAME"
@@ -511,7 +514,7 @@ def remember_environment(
             detail=f"the database existed without an environment marker, so it stays treated "
             f"as production; if it really is a {local} database, mark it: {command}",
         )
-        return
+        return False
     with connection.transaction():
         _store_marker(connection, local, moved=None, how=how)
     log.info(
@@ -520,6 +523,7 @@ def remember_environment(
         previous=marker.environment if marker else None,
         how=how,
     )
+    return False  # written, not yet committed
 
 
 # --- confirmation -----------------------------------------------------------------------

@@ -243,7 +243,7 @@ def migration_lock(
         return
     failed = True
     try:
-        if not holds(connection, key):
+        if not _claim(connection, key, timeouts, local=scope == "transaction", announce=announce):
             raise MigrationFailed(
                 "the server granted the migration lock, but pg_locks shows no lock for "
                 "this session",
@@ -252,7 +252,6 @@ def migration_lock(
                 "transaction",
             )
         if announce:
-            _name_and_bound(connection, timeouts, local=scope == "transaction")
             log.info(
                 "lock.acquired",
                 lock_key=key,
@@ -322,18 +321,26 @@ def _let_go(
         if scope == "transaction":
             connection.execute("ROLLBACK")  # ends the lock's transaction, and the lock
             return
-        if wake_waiters and not failed:
-            announce_done(connection, key)
-        release(connection, key)
+        release(connection, key, wake_waiters=wake_waiters and not failed)
     except Exception:
         # The connection died on the way out: the lock went with it.
         if not (failed or connection.closed or connection.broken):
             raise
 
 
-def _name_and_bound(
-    connection: LockConnection, timeouts: DdlTimeouts | None, *, local: bool
-) -> None:
+def _claim(
+    connection: LockConnection,
+    key: int,
+    timeouts: DdlTimeouts | None,
+    *,
+    local: bool,
+    announce: bool,
+) -> bool:
+    """Whether this very session holds ``key`` (asked in a statement of its own: behind a
+    pooler it may run on another server session than the attempt did); when it does
+    and ``announce``, the same statement names the holder and bounds its work."""
+    if not announce:
+        return holds(connection, key)
     # Name ourselves so waiters and operators see who migrates since when, and bound
     # what a stuck holder can do: the server itself reaps a holder that vanished.
     options = {
@@ -352,16 +359,19 @@ def _name_and_bound(
         }
         if timeouts.search_path:
             options["search_path"] = timeouts.search_path
-    # One round trip for all of them. From PostgreSQL 14, also notice a client that died
-    # mid-statement without waiting for the statement (an older server has no such
-    # setting: the CASE never names it there).
+    # One round trip for the check and all of them; nothing is set on a session that
+    # does not hold the lock (a pooler's: it would stay there for its other clients).
+    # From PostgreSQL 14, also notice a client that died mid-statement without waiting
+    # for the statement (an older server has no such setting: the CASE never names it).
     settings = ", ".join("set_config(%s, %s, %s)" for _ in options)
     params: list[object] = [item for pair in options.items() for item in (*pair, local)]
-    connection.execute(
-        f"SELECT {settings}, CASE WHEN current_setting('server_version_num')::int >= 140000"
-        " THEN set_config('client_connection_check_interval', '2s', %s) END",
-        (*params, local),
-    )
+    row = connection.execute(
+        f"SELECT CASE WHEN {_THIS_BACKEND_HOLDS} THEN concat({settings},"
+        " CASE WHEN current_setting('server_version_num')::int >= 140000"
+        " THEN set_config('client_connection_check_interval', '2s', %s) END) END IS NOT NULL",
+        (*_split(key), *params, local),
+    ).fetchone()
+    return bool(row and row[0])
 
 
 def _try_in_session(connection: LockConnection, key: int) -> bool:
@@ -420,9 +430,19 @@ def _report_stuck_once(key: int) -> None:
     )
 
 
-def release(connection: LockConnection, key: int) -> None:
-    """Release the session lock; a lock we did not hold is reported loudly."""
-    row = connection.execute("SELECT pg_advisory_unlock(%s)", (key,)).fetchone()
+def release(connection: LockConnection, key: int, *, wake_waiters: bool = False) -> None:
+    """Release the session lock; a lock we did not hold is reported loudly.
+
+    ``wake_waiters``: in the same statement, NOTIFY the replicas waiting for it (see
+    ``announce_done``); the server delivers it when the statement commits, so they
+    wake to a lock already free.
+    """
+    if wake_waiters:
+        row = connection.execute(
+            "SELECT pg_advisory_unlock(%s), pg_notify(%s, '')", (key, _channel(key))
+        ).fetchone()
+    else:
+        row = connection.execute("SELECT pg_advisory_unlock(%s)", (key,)).fetchone()
     if not (row and row[0]):
         log.error(
             "lock.release_failed",
@@ -509,10 +529,14 @@ def _wait_in_session(
     Between attempts we LISTEN for the holder's NOTIFY (``announce_done``), so the
     hand-off takes milliseconds. Returns (acquired, seconds waited, attempts).
     """
+    # The usual case, a free lock, costs one statement: LISTEN only once it is taken.
+    # The poll's first attempt follows the LISTEN at once: a release in between is seen.
+    if _try_in_session(connection, key):
+        return True, 0.0, 1
     channel = _channel(key)
     connection.execute(f"LISTEN {channel}")
     try:
-        return _poll(
+        acquired, waited, attempts = _poll(
             connection,
             key,
             timeout_seconds,
@@ -521,6 +545,7 @@ def _wait_in_session(
             sleep=lambda seconds: _wait_for_notify(connection, seconds),
             waited_before=waited_before,
         )
+        return acquired, waited, attempts + 1
     finally:
         if not connection.closed and not connection.broken:
             connection.execute(f"UNLISTEN {channel}")

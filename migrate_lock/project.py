@@ -16,6 +16,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+import psycopg.errors
 from alembic.util import CommandError
 
 from migrate_lock import lock
@@ -36,10 +37,10 @@ from migrate_lock.version_table import (
     current_schema,
     database_revisions,
     seen_revisions,
+    version_rows,
 )
 
 if TYPE_CHECKING:
-    import psycopg
     from alembic.config import Config
 
 
@@ -216,6 +217,20 @@ class DatabaseSession:
             known["database"] = str(row[0]) if row else self.project.url.database
         return str(known["database"])
 
+    @property
+    def marker_settled(self) -> bool:
+        """Whether this connection already read a committed environment marker at or
+        above ENVIRONMENT (``remember_environment`` returned True): nothing about the
+        marker is left to do, so a fleet worker's later tenants of the database skip it."""
+        return bool(_known(self.connection).get(("marker settled", self._environment)))
+
+    def settle_marker(self) -> None:
+        _known(self.connection)[("marker settled", self._environment)] = True
+
+    @property
+    def _environment(self) -> str | None:
+        return self.project.settings.environment
+
     @cached_property
     def lock_key(self) -> int:
         override = self.project.settings.migration_lock_key
@@ -245,11 +260,24 @@ class DatabaseSession:
     def current(self) -> tuple[str, ...] | None:
         return database_revisions(self.connection, self.version_table)
 
-    def state(self, target: tuple[str, ...], scripts: Scripts) -> SchemaState:
+    def state(
+        self, target: tuple[str, ...], scripts: Scripts, *, just_migrated: bool = False
+    ) -> SchemaState:
+        """Where the database stands against ``target``. ``just_migrated``: right after
+        Alembic wrote the version table, outside a transaction, so it is read in one
+        statement (were it missing after all, the server logs the error of that read)."""
+
         def seen(revisions: Iterable[str]) -> set[str]:
             return seen_revisions(self.connection, self.version_table, revisions)
 
-        return compare(scripts, self.current(), target, seen)
+        current = self._written_revisions() if just_migrated else self.current()
+        return compare(scripts, current, target, seen)
+
+    def _written_revisions(self) -> tuple[str, ...] | None:
+        try:
+            return version_rows(self.connection, self.version_table)
+        except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):
+            return None
 
     @contextmanager
     def migration_lock(

@@ -335,30 +335,57 @@ def _run_migrations(
     table = session.version_table
     marked = False
     # Before the first revision: only a brand-new database is marked lower than production.
-    # One at a revision (its version table read under the lock just now) is not: no need to ask.
-    fresh = not before.current and is_new_database(connection, table)
+    # One at a revision (its version table read under the lock just now) is not: no need to
+    # ask; nor when the marker is settled (a fleet worker's later tenants of the database).
+    settled = session.marker_settled
+    fresh = not settled and not before.current and is_new_database(connection, table)
+    unrecorded: list[str] = []
+
+    def remember() -> None:
+        if not settled and remember_environment(
+            connection, table, project.settings, new_database=fresh
+        ):
+            session.settle_marker()
 
     def bookkeeping(revision: str) -> None:
-        # In that revision's own transaction: a kill right after Alembic's commit must
-        # not leave a migrated database without its history or environment marker.
-        nonlocal marked
         if shared is not None:
             _refuse_early_commit(session, f"revision {revision}")
-        record_history(connection, table, (revision,), create=not marked)
+        unrecorded.append(revision)
+
+    def record() -> None:
+        # Just before each commit, in the transaction that commits: a kill right after
+        # Alembic's commit must not leave a migrated database without its history or
+        # environment marker. One statement for all the revisions of that transaction.
+        nonlocal marked
+        if not unrecorded:
+            return
+        record_history(connection, table, unrecorded, create=not marked)
+        unrecorded.clear()
         if not marked:
-            remember_environment(connection, table, project.settings, new_database=fresh)
+            remember()
             marked = True
 
+    loaded = project.scripts.script
     try:
         if shared is None:
-            applied = run_upgrade(config, connection, target, each_applied=bookkeeping)
+            applied = run_upgrade(
+                config,
+                connection,
+                target,
+                each_applied=bookkeeping,
+                before_commit=record,
+                script=loaded,
+            )
         else:
             applied = run_upgrade_in_transaction(
-                config, shared, connection, target, each_applied=bookkeeping
+                config, shared, connection, target, each_applied=bookkeeping, script=loaded
             )
     except MigrateLockError as error:
         raise _with_database_revision(error, session) from None
-    after = session.state(wanted, project.scripts)
+    # The transaction scope commits later (in the lock's transaction), and an env.py may
+    # commit behind SQLAlchemy's back: what is left is recorded now.
+    record()
+    after = session.state(wanted, project.scripts, just_migrated=shared is None)
     if not after.ready:
         raise MigrationFailed(
             f"Alembic finished but {session.version_table.qualified} is at "
@@ -367,13 +394,13 @@ def _run_migrations(
             "config.attributes to context.configure (see docs/existing-projects.md)",
         )
     # The ancestors too: those applied before migrate-lock was adopted (none when this
-    # run applied them all: each revision's bookkeeping recorded it). Our schema and
-    # history table exist once a revision's bookkeeping ran (committed with it).
+    # run applied them all: ``record`` wrote each). Our schema and history table exist
+    # once ``record`` ran (committed with the revisions).
     ancestry = project.scripts.ancestry(after.current)
     if not (marked and ancestry <= set(applied)):
         record_history(connection, table, ancestry, create=not marked)
     if not marked:
-        remember_environment(connection, table, project.settings, new_database=fresh)
+        remember()
     return after, tuple(applied)
 
 

@@ -28,7 +28,9 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 import psycopg.errors
 from alembic import command, op
 from alembic.config import Config
+from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, RevisionStep
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from psycopg.pq import TransactionStatus
 from sqlalchemy import create_engine, event
@@ -176,15 +178,31 @@ def run_upgrade(
     target: str,
     *,
     each_applied: Callable[[str], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+    script: ScriptDirectory | None = None,
 ) -> list[str]:
     """Run ``alembic upgrade target`` on ``connection`` (a psycopg connection we lock on).
+
+    ``before_commit()`` runs on ``connection`` just before each commit of the run (each
+    revision's with ``transaction_per_migration``, an ``autocommit_block``'s, the last),
+    inside the transaction that commits. ``script``: the revision files as this process
+    already loaded them (``Scripts``), so Alembic does not read them again (a fleet
+    worker would, for every tenant).
 
     ``each_applied(revision)`` runs on ``connection`` inside each revision's own
     transaction, after it: whatever it writes commits with that revision, or not at all.
     Returns the revisions applied, in order. Raises MigrationFailed (exit 1) naming
     the revision and the SQL error; everything uncommitted is rolled back.
     """
-    return run_alembic(config, connection, "upgrade", target, each_applied=each_applied)
+    return run_alembic(
+        config,
+        connection,
+        "upgrade",
+        target,
+        each_applied=each_applied,
+        before_commit=before_commit,
+        script=script,
+    )
 
 
 def run_alembic(
@@ -195,6 +213,8 @@ def run_alembic(
     *,
     before: Callable[[Connection], None] | None = None,
     each_applied: Callable[[str], None] | None = None,
+    before_commit: Callable[[], None] | None = None,
+    script: ScriptDirectory | None = None,
 ) -> list[str]:
     """Run ``alembic COMMAND target`` on ``connection``, in one transaction with ``before``.
 
@@ -210,9 +230,18 @@ def run_alembic(
         with (
             sqlalchemy_connection(connection) as shared,
             concurrent_index.cleaning_up(connection, _block_revision) as cleanups,
+            _before_each_commit(shared, before_commit),
         ):
             _run_on(
-                config, shared, connection, command, target, on_version_apply, before, commit=True
+                config,
+                shared,
+                connection,
+                command,
+                target,
+                on_version_apply,
+                before,
+                commit=True,
+                script=script,
             )
     except MigrateLockError as error:
         # A failed autocommit_block: what was done about the invalid index it left.
@@ -223,6 +252,28 @@ def run_alembic(
     return applied
 
 
+@contextmanager
+def _before_each_commit(
+    shared: Connection, before_commit: Callable[[], None] | None
+) -> Iterator[None]:
+    # SQLAlchemy's commit event fires before the DBAPI commit, inside the transaction.
+    if before_commit is None:
+        yield
+        return
+
+    def hook(_: Connection) -> None:
+        try:
+            before_commit()
+        except MigrateLockError as error:
+            raise _HookFailed(error) from None
+
+    event.listen(shared, "commit", hook)
+    try:
+        yield
+    finally:
+        event.remove(shared, "commit", hook)
+
+
 def run_upgrade_in_transaction(
     config: Config,
     shared: Connection,
@@ -230,6 +281,7 @@ def run_upgrade_in_transaction(
     target: str,
     *,
     each_applied: Callable[[str], None] | None = None,
+    script: ScriptDirectory | None = None,
 ) -> list[str]:
     """``alembic upgrade target`` inside the transaction open on ``connection``; no commit.
 
@@ -247,7 +299,15 @@ def run_upgrade_in_transaction(
     try:
         with _no_autocommit_blocks():
             _run_on(
-                config, shared, connection, "upgrade", target, on_version_apply, None, commit=False
+                config,
+                shared,
+                connection,
+                "upgrade",
+                target,
+                on_version_apply,
+                None,
+                commit=False,
+                script=script,
             )
     except _AutocommitBlock as refused:
         raise autocommit_refusal(refused.revision) from None
@@ -341,6 +401,7 @@ def _run_on(
     before: Callable[[Connection], None] | None,
     *,
     commit: bool,
+    script: ScriptDirectory | None = None,
 ) -> None:
     config.attributes["connection"] = shared
     config.attributes["on_version_apply"] = on_version_apply
@@ -348,7 +409,10 @@ def _run_on(
         with _only_this_connection(), guarded_configure(config, offline=False):
             if before is not None:
                 before(shared)
-            getattr(command, name)(config, target)
+            if name == "upgrade" and script is not None:
+                _upgrade_on(script, config, target)
+            else:
+                getattr(command, name)(config, target)
         if commit and shared.in_transaction():
             shared.commit()
     except _OtherDialectConfigured as refused:
@@ -392,6 +456,21 @@ def _run_on(
         raise migration_error(error, config) from None
     finally:
         config.attributes.pop("connection", None)
+
+
+def _upgrade_on(script: ScriptDirectory, config: Config, target: str) -> None:
+    """``alembic.command.upgrade(config, target)`` (online) on revision files already
+    loaded: the same EnvironmentContext and env.py run, without Alembic's reading every
+    revision file again (~1.5 ms a run for five; a fleet runs once per tenant)."""
+    if ":" in target:
+        command.upgrade(config, target)  # Alembic's own refusal of a range online
+        return
+
+    def upgrade(revision: Any, context: Any) -> Any:
+        return script._upgrade_revs(target, revision)  # as command.upgrade does
+
+    with EnvironmentContext(config, script, fn=upgrade, destination_rev=target):
+        script.run_env()
 
 
 def run_offline(config: Config, target: str) -> None:

@@ -80,6 +80,11 @@ def database_revisions(connection: LockConnection, table: VersionTable) -> tuple
     row = connection.execute("SELECT to_regclass(%s)", (table.qualified,)).fetchone()
     if not row or row[0] is None:
         return None
+    return version_rows(connection, table)
+
+
+def version_rows(connection: LockConnection, table: VersionTable) -> tuple[str, ...]:
+    """The revisions in ``table``, which must exist (else the server's error)."""
     rows = connection.execute(f"SELECT version_num FROM {table.qualified}").fetchall()
     return tuple(sorted(str(r[0]) for r in rows))
 

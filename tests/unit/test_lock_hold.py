@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from migrate_lock.errors import MigrationFailed
+from migrate_lock.errors import LockTimeout, MigrationFailed
 from migrate_lock.lock import DdlTimeouts, migration_lock
 from migrate_lock.logs import log
 
@@ -43,8 +43,9 @@ class Endpoint:
 class ScriptedConnection:
     """Answers the lock's queries like a server on which the lock is free (or not)."""
 
-    def __init__(self, *, owned: bool = True) -> None:
+    def __init__(self, *, owned: bool = True, free: bool = True) -> None:
         self.owned = owned
+        self.free = free
         self.statements: list[str] = []
         self.closed = False
         self.broken = False
@@ -54,8 +55,8 @@ class ScriptedConnection:
         text = " ".join(str(query).split())
         self.statements.append(text)
         if "pg_try_advisory" in text:
-            return Rows((True,))
-        if text.startswith("SELECT EXISTS"):
+            return Rows((True,) if self.free else (False,))
+        if text.startswith(("SELECT EXISTS", "SELECT CASE WHEN EXISTS")):
             return Rows((self.owned,))
         if "server_version_num" in text:
             return Rows((170000,))
@@ -112,17 +113,64 @@ def test_the_holder_is_named_and_bounded_in_one_round_trip() -> None:
     hold_and_run(connection, "session")
     settings = connection.ran(r"set_config")
     assert len(settings) == 1
-    assert settings[0].startswith("SELECT set_config(")  # the holder report knows it
     assert "client_connection_check_interval" in settings[0]
     assert not connection.ran(r"^SELECT current_setting")
 
 
-def test_the_session_lock_is_announced_and_released_after_the_work() -> None:
+def test_the_ownership_check_and_the_settings_are_one_statement_that_sets_nothing_unowned() -> None:
+    """Why: a statement of its own after the attempt (behind a pooler it may reach another
+    server session); the settings ride on it, but only where the lock is held: set on a
+    pooler's session they would stay there for its other clients."""
     connection = ScriptedConnection()
     hold_and_run(connection, "session")
-    notify, unlock = connection.ran(r"^NOTIFY"), connection.ran(r"pg_advisory_unlock")
-    assert notify and unlock
-    assert connection.statements.index(unlock[0]) > connection.statements.index("SELECT 'the work'")
+    attempt = connection.ran(r"pg_try_advisory_lock")
+    (claim,) = connection.ran(r"set_config")
+    assert connection.statements.index(claim) == connection.statements.index(attempt[0]) + 1
+    # The holder report treats it as one of the lock's own statements.
+    assert claim.startswith("SELECT CASE WHEN EXISTS (SELECT 1 FROM pg_locks")
+    assert claim.index("pg_locks") < claim.index("THEN concat(set_config(")
+
+
+def test_a_free_lock_is_taken_in_one_statement_without_listening() -> None:
+    """Why: LISTEN and UNLISTEN only serve a waiter; most starts (and every fleet tenant)
+    find the lock free."""
+    connection = ScriptedConnection()
+    hold_and_run(connection, "session")
+    assert len(connection.ran(r"pg_try_advisory_lock")) == 1
+    assert not connection.ran(r"LISTEN")
+
+
+def test_a_taken_lock_is_listened_for_before_the_next_attempt() -> None:
+    """Why: a holder that lets go between the first attempt and the LISTEN sends its
+    NOTIFY before we listen: the attempt right after the LISTEN must find the lock."""
+    connection = ScriptedConnection(free=False)
+    with (
+        pytest.raises(LockTimeout),
+        migration_lock(connection, KEY, scope="session", timeout_seconds=0.05),
+    ):
+        pass
+    first_attempts = [i for i, s in enumerate(connection.statements) if "pg_try_advisory" in s]
+    listen = connection.statements.index(next(iter(connection.ran(r"^LISTEN"))))
+    assert first_attempts[0] < listen < first_attempts[1] == listen + 1
+    assert connection.ran(r"^UNLISTEN")
+
+
+def test_the_session_lock_wakes_the_waiters_in_the_unlock_statement_after_the_work() -> None:
+    """Why: one statement, and the NOTIFY is delivered when it commits, with the lock
+    already free: a waiter never wakes to a lock still held."""
+    connection = ScriptedConnection()
+    hold_and_run(connection, "session")
+    (unlock,) = connection.ran(r"pg_advisory_unlock")
+    assert "pg_notify(" in unlock and not connection.ran(r"^NOTIFY")
+    assert connection.statements.index(unlock) > connection.statements.index("SELECT 'the work'")
+
+
+def test_a_failed_holder_unlocks_without_waking_the_waiters() -> None:
+    """Why: after a failure the work is not done; waiters find out by polling."""
+    connection = ScriptedConnection()
+    with pytest.raises(RuntimeError):
+        hold_and_run(connection, "session", fail=True)
+    assert connection.ran(r"pg_advisory_unlock") and not connection.ran(r"pg_notify|NOTIFY")
 
 
 def test_the_session_lock_is_released_when_the_work_fails() -> None:
