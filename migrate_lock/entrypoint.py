@@ -64,6 +64,16 @@ def _command(command: Sequence[str]) -> list[str]:
             "run needs a command to start after migrating",
             hint="migrate-lock run -- gunicorn app:app",
         )
+    if argv[0].startswith("-"):
+        # An option run does not have: click passed it on as the command.
+        option = argv[0].split("=", 1)[0]
+        raise UsageError(
+            f"run has no option {option}",
+            hint="a fleet of tenants is migrated by `migrate-lock upgrade --tenants SOURCE` "
+            "(a Job; see docs/tenants.md), before the application starts"
+            if option == "--tenants"
+            else "migrate-lock run [--then CMD] [--then-always] -- COMMAND",
+        )
     return argv
 
 

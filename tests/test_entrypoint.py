@@ -250,6 +250,34 @@ def test_run_without_a_command_is_a_usage_error(project: Path, database_url: str
     assert "migrate-lock run -- gunicorn app:app" in line
 
 
+def test_run_with_tenants_points_to_the_fleet_verb_and_migrates_nothing(
+    project: Path, database_url: str
+) -> None:
+    """Why: click hands an option run does not have on as the command ("cannot start
+    '--tenants': not on PATH"); a fleet is `upgrade --tenants`, not each replica's start."""
+    result = run_cli(
+        ["run", "--tenants", "schemas:tenant_%", "--", "true"],
+        cwd=project,
+        database_url=database_url,
+    )
+
+    line = assert_one_line_failure(result, 2)
+    assert "run has no option --tenants" in line and "upgrade --tenants" in line
+    assert _version(database_url) == []
+
+
+def test_upgrade_with_tenants_refuses_a_bootstrap_step(project: Path, database_url: str) -> None:
+    """Why: --then is the application's one-off step; a fleet would run it per tenant."""
+    result = run_cli(
+        ["upgrade", "--tenants", "schemas:tenant_%", "--then", "true"],
+        cwd=project,
+        database_url=database_url,
+    )
+
+    line = assert_one_line_failure(result, 2)
+    assert "upgrade --tenants does not take --then" in line
+
+
 def test_passthrough_command_runs_without_migrating(project: Path, database_url: str) -> None:
     """Why: `docker compose run api alembic downgrade -1` must not upgrade to head first."""
     result = run_cli(
