@@ -31,7 +31,7 @@ from migrate_lock.revisions import Scripts, load_scripts
 from migrate_lock.runner import alembic_config, ini_error
 from migrate_lock.scope import ScopeChoice, choose_scope
 from migrate_lock.settings import Settings, load_settings
-from migrate_lock.state import SchemaState, compare
+from migrate_lock.state import ReadAhead, SchemaState, compare
 from migrate_lock.version_table import (
     VersionTable,
     current_schema,
@@ -261,16 +261,27 @@ class DatabaseSession:
         return database_revisions(self.connection, self.version_table)
 
     def state(
-        self, target: tuple[str, ...], scripts: Scripts, *, just_migrated: bool = False
+        self,
+        target: tuple[str, ...],
+        scripts: Scripts,
+        *,
+        just_migrated: bool = False,
+        read_ahead: ReadAhead | None = None,
     ) -> SchemaState:
         """Where the database stands against ``target``. ``just_migrated``: right after
         Alembic wrote the version table, outside a transaction, so it is read in one
-        statement (were it missing after all, the server logs the error of that read)."""
+        statement (were it missing after all, the server logs the error of that read).
+        ``read_ahead``: the revisions a caller read moments before, not read again."""
 
         def seen(revisions: Iterable[str]) -> set[str]:
             return seen_revisions(self.connection, self.version_table, revisions)
 
-        current = self._written_revisions() if just_migrated else self.current()
+        if read_ahead is not None:
+            current = read_ahead.current
+        elif just_migrated:
+            current = self._written_revisions()
+        else:
+            current = self.current()
         return compare(scripts, current, target, seen)
 
     def _written_revisions(self) -> tuple[str, ...] | None:

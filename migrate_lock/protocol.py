@@ -50,7 +50,7 @@ from migrate_lock.seeds.apply import apply_seeds, check_seed_files
 from migrate_lock.seeds.csv_merge import SeedError
 from migrate_lock.seeds.files import SeedFile, changed_seeds, discover, seeds_dir
 from migrate_lock.settings import Settings, load_settings
-from migrate_lock.state import SchemaState, require_known
+from migrate_lock.state import ReadAhead, SchemaState, require_known
 from migrate_lock.then import ThenStep, prepare, refuse_in_transaction_scope
 from migrate_lock.version_table import record_history
 
@@ -66,6 +66,7 @@ def upgrade(
     handover: LeanStart | None = None,
     then: Callable[[], object] | None = None,
     connection: psycopg.Connection[Any] | None = None,
+    read_ahead: ReadAhead | None = None,
 ) -> UpgradeResult:
     """The full path of ``migrate_lock.upgrade`` (migrate.py): Alembic, SQLAlchemy, psycopg.
 
@@ -75,7 +76,8 @@ def upgrade(
     ``then`` is the bootstrap step as a Python function (it beats MIGRATE_THEN; then.py).
     ``connection`` is an open autocommit connection to the migration database to run on,
     left open (a fleet worker's, reused across tenants: fleet/worker.py resets it); a new
-    one replaces it once it is broken.
+    one replaces it once it is broken. ``read_ahead``: the version table as the caller
+    read it lock-free just before (a fleet's plan), for the lock-free check.
 
     A connection lost on the way (a server restart, a failover) is survived: the
     server rolled back whatever was open, so the protocol starts over on a new
@@ -86,7 +88,15 @@ def upgrade(
     check_startup(project.settings)
     for attempt in range(RECONNECTS + 1):
         try:
-            return _upgrade_once(project, target, started, handover if attempt == 0 else None, then)
+            first = attempt == 0
+            return _upgrade_once(
+                project,
+                target,
+                started,
+                handover if first else None,
+                then,
+                read_ahead if first else None,
+            )
         except ConnectionLost as error:
             if attempt == RECONNECTS:
                 raise
@@ -104,6 +114,7 @@ def _upgrade_once(
     started: float,
     handover: LeanStart | None,
     then: Callable[[], object] | None,
+    read_ahead: ReadAhead | None = None,
 ) -> UpgradeResult:
     scripts = project.scripts
     wanted = scripts.resolve(target)
@@ -125,6 +136,7 @@ def _upgrade_once(
                 started,
                 handover.waited_seconds if handover else 0.0,
                 step,
+                read_ahead,
             )
         except psycopg.OperationalError as error:
             if not session.connection.broken:
@@ -145,9 +157,10 @@ def _protocol(
     started: float,
     waited_before: float,
     step: ThenStep | None = None,
+    read_ahead: ReadAhead | None = None,
 ) -> UpgradeResult:
     scripts = session.project.scripts
-    state = session.state(wanted, scripts)
+    state = session.state(wanted, scripts, read_ahead=read_ahead)
     require_known(state)
     if _nothing_to_do(session, state, seeds, step):
         _skip_seeds_unless_at_heads(session, state, seeds)

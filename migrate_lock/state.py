@@ -19,6 +19,15 @@ Status = Literal["at_head", "ahead", "behind", "unknown"]
 
 
 @dataclass(frozen=True)
+class ReadAhead:
+    """The version table's revisions as a caller read them lock-free moments before (a
+    fleet's plan reads every tenant's in one query): an upgrade's lock-free check uses them
+    instead of reading again; its check under the lock still reads. None: no version table."""
+
+    current: tuple[str, ...] | None
+
+
+@dataclass(frozen=True)
 class SchemaState:
     """The database's revisions compared with the code's target revisions.
 

@@ -401,9 +401,13 @@ class _Worker:
         self.stdin.write(json.dumps(message, default=str).encode() + b"\n")
         self.stdin.flush()
 
-    def assign(self, tenant: Tenant, url: str | None) -> None:
-        self.tenant = tenant
-        self.send({"name": tenant.name, "kind": tenant.kind, "url": url})
+    def assign(self, state: TenantState, url: str | None) -> None:
+        tenant = self.tenant = state.tenant
+        job: dict[str, Any] = {"name": tenant.name, "kind": tenant.kind, "url": url}
+        if state.status in ("behind", "empty"):
+            # What the plan read: the tenant's lock-free check needs no query of its own.
+            job["planned"] = list(state.current) if state.current is not None else None
+        self.send(job)
 
     def messages(self, data: bytes) -> Iterator[dict[str, Any]]:
         self.buffer += data
@@ -443,7 +447,7 @@ class _Pool:
         self.progress = progress
 
     def run(self, todo: list[TenantState]) -> Iterator[TenantOutcome]:
-        queue = deque(state.tenant for state in todo)
+        queue = deque(todo)
         if not queue:
             return
         selector = selectors.DefaultSelector()
@@ -464,11 +468,12 @@ class _Pool:
             while True:
                 while idle and queue and not stopping and (warm or not self._busy(workers)):
                     worker = idle.pop()
-                    tenant = queue.popleft()
+                    state = queue.popleft()
+                    tenant = state.tenant
                     url = (
                         tenant_url(self.fleet, tenant).libpq if tenant.kind == "database" else None
                     )
-                    worker.assign(tenant, url)
+                    worker.assign(state, url)
                 if not self._busy(workers):
                     break
                 for key, _ in selector.select(timeout=5.0):
@@ -497,10 +502,10 @@ class _Pool:
                         if outcome.outcome == "failed" and self.fail_fast:
                             stopping = True
                         yield outcome
-            for tenant in queue:
+            for left in queue:
                 yield TenantOutcome(
-                    tenant.name,
-                    tenant.kind,
+                    left.tenant.name,
+                    left.tenant.kind,
                     "not_started",
                     error="not started: --fail-fast stopped the fleet after a failure",
                     exit_code=1,

@@ -83,12 +83,13 @@ def tenant_settings(base: Any, job: dict[str, Any], setup: dict[str, Any]) -> An
 
 
 #: What a reused connection is put back to between two tenants (DISCARD ALL but the
-#: prepared statements, which psycopg keeps track of): nothing one tenant set, held or
-#: created for its session (search_path, role, timeouts, locks, LISTEN, temp tables)
-#: reaches the next.
+#: prepared statements, which psycopg keeps track of, and their plans, which the server
+#: plans again when a catalog they depend on or the search_path changes): nothing one
+#: tenant set, held or created for its session (search_path, role, timeouts, locks,
+#: LISTEN, temp tables) reaches the next.
 _RESET = (
     "SET SESSION AUTHORIZATION DEFAULT; RESET ALL; CLOSE ALL; UNLISTEN *;"
-    " SELECT pg_advisory_unlock_all(); DISCARD PLANS; DISCARD TEMP; DISCARD SEQUENCES"
+    " SELECT pg_advisory_unlock_all(); DISCARD TEMP; DISCARD SEQUENCES"
 )
 
 
@@ -164,7 +165,10 @@ def _run_one(
             message |= {"outcome": "seeded" if applied else "at_head", "seeded": applied}
         else:
             result = protocol.upgrade(
-                setup.get("target", "heads"), settings=settings, connection=connection
+                setup.get("target", "heads"),
+                settings=settings,
+                connection=connection,
+                read_ahead=_read_ahead(job),
             )
             outcome = {"fast_path": "at_head", "waited": "waited", "migrated": "migrated"}
             message |= {
@@ -193,6 +197,16 @@ def _run_one(
         message |= {"outcome": "failed", "error": log.scrub(text), "exit_code": int(code)}
     message["seconds"] = round(time.monotonic() - started, 3)
     return message
+
+
+def _read_ahead(job: dict[str, Any]) -> Any:
+    """The tenant's revisions as the fleet's plan read them (a ``planned`` job), if any."""
+    if "planned" not in job:
+        return None
+    from migrate_lock.state import ReadAhead  # noqa: PLC0415 - with protocol
+
+    planned = job["planned"]
+    return ReadAhead(tuple(planned) if planned is not None else None)
 
 
 def main(argv: list[str]) -> NoReturn:
