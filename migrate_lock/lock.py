@@ -433,9 +433,9 @@ def _report_stuck_once(key: int) -> None:
 def release(connection: LockConnection, key: int, *, wake_waiters: bool = False) -> None:
     """Release the session lock; a lock we did not hold is reported loudly.
 
-    ``wake_waiters``: in the same statement, NOTIFY the replicas waiting for it (see
-    ``announce_done``); the server delivers it when the statement commits, so they
-    wake to a lock already free.
+    ``wake_waiters``: in the same statement, notify the replicas waiting for it (the
+    holder is done); the server delivers it when the statement commits, so they wake to
+    a lock already free.
     """
     if wake_waiters:
         row = connection.execute(
@@ -526,8 +526,8 @@ def _wait_in_session(
 ) -> tuple[bool, float, int]:
     """Poll for the session lock until acquired, until ``work_is_done()``, or the timeout.
 
-    Between attempts we LISTEN for the holder's NOTIFY (``announce_done``), so the
-    hand-off takes milliseconds. Returns (acquired, seconds waited, attempts).
+    Between attempts we LISTEN for the holder's notification (its ``release`` sends it),
+    so the hand-off takes milliseconds. Returns (acquired, seconds waited, attempts).
     """
     # The usual case, a free lock, costs one statement: LISTEN only once it is taken.
     # The poll's first attempt follows the LISTEN at once: a release in between is seen.
@@ -594,7 +594,9 @@ def _wait_in_transaction(
 
 
 def announce_done(connection: LockConnection, key: int) -> None:
-    """Wake the replicas waiting for this lock: the holder is done (sent before unlocking)."""
+    """Wake the replicas waiting for this lock: the holder is done. Delivered when the
+    holder's transaction commits (the transaction scope's ``Hold.commit``; the session
+    scope's ``release`` sends it in the unlock's own statement)."""
     connection.execute(f"NOTIFY {_channel(key)}")
 
 
