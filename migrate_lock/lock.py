@@ -662,18 +662,30 @@ def gave_up(
 
 
 def server_is_crowded(connection: LockConnection) -> bool:
-    """Whether the server's connection slots are nearly all taken (CROWDED_SHARE of those
-    an ordinary role may use): a waiter then gives its connection back at once."""
+    """Whether the connection slots this session competes for are nearly all taken
+    (CROWDED_SHARE of them): the server's that an ordinary role may use, the role's
+    CONNECTION LIMIT or the database's (a managed database's application role often has
+    one); a waiter then gives its connection back at once. A superuser has neither limit."""
     row = connection.execute(
         "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datid IS NOT NULL),"
         " current_setting('max_connections')::int"
         " - current_setting('superuser_reserved_connections')::int"
-        " - coalesce(current_setting('reserved_connections', true)::int, 0)"
+        " - coalesce(current_setting('reserved_connections', true)::int, 0),"
+        " (SELECT count(*) FROM pg_stat_activity WHERE usesysid = r.oid), r.rolconnlimit,"
+        " (SELECT count(*) FROM pg_stat_activity WHERE datid = d.oid), d.datconnlimit,"
+        " r.rolsuper"
+        " FROM pg_roles r, pg_database d"
+        " WHERE r.rolname = current_user AND d.datname = current_database()"
     ).fetchone()
     if row is None:
         return False
-    in_use, usable = int(str(row[0])), int(str(row[1]))
-    return in_use >= CROWDED_SHARE * max(usable, 1)
+    in_use, usable, role_in_use, role_limit, database_in_use, database_limit = (
+        int(str(value)) for value in row[:6]
+    )
+    limits = [(in_use, usable)]
+    if str(row[6]).lower() not in ("true", "t"):  # a superuser: no role or database limit
+        limits += [(role_in_use, role_limit), (database_in_use, database_limit)]
+    return any(limit >= 0 and used >= CROWDED_SHARE * max(limit, 1) for used, limit in limits)
 
 
 def lock_is_free(connection: LockConnection, key: int) -> bool:
