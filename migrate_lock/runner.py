@@ -252,11 +252,17 @@ def run_alembic(
     return applied
 
 
+#: A statement that commits the open transaction behind SQLAlchemy's back: a revision's
+#: ``op.execute("COMMIT")`` (the old recipe for ``ALTER TYPE ... ADD VALUE``).
+_COMMITS = re.compile(r"\s*(COMMIT|END)\s*(;\s*)?$", re.IGNORECASE)
+
+
 @contextmanager
 def _before_each_commit(
     shared: Connection, before_commit: Callable[[], None] | None
 ) -> Iterator[None]:
-    # SQLAlchemy's commit event fires before the DBAPI commit, inside the transaction.
+    # SQLAlchemy's commit event fires before the DBAPI commit, inside the transaction; a
+    # COMMIT statement of a revision's own is seen just before it runs.
     if before_commit is None:
         yield
         return
@@ -267,11 +273,17 @@ def _before_each_commit(
         except MigrateLockError as error:
             raise _HookFailed(error) from None
 
+    def before_statement(conn: Connection, _cursor: Any, statement: str, *_: Any) -> None:
+        if _COMMITS.match(statement):
+            hook(conn)
+
     event.listen(shared, "commit", hook)
+    event.listen(shared, "before_cursor_execute", before_statement)
     try:
         yield
     finally:
         event.remove(shared, "commit", hook)
+        event.remove(shared, "before_cursor_execute", before_statement)
 
 
 def run_upgrade_in_transaction(

@@ -82,3 +82,22 @@ def test_a_kill_inside_an_autocommit_block_leaves_the_history_of_what_it_committ
     assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
     assert history(database_url) == EVERY_REVISION
     assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [("test",)]
+
+
+def test_a_kill_after_a_revisions_own_commit_leaves_the_history_of_what_it_committed(
+    project: Path, database_url: str
+) -> None:
+    """A revision that commits by SQL (``op.execute("COMMIT")``, the old recipe for
+    ``ALTER TYPE ... ADD VALUE``) commits revisions 1 to 21 behind SQLAlchemy's back: their
+    history and the marker must be in that commit, not wait for SQLAlchemy's."""
+    add_revision_0022(project, '    op.execute("COMMIT")\n    op.execute("SELECT pg_sleep(60)")')
+    replica = spawn(["upgrade"], cwd=project, database_url=database_url)
+    try:
+        wait_for_a_sleeping_revision(database_url)
+        replica.send_signal(signal.SIGKILL)
+        replica.wait(timeout=30)
+    finally:
+        replica.kill()
+    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
+    assert history(database_url) == EVERY_REVISION
+    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [("test",)]
