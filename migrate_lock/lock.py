@@ -666,16 +666,18 @@ def server_is_crowded(connection: LockConnection) -> bool:
     (CROWDED_SHARE of them): the server's that an ordinary role may use, the role's
     CONNECTION LIMIT or the database's (a managed database's application role often has
     one); a waiter then gives its connection back at once. A superuser has neither limit."""
+    # One pass over pg_stat_activity counts all three (client sessions have a database).
     row = connection.execute(
-        "SELECT (SELECT count(*) FROM pg_stat_activity WHERE datid IS NOT NULL),"
+        "SELECT count(*),"
         " current_setting('max_connections')::int"
         " - current_setting('superuser_reserved_connections')::int"
         " - coalesce(current_setting('reserved_connections', true)::int, 0),"
-        " (SELECT count(*) FROM pg_stat_activity WHERE usesysid = r.oid), r.rolconnlimit,"
-        " (SELECT count(*) FROM pg_stat_activity WHERE datid = d.oid), d.datconnlimit,"
-        " r.rolsuper"
-        " FROM pg_roles r, pg_database d"
+        " count(*) FILTER (WHERE a.usesysid = r.oid), r.rolconnlimit,"
+        " count(*) FILTER (WHERE a.datid = d.oid), d.datconnlimit, r.rolsuper"
+        " FROM pg_roles r, pg_database d, pg_stat_activity a"
         " WHERE r.rolname = current_user AND d.datname = current_database()"
+        " AND a.datid IS NOT NULL"
+        " GROUP BY r.rolconnlimit, d.datconnlimit, r.rolsuper"
     ).fetchone()
     if row is None:
         return False

@@ -31,7 +31,7 @@ from migrate_lock.revisions import Scripts, load_scripts
 from migrate_lock.runner import alembic_config, ini_error
 from migrate_lock.scope import ScopeChoice, choose_scope
 from migrate_lock.settings import Settings, load_settings
-from migrate_lock.state import ReadAhead, SchemaState, compare
+from migrate_lock.state import SchemaState, compare
 from migrate_lock.version_table import (
     VersionTable,
     current_schema,
@@ -222,14 +222,14 @@ class DatabaseSession:
         """Whether this connection already read a committed environment marker at or
         above ENVIRONMENT (``remember_environment`` returned True): nothing about the
         marker is left to do, so a fleet worker's later tenants of the database skip it."""
-        return bool(_known(self.connection).get(("marker settled", self._environment)))
+        return bool(_known(self.connection).get(self._settled_key))
 
     def settle_marker(self) -> None:
-        _known(self.connection)[("marker settled", self._environment)] = True
+        _known(self.connection)[self._settled_key] = True
 
     @property
-    def _environment(self) -> str | None:
-        return self.project.settings.environment
+    def _settled_key(self) -> tuple[str, str | None]:
+        return ("marker settled", self.project.settings.environment)
 
     @cached_property
     def lock_key(self) -> int:
@@ -260,31 +260,24 @@ class DatabaseSession:
     def current(self) -> tuple[str, ...] | None:
         return database_revisions(self.connection, self.version_table)
 
-    def state(
-        self,
-        target: tuple[str, ...],
-        scripts: Scripts,
-        *,
-        just_migrated: bool = False,
-        read_ahead: ReadAhead | None = None,
+    def state(self, target: tuple[str, ...], scripts: Scripts) -> SchemaState:
+        """Where the database stands against ``target``, read now."""
+        return self.compare(self.current(), target, scripts)
+
+    def compare(
+        self, current: tuple[str, ...] | None, target: tuple[str, ...], scripts: Scripts
     ) -> SchemaState:
-        """Where the database stands against ``target``. ``just_migrated``: right after
-        Alembic wrote the version table, outside a transaction, so it is read in one
-        statement (were it missing after all, the server logs the error of that read).
-        ``read_ahead``: the revisions a caller read moments before, not read again."""
+        """Where revisions ``current`` (None: no version table) stand against ``target``
+        (the history is read only for a revision the scripts do not know)."""
 
         def seen(revisions: Iterable[str]) -> set[str]:
             return seen_revisions(self.connection, self.version_table, revisions)
 
-        if read_ahead is not None:
-            current = read_ahead.current
-        elif just_migrated:
-            current = self._written_revisions()
-        else:
-            current = self.current()
         return compare(scripts, current, target, seen)
 
-    def _written_revisions(self) -> tuple[str, ...] | None:
+    def written_revisions(self) -> tuple[str, ...] | None:
+        """The version table right after Alembic wrote it, outside a transaction: read in
+        one statement (were it missing after all, the server logs the error of that read)."""
         try:
             return version_rows(self.connection, self.version_table)
         except (psycopg.errors.UndefinedTable, psycopg.errors.InvalidSchemaName):

@@ -160,7 +160,11 @@ def _protocol(
     read_ahead: ReadAhead | None = None,
 ) -> UpgradeResult:
     scripts = session.project.scripts
-    state = session.state(wanted, scripts, read_ahead=read_ahead)
+    state = (
+        session.compare(read_ahead.current, wanted, scripts)
+        if read_ahead is not None
+        else session.state(wanted, scripts)
+    )
     require_known(state)
     if _nothing_to_do(session, state, seeds, step):
         _skip_seeds_unless_at_heads(session, state, seeds)
@@ -398,7 +402,12 @@ def _run_migrations(
     # The transaction scope commits later (in the lock's transaction), and an env.py may
     # commit behind SQLAlchemy's back: what is left is recorded now.
     record()
-    after = session.state(wanted, project.scripts, just_migrated=shared is None)
+    # In the session scope Alembic has committed: the table must be there, one statement.
+    after = (
+        session.compare(session.written_revisions(), wanted, project.scripts)
+        if shared is None
+        else session.state(wanted, project.scripts)
+    )
     if not after.ready:
         raise MigrationFailed(
             f"Alembic finished but {session.version_table.qualified} is at "

@@ -6,9 +6,14 @@ import os
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import psycopg
+from alembic.config import Config
+from alembic.script import ScriptDirectory
+
+from migrate_lock.lean.static_revisions import StaticRevisions
 
 #: The embedded server's password. Tests assert it never appears in any output.
 TEST_PASSWORD = "Pw4Tests-e7Qk2"
@@ -209,3 +214,16 @@ item = sa.Table(
     sa.Column("name", sa.Text, nullable=False),
 )
 """
+
+
+def alembic_view(ini: Path) -> StaticRevisions | None:
+    """What Alembic says (None: it refuses the scripts or warns about them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        try:
+            script = ScriptDirectory.from_config(Config(str(ini)))
+            heads = tuple(sorted(script.get_heads()))
+            revisions = frozenset(s.revision for s in script.walk_revisions("base", "heads"))
+        except Exception:  # any refusal of Alembic's counts as one: the reader is free there
+            return None
+    return StaticRevisions(heads=heads, revisions=revisions)

@@ -35,6 +35,17 @@ ALEMBIC_INI = {"ALEMBIC_CONFIG": "migrations/alembic.ini"}
 BIN = str(Path(sys.executable).parent)
 
 
+#: env.py's ``config = context.config`` line followed by pushing the microblog app's
+#: context when none is active (what someone adopting Flask-Migrate 4 adds first).
+WITH_APP_CONTEXT = (
+    "config = context.config\n\n"
+    "from flask import has_app_context\n"
+    "if not has_app_context():\n"
+    "    from microblog import create_app\n"
+    "    create_app().app_context().push()\n"
+)
+
+
 def section(title: str) -> str:
     text = DOCS.read_text().split(f"\n{title}\n", 1)[1]
     level = title.split(" ", 1)[0]
@@ -194,11 +205,7 @@ def unchanged_env_py(project: Path, *, with_app_context: bool) -> Path:
     if with_app_context:
         source = source.replace(
             "config = context.config\n",
-            "config = context.config\n\n"
-            "from flask import has_app_context\n"
-            "if not has_app_context():\n"
-            "    from microblog import create_app\n"
-            "    create_app().app_context().push()\n",
+            WITH_APP_CONTEXT,
             1,
         )
     (project / "migrations" / "env.py").write_text(source)
@@ -278,11 +285,7 @@ def test_the_flask_migrate_3_replacements_run_under_the_lock(
     # The application context and the fileConfig guard, as for Flask-Migrate 4.
     changed = changed.replace(
         "config = context.config\n",
-        "config = context.config\n\n"
-        "from flask import has_app_context\n"
-        "if not has_app_context():\n"
-        "    from microblog import create_app\n"
-        "    create_app().app_context().push()\n",
+        WITH_APP_CONTEXT,
         1,
     ).replace(
         "fileConfig(config.config_file_name)\n",

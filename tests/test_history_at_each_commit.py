@@ -42,6 +42,24 @@ def migrate_per_revision(project: Path) -> None:
     )
 
 
+def kill_while_it_sleeps(project: Path, database_url: str) -> None:
+    """Start ``upgrade`` and SIGKILL it inside revision 0022's ``pg_sleep``."""
+    replica = spawn(["upgrade"], cwd=project, database_url=database_url)
+    try:
+        wait_for_a_sleeping_revision(database_url)
+        replica.send_signal(signal.SIGKILL)
+        replica.wait(timeout=30)
+    finally:
+        replica.kill()
+
+
+def assert_revisions_1_to_21_recorded(database_url: str) -> None:
+    """At 0021, with the history of every revision up to it and the marker."""
+    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
+    assert history(database_url) == EVERY_REVISION
+    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [("test",)]
+
+
 def test_one_transaction_that_fails_leaves_no_history(project: Path, database_url: str) -> None:
     add_revision_0022(project, '    op.execute("SELECT 1/0")')
     result = run_cli(["upgrade"], cwd=project, database_url=database_url)
@@ -58,9 +76,7 @@ def test_each_committed_revision_has_its_history_when_a_later_one_fails(
     add_revision_0022(project, '    op.execute("SELECT 1/0")')
     result = run_cli(["upgrade"], cwd=project, database_url=database_url)
     assert result.returncode == 1, result.stderr
-    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
-    assert history(database_url) == EVERY_REVISION
-    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [("test",)]
+    assert_revisions_1_to_21_recorded(database_url)
 
 
 def test_a_kill_inside_an_autocommit_block_leaves_the_history_of_what_it_committed(
@@ -72,16 +88,8 @@ def test_a_kill_inside_an_autocommit_block_leaves_the_history_of_what_it_committ
         project,
         '    with op.get_context().autocommit_block():\n        op.execute("SELECT pg_sleep(60)")',
     )
-    replica = spawn(["upgrade"], cwd=project, database_url=database_url)
-    try:
-        wait_for_a_sleeping_revision(database_url)
-        replica.send_signal(signal.SIGKILL)
-        replica.wait(timeout=30)
-    finally:
-        replica.kill()
-    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
-    assert history(database_url) == EVERY_REVISION
-    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [("test",)]
+    kill_while_it_sleeps(project, database_url)
+    assert_revisions_1_to_21_recorded(database_url)
 
 
 def test_a_kill_after_a_revisions_own_commit_leaves_the_history_of_what_it_committed(
@@ -91,13 +99,5 @@ def test_a_kill_after_a_revisions_own_commit_leaves_the_history_of_what_it_commi
     ``ALTER TYPE ... ADD VALUE``) commits revisions 1 to 21 behind SQLAlchemy's back: their
     history and the marker must be in that commit, not wait for SQLAlchemy's."""
     add_revision_0022(project, '    op.execute("COMMIT")\n    op.execute("SELECT pg_sleep(60)")')
-    replica = spawn(["upgrade"], cwd=project, database_url=database_url)
-    try:
-        wait_for_a_sleeping_revision(database_url)
-        replica.send_signal(signal.SIGKILL)
-        replica.wait(timeout=30)
-    finally:
-        replica.kill()
-    assert query(database_url, "SELECT version_num FROM alembic_version") == [("0021",)]
-    assert history(database_url) == EVERY_REVISION
-    assert query(database_url, "SELECT environment FROM migrate_lock.environment") == [("test",)]
+    kill_while_it_sleeps(project, database_url)
+    assert_revisions_1_to_21_recorded(database_url)

@@ -12,18 +12,16 @@ In process, no database (Alembic's ScriptDirectory imports the files).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from hypothesis import given
 from hypothesis import strategies as st
 
-from migrate_lock.lean.static_revisions import StaticRevisions, read_revisions
+from migrate_lock.lean.static_revisions import read_revisions
 
 from .harness import examples
+from support import alembic_view
 
 INI = "[alembic]\nscript_location = %(here)s/migrations\npath_separator = os\n"
 
@@ -85,18 +83,6 @@ def insert(text: str, snippet: str, where: str) -> str:
         return text[:end] + snippet + "\n" + text[end:]
     marker = "\n\ndef upgrade"
     return text.replace(marker, "\n" + snippet + "\n" + marker, 1)
-
-
-def alembic_view(ini: Path) -> StaticRevisions | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            script = ScriptDirectory.from_config(Config(str(ini)))
-            heads = tuple(sorted(script.get_heads()))
-            revisions = frozenset(s.revision for s in script.walk_revisions("base", "heads"))
-        except Exception:  # any refusal of Alembic's: the reader is free there
-            return None
-    return StaticRevisions(heads=heads, revisions=revisions)
 
 
 @examples(share=3.0)

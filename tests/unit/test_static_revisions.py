@@ -7,19 +7,18 @@ wherever it cannot be certain: "nothing to do" must never be said wrongly.
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from migrate_lock.lean import static_revisions
 from migrate_lock.lean.alembic_compat import reads_recursive_version_locations
 from migrate_lock.lean.static_revisions import StaticRevisions, read_revisions
+
+from support import alembic_view
 
 pytestmark = pytest.mark.unit
 
@@ -68,19 +67,6 @@ def project(tmp_path: Path, files: dict[str, str], extra: str = "") -> Path:
     ini = tmp_path / "alembic.ini"
     ini.write_text(INI.format(extra=extra))
     return ini
-
-
-def alembic_view(ini: Path) -> StaticRevisions | None:
-    """What Alembic says (None: it refuses the scripts or warns about them)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        try:
-            script = ScriptDirectory.from_config(Config(str(ini)))
-            heads = tuple(sorted(script.get_heads()))
-            revisions = frozenset(s.revision for s in script.walk_revisions("base", "heads"))
-        except Exception:  # any refusal of Alembic's counts as one
-            return None
-    return StaticRevisions(heads=heads, revisions=revisions)
 
 
 CHAIN = {
